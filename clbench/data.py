@@ -1,0 +1,179 @@
+"""Tasks, streams and their tokenised form.
+
+A `Task` holds raw text with local labels 0..C-1; a `Stream` is an ordered tuple of tasks plus the seed and
+version that produced them. `EncodedSplit` is one split after tokenisation: a padded id matrix, lengths and
+*global* labels (local label + the task's offset in the shared head). Batches are cut from it with dynamic
+padding, so no Python per-example work happens while training.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    """What a method may know about a task: its position, name and slice of the shared head."""
+
+    index: int  # 0-based position in the stream
+    name: str
+    classes: tuple[str, ...]
+    label_offset: int  # global id of local class 0
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def label_range(self) -> range:
+        return range(self.label_offset, self.label_offset + self.num_classes)
+
+
+@dataclass(frozen=True)
+class Task:
+    """One task of a stream: raw texts and local labels (0..C-1) for a train and a test split."""
+
+    name: str
+    classes: tuple[str, ...]
+    train_texts: tuple[str, ...]
+    train_labels: tuple[int, ...]
+    test_texts: tuple[str, ...]
+    test_labels: tuple[int, ...]
+    max_length: int = 128
+    truncation: str = "head"  # "head" keeps the first tokens; "head_tail" keeps both ends of long texts
+    source: str = "synthetic"
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if len(self.train_texts) != len(self.train_labels) or len(self.test_texts) != len(self.test_labels):
+            raise ValueError(f"task {self.name!r}: texts and labels differ in length")
+
+
+@dataclass(frozen=True)
+class Stream:
+    """An ordered list of tasks; `version` changes whenever rendered inputs change."""
+
+    name: str
+    version: int
+    seed: int
+    tasks: tuple[Task, ...]
+    description: str = ""
+    head: str = "shared"  # default head policy suggested by the stream; the run config may override it
+
+    def infos(self) -> tuple[TaskInfo, ...]:
+        """TaskInfo for every task, with label offsets into one shared head."""
+        infos = []
+        offset = 0
+        for index, task in enumerate(self.tasks):
+            infos.append(TaskInfo(index, task.name, task.classes, offset))
+            offset += len(task.classes)
+        return tuple(infos)
+
+    @property
+    def num_labels(self) -> int:
+        return sum(len(task.classes) for task in self.tasks)
+
+
+@dataclass(frozen=True)
+class Batch:
+    """A padded batch. `labels` are global ids in the shared head; `task_ids` index the stream."""
+
+    input_ids: Tensor  # [batch, seq]
+    attention_mask: Tensor  # [batch, seq]
+    labels: Tensor  # [batch]
+    task_ids: Tensor  # [batch]
+
+    def model_inputs(self) -> dict[str, Tensor]:
+        return {"input_ids": self.input_ids, "attention_mask": self.attention_mask}
+
+    def to(self, device: torch.device) -> Batch:
+        return Batch(*(t.to(device, non_blocking=True) for t in
+                       (self.input_ids, self.attention_mask, self.labels, self.task_ids)))
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.attention_mask.sum())
+
+
+@dataclass(frozen=True)
+class EncodedSplit:
+    """One tokenised split: a right-padded id matrix with true lengths, global labels and task ids."""
+
+    ids: Tensor  # [n, max_len] int64, padded with pad_id
+    lengths: Tensor  # [n] int64
+    labels: Tensor  # [n] int64, global label ids
+    task_ids: Tensor  # [n] int64
+    pad_id: int = 0
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def batch(self, index: Tensor) -> Batch:
+        """Gather examples `index` and trim padding to the longest of them (dynamic padding)."""
+        lengths = self.lengths[index]
+        width = max(int(lengths.max()), 1) if len(index) else 1
+        ids = self.ids[index, :width]
+        mask = (torch.arange(width).unsqueeze(0) < lengths.unsqueeze(1)).long()  # [batch, seq]
+        return Batch(ids, mask, self.labels[index], self.task_ids[index])
+
+    def subset(self, index: Tensor) -> EncodedSplit:
+        return EncodedSplit(self.ids[index], self.lengths[index], self.labels[index], self.task_ids[index],
+                            self.pad_id)
+
+    @staticmethod
+    def concat(splits: Sequence[EncodedSplit]) -> EncodedSplit:
+        width = max(s.ids.shape[1] for s in splits)
+        pad_id = splits[0].pad_id
+        ids = [torch.nn.functional.pad(s.ids, (0, width - s.ids.shape[1]), value=pad_id) for s in splits]
+        return EncodedSplit(torch.cat(ids), torch.cat([s.lengths for s in splits]),
+                            torch.cat([s.labels for s in splits]), torch.cat([s.task_ids for s in splits]),
+                            pad_id)
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.lengths.sum())
+
+
+@dataclass
+class BatchPlan:
+    """Length-bucketed batch order over one split.
+
+    Training shuffles with the given generator, sorts examples by length inside windows of `bucket` batches
+    (so batches hold similar lengths and little padding) and shuffles the batch order. Evaluation sorts the
+    whole split by length; order does not change any metric.
+    """
+
+    split: EncodedSplit
+    batch_size: int
+    shuffle: bool
+    generator: torch.Generator | None = None
+    bucket: int = 50
+
+    def indices(self) -> list[Tensor]:
+        n = len(self.split)
+        if not self.shuffle:
+            order = torch.argsort(self.split.lengths, stable=True)
+            return list(torch.split(order, self.batch_size))
+        perm = torch.randperm(n, generator=self.generator)
+        window = self.batch_size * self.bucket
+        batches: list[Tensor] = []
+        for start in range(0, n, window):
+            chunk = perm[start:start + window]
+            chunk = chunk[torch.argsort(self.split.lengths[chunk], stable=True)]
+            batches.extend(torch.split(chunk, self.batch_size))
+        order = torch.randperm(len(batches), generator=self.generator)
+        return [batches[i] for i in order.tolist()]
+
+    def __iter__(self) -> Iterator[Batch]:
+        for index in self.indices():
+            yield self.split.batch(index)
+
+    def __len__(self) -> int:
+        return -(-len(self.split) // self.batch_size)

@@ -1,0 +1,144 @@
+"""The method protocol: the hooks the runner calls around its one training loop.
+
+A method subclasses `Hooks` (re-exported as `clbench.methods.Hooks`), sets `name` and `config_cls` (a frozen
+dataclass whose fields carry `help` metadata) and overrides only the hooks it needs. The runner owns the
+dataloaders, optimiser, scheduler, clipping, evaluation and profiling; methods never call `optimizer.step()`
+and call `backward()` only from `loss` when they set `backward_in_loss` (documented memory-saving mode).
+
+Call order for each task::
+
+    before_task(task, model)
+    data = train_data(task, data, previous)        # e.g. joint training on the union of tasks
+    for every step:
+        outputs = model(batch)  -> task_loss
+        loss = loss(model, batch, outputs, task_loss); loss.backward()
+        after_backward(model)                      # gradients ready: projections, path integrals
+        optimizer.step(); after_step(model)
+    after_task(task, model, data)                  # Fisher, importances, memory buffers
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from clbench.data import Batch, EncodedSplit, TaskInfo
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    """Base of every method config; subclasses add frozen fields with `metadata={"help": ...}`."""
+
+
+def option(default: Any, help: str, **kwargs: Any) -> Any:
+    """A config field with its help text, written once and reused by the CLI and `clbench list`."""
+    return field(default=default, metadata={"help": help, **kwargs})
+
+
+@dataclass
+class RunContext:
+    """What the runner tells a method at setup: the stream layout, device, seed and shared budgets."""
+
+    tasks: tuple[TaskInfo, ...]
+    num_labels: int
+    device: torch.device
+    seed: int
+    generator: torch.Generator  # seeded; methods draw all their randomness from it
+    buffer_size: int  # shared memory budget (examples) for every method that stores old data
+    batch_size: int
+    head: str = "shared"  # "shared": argmax over all classes; "per-task": logits restricted to the task
+
+    def logits(self, outputs_logits: Tensor, task_ids: Tensor) -> Tensor:
+        """Apply the head policy: with per-task heads, other tasks' logits are masked out."""
+        if self.head == "shared":
+            return outputs_logits
+        return outputs_logits.masked_fill(~self.label_mask(task_ids), float("-inf"))
+
+    def label_mask(self, task_ids: Tensor) -> Tensor:
+        """[batch, num_labels] bool: True where the label belongs to the example's task."""
+        mask = torch.zeros(len(self.tasks), self.num_labels, dtype=torch.bool)
+        for info in self.tasks:
+            mask[info.index, info.label_offset:info.label_offset + info.num_classes] = True
+        return mask.to(task_ids.device)[task_ids]
+
+    def forward(self, model: nn.Module, batch: Batch) -> Tensor:
+        """Logits of `model` on `batch` under the head policy (for replay and distillation terms)."""
+        return self.logits(model(**batch.model_inputs()).logits, batch.task_ids)
+
+
+class Hooks:
+    """No-op defaults for every hook. Subclass this and nothing else.
+
+    Class facts the runner reads: `name` (registry key), `config_cls`, `citation`,
+    `first_task_is_finetuning` (True when the first task trains exactly like naive fine-tuning, so the runner
+    may share it), `uses_buffer` (True when the method stores old examples within `buffer_size`) and
+    `backward_in_loss` (True when `loss` runs its own backward passes and returns a detached value).
+    """
+
+    name: ClassVar[str] = ""
+    config_cls: ClassVar[type[MethodConfig]] = MethodConfig
+    citation: ClassVar[str] = ""
+    first_task_is_finetuning: ClassVar[bool] = True
+    uses_buffer: ClassVar[bool] = False
+    backward_in_loss: ClassVar[bool] = False
+
+    def __init__(self, config: MethodConfig | None = None) -> None:
+        self.config = config if config is not None else self.config_cls()
+        self.ctx: RunContext | None = None
+
+    @property
+    def context(self) -> RunContext:
+        if self.ctx is None:
+            raise RuntimeError(f"method {self.name!r} used before setup()")
+        return self.ctx
+
+    def setup(self, model: nn.Module, ctx: RunContext) -> nn.Module:
+        """Called once per unit before row 0 is evaluated; may wrap the model (e.g. PEFT adapters)."""
+        self.ctx = ctx
+        return model
+
+    def before_task(self, task: TaskInfo, model: nn.Module) -> None:
+        """Called before training `task`: snapshot anchors, cache teacher outputs."""
+
+    def train_data(self, task: TaskInfo, data: EncodedSplit, previous: Sequence[EncodedSplit]) -> EncodedSplit:
+        """The data to train on for `task`; `previous` holds earlier tasks' training splits."""
+        return data
+
+    def loss(self, model: nn.Module, batch: Batch, outputs: Any, task_loss: Tensor) -> Tensor:
+        """The loss to backpropagate: `task_loss` plus any penalty."""
+        return task_loss
+
+    def after_backward(self, model: nn.Module) -> None:
+        """Gradients are ready and not yet clipped or applied."""
+
+    def after_step(self, model: nn.Module) -> None:
+        """The optimiser has updated the parameters."""
+
+    def after_task(self, task: TaskInfo, model: nn.Module, data: EncodedSplit) -> None:
+        """Training on `task` finished: compute importances, fill memory buffers, merge adapters."""
+
+    def trainable_parameters(self, model: nn.Module) -> Iterator[nn.Parameter]:
+        """Parameters handed to the optimiser for the coming task."""
+        return (p for p in model.parameters() if p.requires_grad)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Tensors and plain values needed to resume after a finished task (no pickled objects)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what `state_dict` returned."""
+
+
+def config_fields(config_cls: type[MethodConfig]) -> list[dict[str, Any]]:
+    """Name, type, default and help of every config field, for `clbench list methods` and docs."""
+    out = []
+    for f in dataclasses.fields(config_cls):
+        default = f.default if f.default is not dataclasses.MISSING else None
+        out.append({"name": f.name, "type": getattr(f.type, "__name__", str(f.type)), "default": default,
+                    "help": f.metadata.get("help", "")})
+    return out

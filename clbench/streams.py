@@ -1,0 +1,244 @@
+"""Stream definitions: versioned YAML files that list tasks, resolved into `Stream` objects by sources.
+
+A stream file (`benchmarks/streams/<name>.yaml`, or any path given to `--stream`) looks like::
+
+    name: synthetic
+    version: 1
+    seed: 0
+    head: shared
+    description: one line
+    defaults: {train_size: 300, test_size: 100, max_length: 32}   # merged into every task (one level)
+    tasks:
+      - {name: colours, source: synthetic, classes: [red, green, blue]}
+
+Every task names a `source` (see `SOURCES`); keys other than the common ones below are the source's own
+options, validated by the source. Streams never choose the model, loss, batch size or epochs.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from clbench.data import Stream, Task
+from clbench.errors import StreamError, suggest
+
+# Source name -> "module:function" building one Task from a TaskSpec; imported only when used.
+SOURCES: dict[str, str] = {
+    "synthetic": "clbench.sources.synthetic:build_task",
+    "pypi": "clbench.sources.pypi:build_task",
+    "hf": "clbench.sources.hf:build_task",
+    "files": "clbench.sources.files:build_task",
+}
+COMMON_KEYS = ("name", "source", "classes", "train_size", "test_size", "max_length", "truncation",
+               "description")
+STREAM_KEYS = ("name", "version", "seed", "head", "description", "defaults", "tasks")
+TRUNCATIONS = ("head", "head_tail")
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One task as declared in a stream file; `options` holds the source-specific keys."""
+
+    name: str
+    source: str
+    classes: tuple[str, ...] | None
+    train_size: int
+    test_size: int
+    max_length: int
+    truncation: str = "head"
+    description: str = ""
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    """A parsed stream file: what to build, before any data is read."""
+
+    name: str
+    version: int
+    seed: int
+    tasks: tuple[TaskSpec, ...]
+    head: str = "shared"
+    description: str = ""
+    path: str = ""
+
+
+@dataclass(frozen=True)
+class SourceContext:
+    """What a source may use: the stream seed, the cache for fetched archives and local data copies."""
+
+    seed: int
+    cache_dir: Path
+    data_dir: Path | None = None
+
+
+def cache_dir() -> Path:
+    """The clbench cache: `$CLBENCH_CACHE`, else `$XDG_CACHE_HOME/clbench`, else `~/.cache/clbench`."""
+    if os.environ.get("CLBENCH_CACHE"):
+        return Path(os.environ["CLBENCH_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "clbench"
+
+
+def builtin_stream_files() -> dict[str, Path]:
+    """Built-in stream name -> YAML file shipped in `benchmarks/streams/`."""
+    folder = resources.files("clbench.benchmarks") / "streams"
+    return {Path(str(p)).stem: Path(str(p)) for p in folder.iterdir() if str(p).endswith(".yaml")}
+
+
+def resolve_stream_file(stream: str) -> Path:
+    """A built-in stream name or a path to a YAML file -> the file; unknown names get suggestions."""
+    builtins = builtin_stream_files()
+    if stream in builtins:
+        return builtins[stream]
+    if stream.endswith((".yaml", ".yml")) or os.sep in stream:
+        path = Path(stream)
+        if not path.is_file():
+            raise StreamError(f"stream file '{stream}' does not exist; pass a built-in stream name or a YAML path")
+        return path
+    raise StreamError(f"unknown stream '{stream}'{suggest(stream, builtins)}; `clbench list streams` shows all")
+
+
+def parse_stream_file(path: Path) -> StreamSpec:
+    """Parse and check a stream YAML file, collecting every problem before raising once."""
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise StreamError(f"stream file '{path}' is not valid YAML ({first}); fix the syntax") from None
+    if not isinstance(raw, dict):
+        raise StreamError(f"stream file '{path}' must be a mapping with 'name', 'version' and 'tasks'")
+    errors: list[str] = []
+    for key in raw:
+        if key not in STREAM_KEYS:
+            errors.append(f"unknown key '{key}'{suggest(str(key), STREAM_KEYS)}")
+    for key in ("name", "version", "tasks"):
+        if key not in raw:
+            errors.append(f"missing key '{key}'")
+    defaults = raw.get("defaults") or {}
+    tasks_raw = raw.get("tasks") or []
+    if not isinstance(defaults, dict):
+        errors.append("'defaults' must be a mapping")
+        defaults = {}
+    if not isinstance(tasks_raw, list) or not tasks_raw:
+        errors.append("'tasks' must be a non-empty list")
+        tasks_raw = []
+    head = raw.get("head", "shared")
+    if head not in ("shared", "per-task"):
+        errors.append(f"head '{head}' must be 'shared' or 'per-task'")
+    specs: list[TaskSpec] = []
+    names: set[str] = set()
+    for i, item in enumerate(tasks_raw):
+        if not isinstance(item, dict):
+            errors.append(f"task #{i + 1} must be a mapping")
+            continue
+        merged = {**defaults, **item}
+        spec, task_errors = _task_spec(merged, i)
+        errors.extend(task_errors)
+        if spec is not None:
+            if spec.name in names:
+                errors.append(f"task name '{spec.name}' appears twice")
+            names.add(spec.name)
+            specs.append(spec)
+    for key in ("version", "seed"):
+        if key in raw and not isinstance(raw[key], int):
+            errors.append(f"'{key}' must be an integer, got {raw[key]!r}")
+    if errors:
+        raise StreamError(f"stream file '{path}': " + "; ".join(errors))
+    return StreamSpec(name=str(raw["name"]), version=int(raw["version"]), seed=int(raw.get("seed", 0)),
+                      tasks=tuple(specs), head=head, description=str(raw.get("description", "")),
+                      path=str(path))
+
+
+def _task_spec(raw: dict[str, Any], index: int) -> tuple[TaskSpec | None, list[str]]:
+    errors: list[str] = []
+    label = f"task '{raw.get('name', f'#{index + 1}')}'"
+    for key in ("name", "source"):
+        if key not in raw:
+            errors.append(f"{label}: missing '{key}'")
+    source = raw.get("source")
+    if source is not None and source not in SOURCES:
+        errors.append(f"{label}: unknown source '{source}'{suggest(str(source), SOURCES)}")
+    sizes: dict[str, int] = {}
+    for key, default in (("train_size", 1000), ("test_size", 500), ("max_length", 128)):
+        value = raw.get(key, default)
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            errors.append(f"{label}: '{key}' must be a positive integer, got {value!r}")
+        else:
+            sizes[key] = value
+    truncation = raw.get("truncation", "head")
+    if truncation not in TRUNCATIONS:
+        errors.append(f"{label}: truncation '{truncation}' must be one of {', '.join(TRUNCATIONS)}")
+    classes = raw.get("classes")
+    if classes is not None and (not isinstance(classes, list) or len(classes) < 2):
+        errors.append(f"{label}: 'classes' must be a list of at least two names")
+    if errors:
+        return None, errors
+    options = {k: v for k, v in raw.items() if k not in COMMON_KEYS}
+    return TaskSpec(name=str(raw["name"]), source=str(source), classes=tuple(map(str, classes)) if classes else None,
+                    train_size=sizes["train_size"], test_size=sizes["test_size"],
+                    max_length=sizes["max_length"], truncation=str(truncation),
+                    description=str(raw.get("description", "")), options=options), []
+
+
+def load_stream_spec(stream: str, *, train_size: int | None = None, test_size: int | None = None,
+                     max_length: int | None = None) -> StreamSpec:
+    """Resolve and parse a stream, applying run-level size overrides to every task."""
+    spec = parse_stream_file(resolve_stream_file(stream))
+    overrides = {k: v for k, v in (("train_size", train_size), ("test_size", test_size),
+                                   ("max_length", max_length)) if v is not None}
+    if overrides:
+        spec = replace(spec, tasks=tuple(replace(t, **overrides) for t in spec.tasks))
+    return spec
+
+
+def source_builder(source: str) -> Callable[[TaskSpec, SourceContext], Task]:
+    module_name, func = SOURCES[source].split(":")
+    return getattr(importlib.import_module(module_name), func)  # type: ignore[no-any-return]
+
+
+def build_stream(spec: StreamSpec, data_dir: Path | None = None) -> Stream:
+    """Build every task of a parsed stream (reading or fetching data) and drop cross-task duplicates."""
+    ctx = SourceContext(seed=spec.seed, cache_dir=cache_dir(), data_dir=data_dir)
+    tasks = [source_builder(t.source)(t, ctx) for t in spec.tasks]
+    tasks = drop_cross_task_duplicates(tasks)
+    for task in tasks:
+        if not task.train_texts or not task.test_texts:
+            raise StreamError(f"stream '{spec.name}': task '{task.name}' is empty after filtering; "
+                              "check its source options or sizes")
+    return Stream(name=spec.name, version=spec.version, seed=spec.seed, tasks=tuple(tasks),
+                  description=spec.description, head=spec.head)
+
+
+def drop_cross_task_duplicates(tasks: list[Task]) -> list[Task]:
+    """Remove from each task the texts already present in an earlier task of the stream (either split)."""
+    seen: set[str] = set()
+    out: list[Task] = []
+    for task in tasks:
+        keep_train = [i for i, t in enumerate(task.train_texts) if t not in seen]
+        keep_test = [i for i, t in enumerate(task.test_texts) if t not in seen]
+        if len(keep_train) != len(task.train_texts) or len(keep_test) != len(task.test_texts):
+            task = replace(task,
+                           train_texts=tuple(task.train_texts[i] for i in keep_train),
+                           train_labels=tuple(task.train_labels[i] for i in keep_train),
+                           test_texts=tuple(task.test_texts[i] for i in keep_test),
+                           test_labels=tuple(task.test_labels[i] for i in keep_test))
+        seen.update(task.train_texts)
+        seen.update(task.test_texts)
+        out.append(task)
+    return out
+
+
+def load_stream(stream: str, *, train_size: int | None = None, test_size: int | None = None,
+                max_length: int | None = None, data_dir: Path | None = None) -> Stream:
+    """Name or path -> built Stream (see `load_stream_spec` and `build_stream`)."""
+    spec = load_stream_spec(stream, train_size=train_size, test_size=test_size, max_length=max_length)
+    return build_stream(spec, data_dir=data_dir)

@@ -1,0 +1,14 @@
+"""Built-in methods, one file each; installed as `clbench.methods`.
+
+`BUILTIN` maps registry names to "module:Class" and is read lazily by `clbench.registry`: a method's module is
+imported only when it is looked up. Adding a method touches its file, one line here, one test file and the
+docs line generated from its class.
+"""
+
+from clbench.protocol import Hooks, MethodConfig, RunContext, option
+
+__all__ = ["BUILTIN", "Hooks", "MethodConfig", "RunContext", "option"]
+
+BUILTIN: dict[str, str] = {
+    "naive": "clbench.methods.naive:Naive",
+}
