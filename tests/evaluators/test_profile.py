@@ -1,0 +1,88 @@
+"""profile() measures time, memory and rates; it never reports CUDA numbers on a CPU run."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from clbench.evaluators import ProfileRecord, optimizer_state_mb, parameter_counts, profile
+
+
+def test_profile_measures_a_sleep() -> None:
+    with profile("cpu") as rec:
+        time.sleep(0.05)
+        rec.add(examples=10, tokens=200)
+        rec.add(examples=10)
+    assert 0.05 <= rec.wall_s < 1.0
+    assert rec.peak_cuda_mb is None and rec.device == "cpu"
+    assert rec.counts == {"examples": 20, "tokens": 200}
+    assert rec.examples_per_s == pytest.approx(20 / rec.wall_s)
+    assert rec.tokens_per_s == pytest.approx(200 / rec.wall_s)
+    assert rec.rate("steps") is None
+    row = rec.as_dict()
+    assert row["peak_cuda_mb"] is None and row["examples_per_s"] == rec.examples_per_s
+
+
+def test_profile_sees_an_allocation() -> None:
+    size_mb = 200
+    with profile("cpu", sample_interval_s=0.005) as rec:
+        block = np.ones(size_mb * (1 << 20), dtype=np.uint8)  # touched, so resident
+        time.sleep(0.03)
+        del block
+    with profile("cpu", sample_interval_s=0.005) as quiet:
+        time.sleep(0.03)
+    assert rec.peak_rss_mb is not None and quiet.peak_rss_mb is not None
+    # The first block's peak includes the buffer; the second, after it was freed, does not.
+    assert rec.peak_rss_mb >= quiet.peak_rss_mb + 0.8 * size_mb
+
+
+def test_profile_fills_record_on_exception() -> None:
+    record: ProfileRecord | None = None
+    with pytest.raises(RuntimeError), profile("cpu") as rec:
+        record = rec
+        raise RuntimeError("boom")
+    assert record is not None and record.wall_s > 0 and record.peak_rss_mb is not None
+
+
+def test_profile_without_sampler_thread() -> None:
+    with profile("cpu", sample_interval_s=0) as rec:
+        pass
+    assert rec.peak_rss_mb is not None and rec.peak_rss_mb > 0
+
+
+def test_nested_profiles_on_cpu() -> None:
+    with profile("cpu") as outer:
+        with profile("cpu") as inner:
+            time.sleep(0.01)
+        time.sleep(0.01)
+    assert outer.wall_s > inner.wall_s >= 0.01
+
+
+def test_parameter_and_optimizer_counts() -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))  # 15 + 8 elements
+    model[0].weight.requires_grad_(False)
+    assert parameter_counts(model) == (3 + 8, 15 + 8)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad])
+    assert optimizer_state_mb(optimizer) == 0.0
+    model(torch.ones(1, 4)).sum().backward()
+    optimizer.step()
+    # Adam keeps exp_avg and exp_avg_sq (float32) per trainable element, plus a scalar step.
+    assert optimizer_state_mb(optimizer) * (1 << 20) >= 2 * 11 * 4
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_profile_cuda_peak_and_nesting() -> None:
+    device = torch.device("cuda")
+    with profile(device) as outer:
+        big = torch.empty(64 << 20, dtype=torch.uint8, device=device)  # 64 MiB
+        del big
+        with profile(device) as inner:
+            small = torch.empty(8 << 20, dtype=torch.uint8, device=device)  # 8 MiB
+            del small
+    assert inner.peak_cuda_mb is not None and outer.peak_cuda_mb is not None
+    assert 8 <= inner.peak_cuda_mb < 64
+    assert outer.peak_cuda_mb >= 64  # the inner reset did not erase the outer peak
