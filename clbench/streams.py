@@ -78,6 +78,7 @@ class SourceContext:
     seed: int
     cache_dir: Path
     data_dir: Path | None = None
+    stream_dir: Path | None = None  # folder of the stream file: relative data paths are resolved from it
 
 
 def cache_dir() -> Path:
@@ -207,7 +208,8 @@ def source_builder(source: str) -> Callable[[TaskSpec, SourceContext], Task]:
 
 def build_stream(spec: StreamSpec, data_dir: Path | None = None) -> Stream:
     """Build every task of a parsed stream (reading or fetching data) and drop cross-task duplicates."""
-    ctx = SourceContext(seed=spec.seed, cache_dir=cache_dir(), data_dir=data_dir)
+    ctx = SourceContext(seed=spec.seed, cache_dir=cache_dir(), data_dir=data_dir,
+                        stream_dir=Path(spec.path).parent if spec.path else None)
     tasks = [source_builder(t.source)(t, ctx) for t in spec.tasks]
     tasks = drop_cross_task_duplicates(tasks)
     for task in tasks:
@@ -242,3 +244,18 @@ def load_stream(stream: str, *, train_size: int | None = None, test_size: int | 
     """Name or path -> built Stream (see `load_stream_spec` and `build_stream`)."""
     spec = load_stream_spec(stream, train_size=train_size, test_size=test_size, max_length=max_length)
     return build_stream(spec, data_dir=data_dir)
+
+
+def stream_summaries() -> list[dict[str, Any]]:
+    """One row per built-in stream for `clbench list streams`: tasks, classes, sizes, source, offline."""
+    rows = []
+    for name, path in sorted(builtin_stream_files().items()):
+        spec = parse_stream_file(path)
+        rows.append({
+            "name": name, "version": spec.version, "description": spec.description, "head": spec.head,
+            "offline": all(t.source != "hf" for t in spec.tasks),
+            "tasks": [{"name": t.name, "source": t.source, "classes": list(t.classes) if t.classes else None,
+                       "train_size": t.train_size, "test_size": t.test_size, "max_length": t.max_length}
+                      for t in spec.tasks],
+        })
+    return rows

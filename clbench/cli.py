@@ -1,0 +1,155 @@
+"""The command line: `clbench run | list | fetch | report | compare`. Each command parses its input and calls
+one library function; any ClbenchError becomes one line on stderr and exit code 2."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from functools import wraps
+from typing import Any, TypeVar
+
+import click
+
+from clbench import __version__
+from clbench.errors import ClbenchError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def friendly(fn: F) -> F:
+    """Turn library errors into `clbench: error: <one line>` and exit code 2 (no traceback)."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except ClbenchError as exc:
+            message = " ".join(str(exc).split())
+            click.echo(f"clbench: error: {message}", err=True)
+            sys.exit(2)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _csv(value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="clbench")
+def main() -> None:
+    """clbench: compare continual-learning methods on NLP task streams with pretrained transformers."""
+
+
+@main.command()
+@click.option("--methods", help="Comma-separated method names, e.g. naive,ewc,lora (see `clbench list methods`).")
+@click.option("--stream", help="Built-in stream name or a stream YAML file (see `clbench list streams`).")
+@click.option("--model", help="Model alias (tiny, minilm, bert-base), HF model id or local directory.")
+@click.option("--seeds", help="Comma-separated seeds, e.g. 0,1,2; one unit per method and seed.")
+@click.option("--out", help="Run directory (default runs/<stream>-<model>-<time>).")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML run configuration.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a config value, e.g. --set epochs=2 --set ewc.penalty_weight=1000.")
+@click.option("--plugin", "plugins", multiple=True, metavar="FILE.py", help="Register methods from a Python file.")
+@click.option("--epochs", type=int, help="Passes over each task's training data.")
+@click.option("--max-steps", type=int, help="Optimiser steps per task (overrides --epochs).")
+@click.option("--batch-size", type=int, help="Training batch size.")
+@click.option("--lr", type=float, help="Learning rate (default: the model's).")
+@click.option("--train-size", type=int, help="Override every task's training-set size.")
+@click.option("--test-size", type=int, help="Override every task's test-set size.")
+@click.option("--max-length", type=int, help="Override every task's max tokens per example.")
+@click.option("--buffer-size", type=int, help="Replay/memory budget in examples, the same for every method.")
+@click.option("--head", type=click.Choice(["shared", "per-task"]), help="Classification head policy.")
+@click.option("--data-dir", help="Local copies of Hub datasets for hf streams.")
+@click.option("--device", help="auto, cpu, cuda or cuda:N.")
+@click.option("--eval-every", type=int, help="Also evaluate every task every N training steps.")
+@click.option("--quiet", is_flag=True, help="Print nothing but errors and the final summary.")
+@friendly
+def run(**kwargs: Any) -> None:
+    """Train each method through the stream's tasks and write results, summary and report to --out."""
+    from clbench.config import build_config, load_yaml, parse_set
+    from clbench.progress import Progress
+    from clbench.registry import MethodRegistry
+    from clbench.runner import run as run_experiment
+    from clbench.summary import summary_table
+
+    quiet = kwargs.pop("quiet")
+    file_layer = load_yaml(kwargs.pop("config_file")) if kwargs.get("config_file") else {}
+    set_layer = parse_set(kwargs.pop("overrides"))
+    plugins = list(kwargs.pop("plugins")) or list(file_layer.get("plugins", []) or [])
+    for key in ("methods", "seeds"):
+        kwargs[key] = _csv(kwargs[key])
+    flags = {k: v for k, v in kwargs.items() if v is not None}
+    if plugins:
+        flags["plugins"] = plugins
+    registry = MethodRegistry.default(plugins)
+    config = build_config(file_layer, flags, set_layer, method_names=registry.names())
+    out = run_experiment(config, registry=registry, progress=Progress("quiet" if quiet else None),
+                         command=" ".join(["clbench", *sys.argv[1:]]))
+    click.echo(summary_table(out))
+
+
+@main.group(name="list")
+def list_() -> None:
+    """List methods, streams or models."""
+
+
+@list_.command(name="methods")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--plugin", "plugins", multiple=True, metavar="FILE.py", help="Also list methods from a file.")
+@friendly
+def list_methods(as_json: bool, plugins: tuple[str, ...]) -> None:
+    """Every registered method with its summary, citation and config fields."""
+    from clbench.registry import MethodRegistry
+
+    registry = MethodRegistry.default(plugins)
+    rows = [registry.describe(name) for name in registry.names()]
+    if as_json:
+        click.echo(json.dumps(rows, indent=1, default=str))
+        return
+    for row in rows:
+        click.echo(f"{row['name']:<16} {row['summary']}")
+        if row["citation"]:
+            click.echo(f"{'':<16} cite: {row['citation']}")
+        for f in row["config"]:
+            click.echo(f"{'':<16} --set {row['name']}.{f['name']}={f['default']!s:<10} {f['help']}")
+
+
+@list_.command(name="models")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def list_models(as_json: bool) -> None:
+    """Model aliases; any HF model id or local directory works too."""
+    from clbench.models import describe_models
+
+    rows = describe_models()
+    if as_json:
+        click.echo(json.dumps(rows, indent=1))
+        return
+    for row in rows:
+        click.echo(f"{row['name']:<10} {'offline' if row['offline'] else 'needs Hub':<9} {row['summary']}")
+
+
+@list_.command(name="streams")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@friendly
+def list_streams(as_json: bool) -> None:
+    """Built-in streams: tasks, classes, sizes, source and whether they run offline."""
+    from clbench.streams import stream_summaries
+
+    rows = stream_summaries()
+    if as_json:
+        click.echo(json.dumps(rows, indent=1))
+        return
+    for row in rows:
+        click.echo(f"{row['name']} (v{row['version']}, {'offline' if row['offline'] else 'needs Hub or --data-dir'})"
+                   f": {row['description']}")
+        for t in row["tasks"]:
+            click.echo(f"    {t['name']:<22} {t['source']:<9} {len(t['classes'] or []):>2} classes  "
+                       f"train {t['train_size']:>5}  test {t['test_size']:>5}  max_len {t['max_length']}")
+
+
+if __name__ == "__main__":
+    main()

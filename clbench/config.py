@@ -1,0 +1,326 @@
+"""Run configuration: one frozen dataclass, filled from a YAML file, CLI flags and `--set key=value`.
+
+Precedence: dataclass defaults < `--config` YAML < CLI flags < `--set` overrides. A YAML file holds run fields
+at the top level and one mapping per method for its config, e.g.::
+
+    methods: [naive, ewc]
+    stream: reviews
+    epochs: 1
+    ewc: {penalty_weight: 1000}
+
+`--set ewc.penalty_weight=1000` and `--set batch_size=8` use the same keys. Values are parsed as YAML
+scalars and checked against the dataclass field types. `validate()` collects every problem and raises one
+ConfigError, before any data is read or any model trained.
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from clbench.errors import ClbenchError, ConfigError, suggest
+
+
+def _f(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that defines a run. Method hyperparameters live in `method_options` (name -> mapping)."""
+
+    methods: tuple[str, ...] = _f(("naive",), "methods to compare, by registry name")
+    stream: str = _f("reviews", "built-in stream name or path to a stream YAML file")
+    model: str = _f("minilm", "model alias (tiny, minilm, bert-base), HF model id or local directory")
+    seeds: tuple[int, ...] = _f((0,), "one unit per method and seed")
+    out: str | None = _f(None, "run directory (default runs/<stream>-<model>)")
+    epochs: int = _f(1, "passes over each task's training data")
+    max_steps: int | None = _f(None, "optimiser steps per task; overrides epochs when set")
+    batch_size: int = _f(16, "training batch size")
+    eval_batch_size: int = _f(64, "evaluation batch size")
+    lr: float | None = _f(None, "AdamW learning rate (default: the model's, e.g. 5e-5 for minilm)")
+    weight_decay: float = _f(0.01, "AdamW weight decay")
+    warmup_ratio: float = _f(0.1, "fraction of each task's steps with linear warm-up")
+    grad_clip: float = _f(1.0, "max gradient norm (0 disables clipping)")
+    head: str | None = _f(None, "shared (argmax over all classes) or per-task; default: the stream's")
+    buffer_size: int = _f(200, "examples of old tasks any replay-style method may keep (same for all)")
+    train_size: int | None = _f(None, "override every task's training-set size")
+    test_size: int | None = _f(None, "override every task's test-set size")
+    max_length: int | None = _f(None, "override every task's max tokens per example")
+    data_dir: str | None = _f(None, "local copies of Hub datasets (save_to_disk folders or parquet)")
+    device: str = _f("auto", "auto, cpu, cuda or cuda:N")
+    precision: str = _f("fp32", "fp32, bf16 or fp16 (autocast on CUDA; fp32 on CPU)")
+    eval_every: int = _f(0, "also evaluate every task every N training steps (0: only after tasks)")
+    plugins: tuple[str, ...] = _f((), "extra method files to register")
+    executor: str = _f("local", "local (in process) or ray (one Ray task per unit)")
+    ray_address: str | None = _f(None, "address of an existing Ray cluster (default: start a local one)")
+    method_options: Mapping[str, Mapping[str, Any]] = field(
+        default_factory=dict, metadata={"help": "per-method config values, e.g. {ewc: {penalty_weight: 1000}}"})
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, tuple):
+                value = list(value)
+            if f.name == "method_options":
+                value = {k: dict(v) for k, v in (value or {}).items()}
+            out[f.name] = value
+        return out
+
+
+RUN_FIELDS = {f.name: f for f in fields(RunConfig)}
+CHOICES = {"head": (None, "shared", "per-task"), "device": None, "precision": ("fp32", "bf16", "fp16"),
+           "executor": ("local", "ray")}
+
+
+def field_help() -> dict[str, str]:
+    return {name: f.metadata.get("help", "") for name, f in RUN_FIELDS.items()}
+
+
+def coerce(value: Any, annotation: Any, where: str) -> Any:
+    """Convert `value` (from YAML or a `--set` string) to the field type `annotation`, or raise ConfigError."""
+    if isinstance(annotation, str):
+        annotation = _resolve(annotation)
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return coerce(value, arg, where)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{where}: bad value {value!r}")
+    if origin in (tuple, Sequence, list) or annotation in (tuple, list):
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)):
+            items = [items]
+        inner = args[0] if args else str
+        return tuple(coerce(_scalar(v) if isinstance(v, str) else v, inner, where) for v in items)
+    if origin in (Mapping, dict) or annotation in (dict, Mapping):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if annotation is str:
+        if isinstance(value, (dict, list)) or value is None:
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return str(value)
+    if annotation is Any:
+        return value
+    return value
+
+
+def _resolve(name: str) -> Any:
+    namespace = {"Any": Any, "Mapping": Mapping, "Sequence": Sequence, "tuple": tuple, "Path": Path}
+    return eval(name, namespace)  # annotations of our own dataclasses (from __future__ import annotations)
+
+
+def _scalar(text: str) -> Any:
+    """Parse a `--set` value like YAML does: 1 -> int, 1e-3 -> float, true -> bool, else string."""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    if isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string; accept it as a float
+        try:
+            return float(value) if any(c in value for c in ".eE") and value.strip() else value
+        except ValueError:
+            return value
+    return value
+
+
+def parse_set(items: Sequence[str]) -> dict[str, Any]:
+    """`["ewc.penalty_weight=1000", "epochs=2"]` -> {"ewc.penalty_weight": 1000, "epochs": 2}."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set '{item}' is not KEY=VALUE; write e.g. --set ewc.penalty_weight=1000")
+        out[key.strip()] = _scalar(text.strip())
+    return out
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file '{path}' does not exist; pass an existing YAML file to --config")
+    try:
+        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError(f"config file '{path}' is not valid YAML ({first}); fix the syntax") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file '{path}' must be a mapping of run fields and method sections")
+    return raw
+
+
+def build_config(*layers: Mapping[str, Any], method_names: Sequence[str] = ()) -> RunConfig:
+    """Merge layers of {key: value} (YAML, CLI flags, --set) into a RunConfig; every error is reported at once.
+
+    Keys are run fields, `method.field` (dotted) or a method name holding a mapping. `method_names` are the
+    names a method section may use (registered methods); other unknown keys get suggestions.
+    """
+    errors: list[str] = []
+    values: dict[str, Any] = {}
+    options: dict[str, dict[str, Any]] = {}
+    for layer in layers:
+        for key, value in layer.items():
+            key = str(key)
+            if key in RUN_FIELDS and key != "method_options":
+                try:
+                    values[key] = coerce(value, RUN_FIELDS[key].type, key)
+                except ConfigError as exc:
+                    errors.append(str(exc))
+            elif "." in key:
+                method, _, name = key.partition(".")
+                options.setdefault(method, {})[name] = value
+            elif isinstance(value, Mapping):
+                options.setdefault(key, {}).update(value)
+            elif key == "method_options":
+                errors.append("method_options: write one mapping per method instead (e.g. `ewc: {...}`)")
+            else:
+                errors.append(f"unknown config key '{key}'{suggest(key, list(RUN_FIELDS) + list(method_names))}")
+    if errors:
+        raise ConfigError("; ".join(errors))
+    return RunConfig(**values, method_options=options)
+
+
+def method_config(cls_config: type, name: str, raw: Mapping[str, Any]) -> Any:
+    """Instantiate a method's frozen config from raw values, typed by its dataclass fields."""
+    known = {f.name: f for f in fields(cls_config)}
+    errors = []
+    kwargs = {}
+    for key, value in raw.items():
+        if key not in known:
+            hint = suggest(key, known) if known else f" ({name} has no options)"
+            errors.append(f"unknown option '{name}.{key}'{hint}")
+            continue
+        try:
+            kwargs[key] = coerce(value, known[key].type, f"{name}.{key}")
+        except ConfigError as exc:
+            errors.append(str(exc))
+    if errors:
+        raise ConfigError("; ".join(errors))
+    try:
+        return cls_config(**kwargs)
+    except (ValueError, TypeError) as exc:  # __post_init__ range checks raise ValueError
+        raise ConfigError(f"{name}: {exc}") from None
+
+
+def validate(config: RunConfig, registry: Any) -> dict[str, Any]:
+    """Check the whole config; return {method name: config instance}. Raises one ConfigError listing all."""
+    from clbench.models import model_spec
+    from clbench.streams import load_stream_spec
+
+    errors: list[str] = []
+
+    def check(fn: Any) -> Any:
+        try:
+            return fn()
+        except ClbenchError as exc:
+            errors.append(str(exc))
+            return None
+
+    if not config.methods:
+        errors.append("no methods given; pass e.g. --methods naive,ewc")
+    if len(set(config.methods)) != len(config.methods):
+        errors.append(f"methods {list(config.methods)} name a method twice; list each once")
+    classes = {m: check(lambda m=m: registry.get(m)) for m in config.methods}
+    configs: dict[str, Any] = {}
+    for name, raw in config.method_options.items():
+        if name not in classes:
+            known = registry.names()
+            if name in known:
+                errors.append(f"options given for '{name}', which is not in --methods {list(config.methods)}; "
+                              f"add it or drop its options")
+            else:
+                errors.append(f"unknown config section or method '{name}'"
+                              f"{suggest(name, list(known) + list(RUN_FIELDS))}")
+    for name, cls in classes.items():
+        if cls is not None:
+            configs[name] = check(lambda c=cls, n=name: method_config(c.config_cls, n,
+                                                                       config.method_options.get(n, {})))
+    if not config.seeds:
+        errors.append("no seeds given; pass e.g. --seeds 0,1,2")
+    if any(s < 0 for s in config.seeds):
+        errors.append(f"seeds {list(config.seeds)} must be non-negative")
+    if len(set(config.seeds)) != len(config.seeds):
+        errors.append(f"seeds {list(config.seeds)} repeat a seed; list each once")
+    for name in ("epochs", "batch_size", "eval_batch_size"):
+        if getattr(config, name) <= 0:
+            errors.append(f"{name}={getattr(config, name)} must be a positive integer")
+    for name in ("max_steps", "train_size", "test_size", "max_length"):
+        value = getattr(config, name)
+        if value is not None and value <= 0:
+            errors.append(f"{name}={value} must be a positive integer")
+    if config.max_length is not None and config.max_length < 8:
+        errors.append(f"max_length={config.max_length} is too short; use at least 8 tokens")
+    if config.lr is not None and not 0 < config.lr < 1:
+        errors.append(f"lr={config.lr} must be in (0, 1), e.g. 5e-5")
+    if config.weight_decay < 0 or config.grad_clip < 0:
+        errors.append("weight_decay and grad_clip must be non-negative")
+    if not 0 <= config.warmup_ratio < 1:
+        errors.append(f"warmup_ratio={config.warmup_ratio} must be in [0, 1)")
+    if config.buffer_size < 0:
+        errors.append(f"buffer_size={config.buffer_size} must be non-negative")
+    if config.eval_every < 0:
+        errors.append(f"eval_every={config.eval_every} must be 0 (off) or a positive number of steps")
+    for name, choices in CHOICES.items():
+        value = getattr(config, name)
+        if choices is not None and value not in choices:
+            errors.append(f"{name}='{value}' must be one of {', '.join(str(c) for c in choices if c)}")
+    if not (config.device in ("auto", "cpu", "cuda") or config.device.startswith("cuda:")):
+        errors.append(f"device='{config.device}' must be auto, cpu, cuda or cuda:N")
+    elif config.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            errors.append(f"device='{config.device}' but CUDA is not available; use --device cpu or auto")
+    check(lambda: model_spec(config.model))
+    check(lambda: load_stream_spec(config.stream, train_size=config.train_size, test_size=config.test_size,
+                                   max_length=config.max_length))
+    if config.data_dir is not None and not Path(config.data_dir).is_dir():
+        errors.append(f"data_dir '{config.data_dir}' is not a directory; point it at local dataset copies")
+    if config.out is not None:
+        # One missing level is created (e.g. `runs/` in a fresh clone); a deeper missing path is a typo.
+        parent = Path(config.out).resolve().parent
+        if not parent.is_dir() and not parent.parent.is_dir():
+            errors.append(f"--out '{config.out}': folder '{parent.parent}' does not exist; create it first "
+                          "or fix the path")
+    if errors:
+        raise ConfigError("; ".join(errors))
+    return configs
+
+
+def dump_yaml(config: RunConfig) -> str:
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)
+
+
+def from_saved(raw: Mapping[str, Any]) -> RunConfig:
+    """Rebuild a RunConfig from a saved config.yaml (used by --resume)."""
+    raw = dict(raw)
+    options = raw.pop("method_options", {}) or {}
+    return build_config(raw, {f"{m}.{k}": v for m, opts in options.items() for k, v in opts.items()})

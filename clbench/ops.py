@@ -1,0 +1,83 @@
+"""Shared maths for methods and the runner: parameter snapshots, effective weights, quadratic penalties."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import torch
+from torch import Tensor, nn
+
+PEFT_PREFIX = "base_model.model."
+
+
+def canonical_name(name: str) -> str:
+    """Parameter name without PEFT's wrapping, so drift compares the same tensor before and after wrapping."""
+    if name.startswith(PEFT_PREFIX):
+        name = name[len(PEFT_PREFIX):]
+    return name.replace(".base_layer.", ".").replace(".modules_to_save.default.", ".").replace(
+        ".original_module.", ".")
+
+
+def effective_weights(model: nn.Module) -> dict[str, Tensor]:
+    """Detached CPU copies of the weights the model computes with, by canonical name.
+
+    For a LoRA-wrapped layer the weight is W + Σ_adapters ΔW with ΔW = (α/r)·B·A (peft's `get_delta_weight`,
+    which applies the scaling α/r), so weight drift for LoRA is measured on what the network uses. The adapter
+    factors themselves are not listed.
+    """
+    out: dict[str, Tensor] = {}
+    lora_layers = {}
+    for module_name, module in model.named_modules():
+        if hasattr(module, "get_delta_weight") and hasattr(module, "base_layer"):
+            lora_layers[module_name] = module
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if ".lora_" in name or not param.is_floating_point():
+                continue
+            if ".original_module." in name:
+                continue  # peft keeps an untrained copy of modules_to_save; the trained copy is what runs
+            out[canonical_name(name)] = param.detach().to("cpu", copy=True).float()
+        for module_name, module in lora_layers.items():
+            key = canonical_name(module_name + ".base_layer.weight")
+            weight = module.base_layer.weight.detach().float()
+            for adapter in getattr(module, "active_adapters", []):
+                if adapter in getattr(module, "lora_A", {}) and not getattr(module, "merged", False):
+                    weight = weight + module.get_delta_weight(adapter).float()
+            out[key] = weight.to("cpu", copy=True)
+    return out
+
+
+def snapshot(params: Iterable[tuple[str, nn.Parameter]]) -> dict[str, Tensor]:
+    """Detached copies of named parameters on their device (anchors for EWC/SI-style penalties)."""
+    return {name: p.detach().clone() for name, p in params}
+
+
+def quadratic_penalty(params: Iterable[tuple[str, Tensor]], anchor: Mapping[str, Tensor],
+                      importance: Mapping[str, Tensor]) -> Tensor:
+    """Σ_i Ω_i (θ_i − θ*_i)² over the named parameters present in `importance` (no 1/2 or λ applied)."""
+    total: Tensor | None = None
+    for name, p in params:
+        if name in importance:
+            term = (importance[name] * (p - anchor[name]).pow(2)).sum()
+            total = term if total is None else total + term
+    if total is None:
+        return torch.zeros(())
+    return total
+
+
+def flat_grad(params: Iterable[nn.Parameter]) -> Tensor:
+    """All gradients concatenated into one vector (zeros where a gradient is missing)."""
+    return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])
+
+
+def assign_flat_grad(params: Iterable[nn.Parameter], vector: Tensor) -> None:
+    """Write a flat vector back into the parameters' `.grad` fields (inverse of `flat_grad`)."""
+    offset = 0
+    for p in params:
+        n = p.numel()
+        chunk = vector[offset:offset + n].view_as(p).to(p.dtype)
+        if p.grad is None:
+            p.grad = chunk.clone()
+        else:
+            p.grad.copy_(chunk)
+        offset += n

@@ -1,0 +1,278 @@
+"""The runner: the only training loop in clbench.
+
+For each unit (method × seed) it builds the model, lets the method wrap it, evaluates every task before
+training (row 0), then for each task trains with the method's hooks around the loop and evaluates every
+task again (row i). Each finished evaluation, drift measurement and profile is appended to the run's
+results at once. A unit that diverges (non-finite loss) is recorded as failed and the other units go on.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from clbench.config import RunConfig, dump_yaml, validate
+from clbench.data import BatchPlan, EncodedSplit, Stream, TaskInfo
+from clbench.errors import ClbenchError
+from clbench.evaluators.accuracy import (accuracy, class_incremental_predictions, macro_f1,
+                                         task_aware_predictions)
+from clbench.evaluators.drift import frobenius_drift, functional_drift
+from clbench.evaluators.profile import optimizer_state_mb, parameter_counts, profile
+from clbench.models import build_model, load_tokenizer, model_spec, tokenizer_fingerprint
+from clbench.ops import effective_weights
+from clbench.progress import Progress
+from clbench.protocol import Hooks, RunContext
+from clbench.registry import MethodRegistry
+from clbench.results import RunDir, environment, unit_id
+from clbench.streams import cache_dir, load_stream
+from clbench.tokenize import encode_stream
+
+
+class Diverged(ClbenchError):
+    """The loss became NaN or infinite; the unit stops and is recorded as failed."""
+
+
+@dataclass
+class Prepared:
+    """A stream resolved and tokenised once, shared by every unit of a run."""
+
+    stream: Stream
+    infos: tuple[TaskInfo, ...]
+    splits: list[tuple[EncodedSplit, EncodedSplit]]  # (train, test) per task
+    head: str
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def default_out(config: RunConfig) -> str:
+    stream = Path(config.stream).stem
+    model = Path(config.model).name
+    return str(Path("runs") / f"{stream}-{model}-{time.strftime('%Y%m%d-%H%M%S')}")
+
+
+def prepare(config: RunConfig) -> Prepared:
+    """Load and tokenise the stream (tokenisation cached on disk per stream contents and tokenizer)."""
+    stream = load_stream(config.stream, train_size=config.train_size, test_size=config.test_size,
+                         max_length=config.max_length, data_dir=Path(config.data_dir) if config.data_dir else None)
+    tokenizer = load_tokenizer(config.model)
+    splits = encode_stream(stream, tokenizer, tokenizer_fingerprint(config.model), cache_dir())
+    return Prepared(stream, stream.infos(), splits, config.head or stream.head)
+
+
+def run(config: RunConfig, *, registry: MethodRegistry | None = None, progress: Progress | None = None,
+        command: str | None = None) -> Path:
+    """Validate, then run every unit of `config`; returns the run directory.
+
+    Raises ClbenchError for bad input before anything is trained or written.
+    """
+    registry = registry or MethodRegistry.default(config.plugins)
+    method_configs = validate(config, registry)
+    progress = progress or Progress()
+    out = Path(config.out or default_out(config))
+    config = replace(config, out=str(out))
+    prepared = prepare(config)
+    with RunDir(out) as run_dir:
+        run_dir.write_text("config.yaml", dump_yaml(config))
+        env = environment(command)
+        env["stream"] = {"name": prepared.stream.name, "version": prepared.stream.version,
+                         "seed": prepared.stream.seed,
+                         "tasks": [{"name": t.name, "classes": list(t.classes), "train": len(s[0]), "test": len(s[1])}
+                                   for t, s in zip(prepared.stream.tasks, prepared.splits)]}
+        run_dir.write_text("env.json", json.dumps(env, indent=1))
+        progress.message(f"run directory: {out}")
+        for seed in config.seeds:
+            for name in config.methods:
+                method = registry.get(name)(method_configs[name])
+                try:
+                    train_unit(config, prepared, method, seed, run_dir, progress)
+                except Diverged as exc:
+                    run_dir.append([_record(name, seed, "unit", 0, None, metric="status", value="failed",
+                                            error=str(exc))])
+                    progress.message(f"{unit_id(name, seed)} failed: {exc}")
+    return out
+
+
+def _record(method: str, seed: int, kind: str, row: int, task: str | None, **fields: Any) -> dict[str, Any]:
+    return {"type": kind, "unit": unit_id(method, seed), "method": method, "seed": seed, "row": row,
+            "task": task, **fields}
+
+
+def lr_schedule(step: int, total: int, warmup: int) -> float:
+    """Linear warm-up to 1 over `warmup` steps, then linear decay to 0 at `total`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    return max(0.0, (total - step) / max(1, total - warmup))
+
+
+def train_unit(config: RunConfig, prepared: Prepared, method: Hooks, seed: int, run_dir: RunDir,
+               progress: Progress) -> None:
+    """Train one method with one seed through the whole stream, appending results as they come."""
+    name = method.name
+    device = resolve_device(config.device)
+    generator = torch.Generator().manual_seed(seed)
+    model = build_model(config.model, prepared.stream.num_labels, seed).to(device)
+    ctx = RunContext(tasks=prepared.infos, num_labels=prepared.stream.num_labels, device=device, seed=seed,
+                     generator=torch.Generator().manual_seed(seed + 1_000_003), buffer_size=config.buffer_size,
+                     batch_size=config.batch_size, head=prepared.head)
+    model = method.setup(model, ctx)
+    lr = config.lr if config.lr is not None else model_spec(config.model).default_lr
+    weights_start = effective_weights(model)
+    logits_prev = evaluate_all(config, prepared, model, ctx, name, seed, 0, None, run_dir)
+    train_splits = [s[0] for s in prepared.splits]
+    for info in prepared.infos:
+        progress.message(f"{unit_id(name, seed)}: task {info.index + 1}/{len(prepared.infos)} '{info.name}'")
+        weights_before = effective_weights(model)
+        with profile(device) as rec_method_before:
+            method.before_task(info, model)
+            data = method.train_data(info, train_splits[info.index], train_splits[:info.index])
+        params = list(method.trainable_parameters(model))
+        optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=config.weight_decay)
+        plan = BatchPlan(data, config.batch_size, shuffle=True, generator=generator)
+        total = config.max_steps or config.epochs * len(plan)
+        warmup = int(config.warmup_ratio * total)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_schedule(s, total, warmup))
+        progress.start_task(f"{unit_id(name, seed)} {info.name}", total)
+        step = 0
+        with profile(device) as rec_train:
+            while step < total:
+                for batch in plan:
+                    if step >= total:
+                        break
+                    loss = train_step(model, method, ctx, batch.to(device), params, optimizer, config)
+                    scheduler.step()
+                    step += 1
+                    rec_train.add(examples=len(batch), tokens=batch.num_tokens, steps=1)
+                    progress.step(step, loss)
+                    if not math.isfinite(loss):
+                        progress.end_task()
+                        raise Diverged(f"loss became {loss} at step {step} of task '{info.name}'; "
+                                       "lower --lr or the method's penalty weight")
+                    if config.eval_every and step % config.eval_every == 0 and step < total:
+                        evaluate_all(config, prepared, model, ctx, name, seed, info.index + 1, info.name, run_dir,
+                                     step=step, kind="curve")
+        progress.end_task()
+        with profile(device) as rec_method_after:
+            method.after_task(info, model, data)
+        with profile(device) as rec_eval:
+            logits_now = evaluate_all(config, prepared, model, ctx, name, seed, info.index + 1, info.name,
+                                      run_dir, step=step)
+            rec_eval.add(examples=sum(len(s[1]) for s in prepared.splits))
+        records = drift_records(name, seed, info, weights_before, weights_start, effective_weights(model))
+        records += functional_records(name, seed, info, logits_prev, logits_now, prepared.infos)
+        trainable, total_params = parameter_counts(model)
+        for phase, rec in (("train", rec_train), ("eval", rec_eval), ("method_before", rec_method_before),
+                           ("method_after", rec_method_after)):
+            for metric, value in rec.as_dict().items():
+                if value is not None and not isinstance(value, (dict, str)):
+                    records.append(_record(name, seed, "profile", info.index + 1, info.name, phase=phase,
+                                           metric=metric, value=value))
+        for metric, value in (("trainable_params", trainable), ("total_params", total_params),
+                              ("optimizer_state_mb", optimizer_state_mb(optimizer)), ("lr", lr)):
+            records.append(_record(name, seed, "profile", info.index + 1, info.name, phase="train", metric=metric,
+                                   value=value))
+        run_dir.append(records)
+        logits_prev = logits_now
+    run_dir.append([_record(name, seed, "unit", len(prepared.infos), None, metric="status", value="done")])
+
+
+def train_step(model: nn.Module, method: Hooks, ctx: RunContext, batch: Any, params: Sequence[nn.Parameter],
+               optimizer: torch.optim.Optimizer, config: RunConfig) -> float:
+    """One optimiser step: forward, the method's loss, backward, hooks, clipping, update."""
+    model.train()
+    autocast = _autocast(ctx.device, config.precision)
+    with autocast:
+        outputs = model(**batch.model_inputs())
+        logits = ctx.logits(outputs.logits, batch.task_ids)  # [batch, num_labels]
+        task_loss = nn.functional.cross_entropy(logits.float(), batch.labels)
+        loss = method.loss(model, batch, outputs, task_loss)
+    if not method.backward_in_loss:
+        loss.backward()
+    value = float(loss.detach())
+    if not math.isfinite(value):
+        optimizer.zero_grad(set_to_none=True)
+        return value
+    method.after_backward(model)
+    if config.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    method.after_step(model)
+    return value
+
+
+def _autocast(device: torch.device, precision: str) -> Any:
+    if device.type == "cuda" and precision in ("bf16", "fp16"):
+        return torch.autocast("cuda", dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+    return torch.autocast(device.type, enabled=False)
+
+
+def predict(model: nn.Module, split: EncodedSplit, ctx: RunContext, batch_size: int,
+            precision: str = "fp32") -> Tensor:
+    """Raw logits [n, num_labels] for every example of `split`, in the split's order."""
+    model.eval()
+    logits = torch.empty(len(split), ctx.num_labels)
+    with torch.inference_mode(), _autocast(ctx.device, precision):
+        plan = BatchPlan(split, batch_size, shuffle=False)
+        for index in plan.indices():
+            batch = split.batch(index).to(ctx.device)
+            logits[index] = model(**batch.model_inputs()).logits.float().cpu()
+    return logits
+
+
+def evaluate_all(config: RunConfig, prepared: Prepared, model: nn.Module, ctx: RunContext, method: str,
+                 seed: int, row: int, task: str | None, run_dir: RunDir, step: int | None = None,
+                 kind: str = "accuracy") -> list[Tensor]:
+    """Evaluate every task's test split; append class-incremental and task-aware accuracy and macro-F1."""
+    records = []
+    all_logits = []
+    for info, (_, test) in zip(prepared.infos, prepared.splits):
+        logits = predict(model, test, ctx, config.eval_batch_size, config.precision)
+        all_logits.append(logits)
+        target = test.labels
+        cil = class_incremental_predictions(logits)
+        til = task_aware_predictions(logits, info.label_offset, info.num_classes)
+        labels = list(info.label_range)
+        for metric, value in (("acc_cil", accuracy(cil, target)), ("acc_til", accuracy(til, target)),
+                              ("f1_cil", macro_f1(cil, target, labels)), ("f1_til", macro_f1(til, target, labels))):
+            records.append(_record(method, seed, kind, row, task, eval_task=info.name, eval_index=info.index,
+                                   step=step, metric=metric, value=value))
+    run_dir.append(records)
+    return all_logits
+
+
+def drift_records(method: str, seed: int, info: TaskInfo, before: dict[str, Tensor], start: dict[str, Tensor],
+                  after: dict[str, Tensor]) -> list[dict[str, Any]]:
+    """Fractional Frobenius change of the effective weights over this task and since the start."""
+    records = []
+    for metric, reference in (("frobenius_task", before), ("frobenius_total", start)):
+        per_tensor, overall = frobenius_drift(reference, after, strict=False)
+        records.append(_record(method, seed, "drift", info.index + 1, info.name, param="__overall__", metric=metric,
+                               value=overall))
+        records += [_record(method, seed, "drift", info.index + 1, info.name, param=p, metric=metric, value=v)
+                    for p, v in per_tensor.items()]
+    return records
+
+
+def functional_records(method: str, seed: int, info: TaskInfo, before: list[Tensor], after: list[Tensor],
+                       infos: Sequence[TaskInfo]) -> list[dict[str, Any]]:
+    """Distance in function space on previous tasks' test inputs, before vs after training `info`."""
+    records = []
+    for old in infos[:info.index]:
+        drift = functional_drift(before[old.index], after[old.index])
+        for metric, value in drift._asdict().items():
+            records.append(_record(method, seed, "functional", info.index + 1, info.name, eval_task=old.name,
+                                   eval_index=old.index, metric=metric, value=value))
+    return records
+

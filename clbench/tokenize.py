@@ -1,0 +1,107 @@
+"""Tokenise a stream once and cache it on disk, keyed by its texts, the tokenizer and the lengths.
+
+The key hashes the rendered texts and labels themselves (plus tokenizer fingerprint, max length and
+truncation), so any change to a stream's rendering or the tokenizer invalidates the cache with no version
+bookkeeping, and every method, seed and later run of the same stream reuses one tokenisation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from clbench.data import EncodedSplit, Stream, Task
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+HEAD_FRACTION = 0.25  # head_tail keeps the first quarter of the budget and the last three quarters
+
+
+def truncate(ids: list[int], budget: int, mode: str) -> list[int]:
+    """Cut a token list to `budget` tokens: keep the head, or head and tail (Sun et al. 2019, 'How to
+    Fine-Tune BERT for Text Classification', found head+tail best for long reviews)."""
+    if len(ids) <= budget:
+        return ids
+    if mode == "head_tail":
+        head = int(budget * HEAD_FRACTION)
+        return ids[:head] + ids[len(ids) - (budget - head):]
+    return ids[:budget]
+
+
+def encode_texts(texts: tuple[str, ...], tokenizer: PreTrainedTokenizerBase, max_length: int,
+                 truncation: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Texts -> (ids [n, width] padded with the pad id, lengths [n]), framed as [CLS] ... [SEP] (or BOS/EOS)."""
+    encoded = tokenizer(list(texts), add_special_tokens=False, truncation=False)["input_ids"]
+    first = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
+    last = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
+    prefix = [first] if first is not None else []
+    suffix = [last] if last is not None else []
+    budget = max_length - len(prefix) - len(suffix)
+    rows = [prefix + truncate(ids, budget, truncation) + suffix for ids in encoded]
+    width = max((len(r) for r in rows), default=1)
+    pad = tokenizer.pad_token_id or 0
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, :len(row)] = torch.tensor(row, dtype=torch.long)
+    return ids, torch.tensor([len(r) for r in rows], dtype=torch.long)
+
+
+def cache_key(stream: Stream, fingerprint: str) -> str:
+    digest = hashlib.sha256()
+    digest.update(json.dumps([stream.name, stream.version, fingerprint]).encode())
+    for task in stream.tasks:
+        digest.update(json.dumps([task.name, task.max_length, task.truncation, task.train_texts,
+                                  task.train_labels, task.test_texts, task.test_labels]).encode())
+    return digest.hexdigest()[:24]
+
+
+def encode_stream(stream: Stream, tokenizer: PreTrainedTokenizerBase, fingerprint: str,
+                  cache: Path | None = None) -> list[tuple[EncodedSplit, EncodedSplit]]:
+    """(train, test) EncodedSplit per task, with global labels; read from / written to `cache` if given."""
+    from safetensors.torch import load_file, save_file
+
+    path = cache / "tokenized" / f"{stream.name}-{cache_key(stream, fingerprint)}.safetensors" if cache else None
+    pad = int(tokenizer.pad_token_id or 0)
+    if path is not None and path.is_file():
+        try:
+            tensors = load_file(str(path))
+            return [(_split_from(tensors, f"{i}.train", pad), _split_from(tensors, f"{i}.test", pad))
+                    for i in range(len(stream.tasks))]
+        except Exception:  # a truncated or foreign file: re-tokenise and overwrite it
+            path.unlink(missing_ok=True)
+    out: list[tuple[EncodedSplit, EncodedSplit]] = []
+    tensors = {}
+    for info, task in zip(stream.infos(), stream.tasks):
+        pair = []
+        for part, texts, labels in (("train", task.train_texts, task.train_labels),
+                                    ("test", task.test_texts, task.test_labels)):
+            split = _encode_split(task, texts, labels, info.label_offset, info.index, tokenizer)
+            pair.append(split)
+            key = f"{info.index}.{part}"
+            tensors.update({f"{key}.ids": split.ids, f"{key}.lengths": split.lengths,
+                            f"{key}.labels": split.labels, f"{key}.task_ids": split.task_ids})
+        out.append((pair[0], pair[1]))
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
+        tmp.replace(path)
+    return out
+
+
+def _encode_split(task: Task, texts: tuple[str, ...], labels: tuple[int, ...], offset: int, index: int,
+                  tokenizer: PreTrainedTokenizerBase) -> EncodedSplit:
+    ids, lengths = encode_texts(texts, tokenizer, task.max_length, task.truncation)
+    global_labels = torch.tensor(labels, dtype=torch.long) + offset
+    return EncodedSplit(ids, lengths, global_labels, torch.full_like(global_labels, index),
+                        int(tokenizer.pad_token_id or 0))
+
+
+def _split_from(tensors: dict[str, torch.Tensor], key: str, pad: int) -> EncodedSplit:
+    return EncodedSplit(tensors[f"{key}.ids"], tensors[f"{key}.lengths"], tensors[f"{key}.labels"],
+                        tensors[f"{key}.task_ids"], pad)
