@@ -86,3 +86,51 @@ def test_profile_cuda_peak_and_nesting() -> None:
     assert inner.peak_cuda_mb is not None and outer.peak_cuda_mb is not None
     assert 8 <= inner.peak_cuda_mb < 64
     assert outer.peak_cuda_mb >= 64  # the inner reset did not erase the outer peak
+
+
+class _FakeCuda:
+    """Stands in for torch.cuda's peak-memory counters so the nesting logic is tested on CPU."""
+
+    def __init__(self) -> None:
+        self.allocated = 0
+        self.peak = 0
+
+    def alloc(self, nbytes: int) -> None:
+        self.allocated += nbytes
+        self.peak = max(self.peak, self.allocated)
+
+    def free(self, nbytes: int) -> None:
+        self.allocated -= nbytes
+
+    def reset_peak_memory_stats(self, device: object = None) -> None:
+        self.peak = self.allocated
+
+    def max_memory_allocated(self, device: object = None) -> int:
+        return self.peak
+
+
+def test_nested_cuda_peaks_with_fake_counters(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = _FakeCuda()
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", fake.reset_peak_memory_stats)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", fake.max_memory_allocated)
+    mib = 1 << 20
+    fake.alloc(100 * mib)  # before any block: must not count
+    fake.free(100 * mib)
+    with profile("cuda") as outer:
+        fake.alloc(64 * mib)
+        fake.free(64 * mib)
+        with profile("cuda") as inner:
+            fake.alloc(8 * mib)
+            fake.free(8 * mib)
+        with profile("cuda:0") as second:
+            fake.alloc(30 * mib)
+            fake.free(30 * mib)
+        fake.alloc(20 * mib)
+    assert outer.device == "cuda:0"
+    assert inner.peak_cuda_mb == 8 and second.peak_cuda_mb == 30
+    assert outer.peak_cuda_mb == 64  # folded in before the inner resets erased it
+    with profile("cuda") as after:
+        fake.alloc(mib)
+    assert after.peak_cuda_mb == 1
