@@ -128,6 +128,7 @@ def test_nested_cuda_peaks_with_fake_counters(monkeypatch: pytest.MonkeyPatch) -
             fake.alloc(30 * mib)
             fake.free(30 * mib)
         fake.alloc(20 * mib)
+        fake.free(20 * mib)
     assert outer.device == "cuda:0"
     assert inner.peak_cuda_mb == 8 and second.peak_cuda_mb == 30
     assert outer.peak_cuda_mb == 64  # folded in before the inner resets erased it
