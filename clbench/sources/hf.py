@@ -1,0 +1,194 @@
+"""The `hf` source: Hugging Face datasets from the Hub (`datasets.load_dataset`) or from local copies.
+
+Task options: `dataset` (Hub id, required, e.g. `Yelp/yelp_review_full`), `config` (optional), `text` and
+`label` columns (default `text`, `label`), `train_split` / `test_split` (default `train` / `test`) and an
+optional `label_map` (as in the `files` source). Labels are class indices 0..C-1 unless mapped.
+
+Local copies are looked for first, under `--data-dir` (`SourceContext.data_dir`), then `$CLBENCH_DATA_DIR`,
+in a folder named either after the full Hub id or after its last part::
+
+    <data-dir>/yelp_review_full/           or  <data-dir>/Yelp/yelp_review_full/
+        dataset_dict.json ...              # DatasetDict.save_to_disk(folder), or
+        train/ test/                       # Dataset.save_to_disk(folder/<split>) per split, or
+        train.parquet test.parquet         # parquet: <split>.parquet, <split>-*.parquet,
+                                           #   <split>/*.parquet or data/<split>-*.parquet (the Hub's layout)
+
+For example: `datasets.load_dataset("Yelp/yelp_review_full").save_to_disk("<data-dir>/yelp_review_full")`
+on a machine with Hub access. With no local copy the Hub is tried; if that fails (offline) the error names
+the streams that need no network.
+
+The Hub splits are kept: the train sample comes from the train split and the test sample from the test
+split, each drawn on its own seeded generator from a random candidate window (so a 650k-row split is never
+read whole), deduplicated and stratified by label. Test texts are removed from the train sample.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from clbench.data import Task
+from clbench.errors import StreamError, suggest
+from clbench.sources.files import LabelMapper
+from clbench.splits import Record, sample_records, task_rng
+from clbench.streams import SourceContext, TaskSpec
+
+OPTIONS = ("dataset", "config", "text", "label", "train_split", "test_split", "label_map")
+CANDIDATE_FACTOR = 3  # rows read per requested example, leaving room for duplicates and stratification
+
+
+class SplitReader(Protocol):
+    """Random access to one split: its length, its column names and the chosen rows' columns."""
+
+    def __len__(self) -> int: ...
+
+    @property
+    def columns(self) -> list[str]: ...
+
+    def take(self, indices: Sequence[int], columns: Sequence[str]) -> dict[str, list[Any]]: ...
+
+
+class DatasetReader:
+    """A `datasets.Dataset` (Hub or `load_from_disk`)."""
+
+    def __init__(self, dataset: Any):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    @property
+    def columns(self) -> list[str]:
+        return list(self.dataset.column_names)
+
+    def take(self, indices: Sequence[int], columns: Sequence[str]) -> dict[str, list[Any]]:
+        subset = self.dataset.select_columns(list(columns)).select(list(indices))
+        return {c: list(subset[c]) for c in columns}
+
+
+class ParquetReader:
+    """One or more parquet files read with pyarrow (memory-mapped, only the needed columns)."""
+
+    def __init__(self, files: Sequence[Path]):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        self.table = pa.concat_tables([pq.read_table(f, memory_map=True) for f in files])
+
+    def __len__(self) -> int:
+        return int(self.table.num_rows)
+
+    @property
+    def columns(self) -> list[str]:
+        return list(self.table.column_names)
+
+    def take(self, indices: Sequence[int], columns: Sequence[str]) -> dict[str, list[Any]]:
+        return self.table.select(list(columns)).take(list(indices)).to_pydict()  # type: ignore[no-any-return]
+
+
+def local_roots(ctx: SourceContext) -> list[Path]:
+    roots = [ctx.data_dir, os.environ.get("CLBENCH_DATA_DIR")]
+    return [Path(r).expanduser() for r in roots if r]
+
+
+def find_local(dataset: str, split: str, roots: Sequence[Path]) -> SplitReader | None:
+    """The local copy of `dataset`'s `split` under one of `roots`, in any layout the module docstring lists."""
+    for root in roots:
+        for folder in (root / dataset, root / dataset.split("/")[-1]):
+            if not folder.is_dir():
+                continue
+            if (folder / "dataset_dict.json").is_file():
+                import datasets
+
+                copy = datasets.load_from_disk(str(folder))
+                if split in copy:
+                    return DatasetReader(copy[split])
+            if (folder / split / "state.json").is_file():
+                import datasets
+
+                return DatasetReader(datasets.load_from_disk(str(folder / split)))
+            for pattern in (f"{split}.parquet", f"{split}-*.parquet", f"{split}/*.parquet",
+                            f"data/{split}-*.parquet"):
+                files = sorted(folder.glob(pattern))
+                if files:
+                    return ParquetReader(files)
+    return None
+
+
+def load_hub_split(dataset: str, config: str | None, split: str) -> SplitReader:
+    """`datasets.load_dataset` for one split (tests replace this function to simulate the Hub)."""
+    import datasets
+
+    return DatasetReader(datasets.load_dataset(dataset, config, split=split))
+
+
+def offline_error(spec: TaskSpec, dataset: str, roots: Sequence[Path], reason: str) -> StreamError:
+    from clbench.catalog import offline_stream_names
+
+    where = ", ".join(str(r) for r in roots) or "no --data-dir or $CLBENCH_DATA_DIR set"
+    return StreamError(
+        f"task '{spec.name}': Hugging Face dataset '{dataset}' has no local copy ({where}) and the Hub is "
+        f"unreachable ({reason}); save a copy under --data-dir (see clbench.sources.hf) or use an offline "
+        f"stream: {', '.join(offline_stream_names())}")
+
+
+def open_split(spec: TaskSpec, dataset: str, config: str | None, split: str, ctx: SourceContext) -> SplitReader:
+    roots = local_roots(ctx)
+    reader = find_local(dataset, split, roots)
+    if reader is not None:
+        return reader
+    try:
+        return load_hub_split(dataset, config, split)
+    except Exception as exc:  # datasets raises ConnectionError, FileNotFoundError, hub errors, ...
+        first = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+        raise offline_error(spec, dataset, roots, f"{type(exc).__name__}: {first}") from None
+
+
+def sample_split(spec: TaskSpec, reader: SplitReader, size: int, seed_key: str, ctx: SourceContext,
+                 mapper: LabelMapper, text_col: str, label_col: str, split: str,
+                 exclude: frozenset[str] = frozenset()) -> tuple[Record, ...]:
+    """Draw a seeded candidate window of the split, then deduplicate and stratify it down to `size`."""
+    for role, col in (("text", text_col), ("label", label_col)):
+        if col not in reader.columns:
+            raise StreamError(f"task '{spec.name}': {role} column '{col}' is not in split '{split}'"
+                              f"{suggest(col, reader.columns)}; set '{role}'")
+    rng = task_rng(ctx.seed, f"{spec.name}/{seed_key}")
+    order = np.random.default_rng(rng.getrandbits(64)).permutation(len(reader))
+    window = sorted(order[: min(len(reader), CANDIDATE_FACTOR * size + 100)].tolist())
+    rows = reader.take(window, [text_col, label_col])
+    records = [Record(str(text), mapper(label, f"{split} row {index}"), f"{split}:{index}")
+               for index, text, label in zip(window, rows[text_col], rows[label_col])
+               if text is not None and str(text).strip()]
+    return sample_records(records, size, rng, exclude)
+
+
+def build_task(spec: TaskSpec, ctx: SourceContext) -> Task:
+    """Load (local copy first, then the Hub) and sample the task's train and test splits."""
+    unknown = [k for k in spec.options if k not in OPTIONS]
+    if unknown:
+        raise StreamError(f"task '{spec.name}': unknown hf option '{unknown[0]}'{suggest(str(unknown[0]), OPTIONS)}")
+    dataset = spec.options.get("dataset")
+    if not dataset:
+        raise StreamError(f"task '{spec.name}': an hf task needs 'dataset' (a Hub id such as stanfordnlp/imdb)")
+    label_map = spec.options.get("label_map")
+    if label_map is not None and not isinstance(label_map, Mapping):
+        raise StreamError(f"task '{spec.name}': label_map must be a mapping of raw value -> class")
+    mapper = LabelMapper(spec.name, spec.classes, label_map)
+    config = spec.options.get("config")
+    text_col = str(spec.options.get("text", "text"))
+    label_col = str(spec.options.get("label", "label"))
+    train_split = str(spec.options.get("train_split", "train"))
+    test_split = str(spec.options.get("test_split", "test"))
+    test_reader = open_split(spec, str(dataset), config, test_split, ctx)
+    test = sample_split(spec, test_reader, spec.test_size, "test", ctx, mapper, text_col, label_col, test_split)
+    train_reader = open_split(spec, str(dataset), config, train_split, ctx)
+    train = sample_split(spec, train_reader, spec.train_size, "train", ctx, mapper, text_col, label_col,
+                         train_split, frozenset(r.text for r in test))
+    return Task(name=spec.name, classes=mapper.classes, train_texts=tuple(r.text for r in train),
+                train_labels=tuple(r.label for r in train), test_texts=tuple(r.text for r in test),
+                test_labels=tuple(r.label for r in test), max_length=spec.max_length,
+                truncation=spec.truncation, source=f"hf:{dataset}", description=spec.description)
