@@ -13,7 +13,7 @@ Call order for each task::
         outputs = model(batch)  -> task_loss
         loss = loss(model, batch, outputs, task_loss); loss.backward()
         after_backward(model)                      # gradients ready: projections, path integrals
-        optimizer.step(); after_step(model)
+        optimizer.step(); after_step(model)        # optimizer: configure_optimizer(task, params) or AdamW
     after_task(task, model, data)                  # Fisher, importances, memory buffers
 """
 
@@ -78,14 +78,16 @@ class Hooks:
     `first_task_is_finetuning` (True when the first task trains exactly like naive fine-tuning, so the runner
     may share it), `uses_buffer` (True when the method stores old examples within `buffer_size`) and
     `backward_in_loss` (True when `loss` runs its own backward passes and returns a detached value).
+    `first_task_is_finetuning` and `backward_in_loss` may depend on the config: a method sets them per instance
+    in `__init__`, so the runner reads them from the method instance, not the class.
     """
 
     name: ClassVar[str] = ""
     config_cls: ClassVar[type[MethodConfig]] = MethodConfig
     citation: ClassVar[str] = ""
-    first_task_is_finetuning: ClassVar[bool] = True
+    first_task_is_finetuning: bool = True
     uses_buffer: ClassVar[bool] = False
-    backward_in_loss: ClassVar[bool] = False
+    backward_in_loss: bool = False
 
     def __init__(self, config: MethodConfig | None = None) -> None:
         self.config = config if config is not None else self.config_cls()
@@ -121,6 +123,13 @@ class Hooks:
 
     def after_task(self, task: TaskInfo, model: nn.Module, data: EncodedSplit) -> None:
         """Training on `task` finished: compute importances, fill memory buffers, merge adapters."""
+
+    def configure_optimizer(self, task: TaskInfo, params: Sequence[nn.Parameter]) -> torch.optim.Optimizer | None:
+        """An optimiser for `task` when the method's update rule needs one; None keeps the runner's AdamW.
+
+        The runner still applies its learning-rate schedule and gradient clipping to whatever is returned.
+        """
+        return None
 
     def trainable_parameters(self, model: nn.Module) -> Iterator[nn.Parameter]:
         """Parameters handed to the optimiser for the coming task."""
