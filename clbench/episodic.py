@@ -1,0 +1,95 @@
+"""Episodic memory shared by the gradient-projection methods (GEM, A-GEM): per-task samples within one budget.
+
+Every method that keeps old examples draws on the run's single `buffer_size` (DESIGN.md, fair comparison).
+`TaskMemory` splits that budget evenly over the tasks seen so far: after task t each of the t tasks keeps
+⌊budget / t⌋ examples (the remainder goes to the earliest tasks). Examples are chosen uniformly at random
+with the method's generator when a task ends, and a task's share only ever shrinks by dropping the tail of
+that random order, so the kept examples stay a uniform sample.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from clbench.data import BatchPlan, EncodedSplit
+from clbench.protocol import RunContext
+
+
+def per_task_quota(budget: int, num_tasks: int) -> list[int]:
+    """Examples each of `num_tasks` tasks may keep: an even split of `budget`, remainder to the earliest tasks."""
+    if num_tasks <= 0:
+        return []
+    base, extra = divmod(budget, num_tasks)
+    return [base + (1 if t < extra else 0) for t in range(num_tasks)]
+
+
+class TaskMemory:
+    """Per-task episodic memory holding at most `budget` examples in total."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self.splits: dict[int, EncodedSplit] = {}  # task index -> kept examples, in random order
+
+    def __len__(self) -> int:
+        return sum(len(s) for s in self.splits.values())
+
+    @property
+    def task_indices(self) -> list[int]:
+        return sorted(self.splits)
+
+    def add(self, task_index: int, data: EncodedSplit, generator: torch.Generator) -> None:
+        """Keep a uniform random sample of `data` for `task_index` and shrink earlier tasks to the new quota."""
+        order = torch.randperm(len(data), generator=generator)
+        self.splits[task_index] = data.subset(order)
+        for t, quota in zip(self.task_indices, per_task_quota(self.budget, len(self.splits))):
+            self.splits[t] = self.splits[t].subset(torch.arange(min(quota, len(self.splits[t]))))
+
+    def sample(self, n: int, generator: torch.Generator) -> EncodedSplit:
+        """`n` examples drawn uniformly without replacement from the whole memory (all of it if smaller)."""
+        pool = self.all()
+        index = torch.randperm(len(pool), generator=generator)[:n]
+        return pool.subset(index)
+
+    def all(self) -> EncodedSplit:
+        """Every stored example, tasks in stream order."""
+        return EncodedSplit.concat([self.splits[t] for t in self.task_indices])
+
+    def state_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"budget": self.budget, "tasks": self.task_indices}
+        for t, s in self.splits.items():
+            for field in ("ids", "lengths", "labels", "task_ids"):
+                out[f"{t}.{field}"] = getattr(s, field)
+            out[f"{t}.pad_id"] = s.pad_id
+        return out
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.budget = int(state["budget"])
+        self.splits = {int(t): EncodedSplit(state[f"{t}.ids"], state[f"{t}.lengths"], state[f"{t}.labels"],
+                                            state[f"{t}.task_ids"], int(state[f"{t}.pad_id"]))
+                       for t in state["tasks"]}
+
+
+def memory_gradient(model: nn.Module, ctx: RunContext, split: EncodedSplit, params: Sequence[nn.Parameter],
+                    batch_size: int) -> Tensor:
+    """Flat gradient of the mean cross-entropy over all of `split` w.r.t. `params` (zeros where unused).
+
+    Forward passes run in chunks of `batch_size` (weighted by chunk size, so the result equals one pass over
+    the whole split) under the head policy of `ctx`. Gradients come from `torch.autograd.grad`, so the
+    parameters' `.grad` fields, which hold the current step's gradient, are left untouched.
+    """
+    total: Tensor | None = None
+    n = len(split)
+    for index in BatchPlan(split, batch_size, shuffle=False).indices():
+        batch = split.batch(index).to(ctx.device)
+        logits = ctx.forward(model, batch)  # [batch, num_labels]
+        loss = nn.functional.cross_entropy(logits.float(), batch.labels, reduction="sum") / n
+        grads = torch.autograd.grad(loss, list(params), allow_unused=True)
+        flat = torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(grads, params)])
+        total = flat if total is None else total + flat
+    if total is None:
+        return torch.cat([torch.zeros_like(p).reshape(-1) for p in params])
+    return total
