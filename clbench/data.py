@@ -86,13 +86,14 @@ class Batch:
     attention_mask: Tensor  # [batch, seq]
     labels: Tensor  # [batch]
     task_ids: Tensor  # [batch]
+    index: Tensor | None = None  # [batch] rows of the split the batch was cut from (e.g. LwF's teacher cache)
 
     def model_inputs(self) -> dict[str, Tensor]:
         return {"input_ids": self.input_ids, "attention_mask": self.attention_mask}
 
     def to(self, device: torch.device) -> Batch:
         return Batch(*(t.to(device, non_blocking=True) for t in
-                       (self.input_ids, self.attention_mask, self.labels, self.task_ids)))
+                       (self.input_ids, self.attention_mask, self.labels, self.task_ids)), index=self.index)
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -121,7 +122,7 @@ class EncodedSplit:
         width = max(int(lengths.max()), 1) if len(index) else 1
         ids = self.ids[index, :width]
         mask = (torch.arange(width).unsqueeze(0) < lengths.unsqueeze(1)).long()  # [batch, seq]
-        return Batch(ids, mask, self.labels[index], self.task_ids[index])
+        return Batch(ids, mask, self.labels[index], self.task_ids[index], index)
 
     def subset(self, index: Tensor) -> EncodedSplit:
         return EncodedSplit(self.ids[index], self.lengths[index], self.labels[index], self.task_ids[index],
