@@ -15,6 +15,9 @@ Call order for each task::
         after_backward(model)                      # gradients ready: projections, path integrals
         optimizer.step(); after_step(model)        # optimizer: configure_optimizer(task, params) or AdamW
     after_task(task, model, data)                  # Fisher, importances, memory buffers
+
+Reference adapters to other libraries (`external_loop = True`, e.g. `avalanche:ewc`) replace only the step
+loop: the runner calls `fit_task(task, model, data, settings)` with its own optimiser, schedule and budget.
 """
 
 from __future__ import annotations
@@ -71,6 +74,35 @@ class RunContext:
         return self.logits(model(**batch.model_inputs()).logits, batch.task_ids)
 
 
+@dataclass
+class LoopSettings:
+    """What the runner would train one task with, handed to `fit_task` of methods with `external_loop`.
+
+    The values are the runner's own for this task (same optimiser object, schedule, budget and clipping), so
+    a reference adapter trains under exactly the budget a native method gets.
+    """
+
+    optimizer: torch.optim.Optimizer  # fresh for the task, over `trainable_parameters(model)`
+    scheduler: torch.optim.lr_scheduler.LRScheduler  # step once after every optimiser step
+    total_steps: int  # optimiser steps for this task: max_steps, or epochs × batches per epoch
+    epochs: int
+    batch_size: int
+    grad_clip: float  # max gradient norm; 0 disables clipping
+    precision: str
+    device: torch.device
+    generator: torch.Generator  # the runner's data-order generator for this unit
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """What `fit_task` reports back: work done (for profiling) and the last loss (for divergence checks)."""
+
+    steps: int
+    examples: int
+    tokens: int
+    last_loss: float
+
+
 class Hooks:
     """No-op defaults for every hook. Subclass this and nothing else.
 
@@ -88,6 +120,7 @@ class Hooks:
     first_task_is_finetuning: bool = True
     uses_buffer: ClassVar[bool] = False
     backward_in_loss: bool = False
+    external_loop: ClassVar[bool] = False  # True only for reference adapters that train through `fit_task`
 
     def __init__(self, config: MethodConfig | None = None) -> None:
         self.config = config if config is not None else self.config_cls()
@@ -130,6 +163,16 @@ class Hooks:
         The runner still applies its learning-rate schedule and gradient clipping to whatever is returned.
         """
         return None
+
+    def fit_task(self, task: TaskInfo, model: nn.Module, data: EncodedSplit, settings: LoopSettings) -> FitResult:
+        """Train `model` on `data` with another library's loop; called instead of the runner's loop.
+
+        Only for reference adapters (e.g. `avalanche:<strategy>`) that set `external_loop = True`: they run a
+        third-party training loop one task at a time, with the runner's optimiser, schedule, step budget and
+        clipping from `settings`. Everything else stays the runner's: `before_task`, `train_data`, `after_task`,
+        evaluation, drift, profiling and results. Native methods never override this.
+        """
+        raise NotImplementedError(f"method {self.name!r} sets external_loop but does not implement fit_task")
 
     def trainable_parameters(self, model: nn.Module) -> Iterator[nn.Parameter]:
         """Parameters handed to the optimiser for the coming task."""

@@ -29,7 +29,7 @@ from clbench.evaluators.profile import optimizer_state_mb, parameter_counts, pro
 from clbench.models import build_model, load_tokenizer, model_spec, tokenizer_fingerprint
 from clbench.ops import effective_weights
 from clbench.progress import Progress
-from clbench.protocol import Hooks, RunContext
+from clbench.protocol import Hooks, LoopSettings, RunContext
 from clbench.registry import MethodRegistry
 from clbench.results import RunDir, environment, unit_id
 from clbench.streams import cache_dir, load_stream
@@ -147,7 +147,11 @@ def train_unit(config: RunConfig, prepared: Prepared, method: Hooks, seed: int, 
         progress.start_task(f"{unit_id(name, seed)} {info.name}", total)
         step = 0
         with profile(device) as rec_train:
-            while step < total:
+            if method.external_loop:  # reference adapters (avalanche:*) run their library's loop on this task
+                step = fit_external(method, info, model, data, LoopSettings(
+                    optimizer, scheduler, total, config.epochs, config.batch_size, config.grad_clip,
+                    config.precision, device, generator), rec_train, progress)
+            while step < total and not method.external_loop:
                 for batch in plan:
                     if step >= total:
                         break
@@ -186,6 +190,19 @@ def train_unit(config: RunConfig, prepared: Prepared, method: Hooks, seed: int, 
         run_dir.append(records)
         logits_prev = logits_now
     run_dir.append([_record(name, seed, "unit", len(prepared.infos), None, metric="status", value="done")])
+
+
+def fit_external(method: Hooks, info: TaskInfo, model: nn.Module, data: EncodedSplit, settings: LoopSettings,
+                 rec_train: Any, progress: Progress) -> int:
+    """Train one task through the method's own `fit_task` loop; returns the steps taken."""
+    result = method.fit_task(info, model, data, settings)
+    rec_train.add(examples=result.examples, tokens=result.tokens, steps=result.steps)
+    progress.step(result.steps, result.last_loss)
+    if not math.isfinite(result.last_loss):
+        progress.end_task()
+        raise Diverged(f"loss became {result.last_loss} at step {result.steps} of task '{info.name}'; "
+                       "lower --lr or the method's penalty weight")
+    return result.steps
 
 
 def train_step(model: nn.Module, method: Hooks, ctx: RunContext, batch: Any, params: Sequence[nn.Parameter],
