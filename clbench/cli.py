@@ -137,7 +137,7 @@ def list_models(as_json: bool) -> None:
 @friendly
 def list_streams(as_json: bool) -> None:
     """Built-in streams: tasks, classes, sizes, source and whether they run offline."""
-    from clbench.streams import stream_summaries
+    from clbench.catalog import stream_summaries
 
     rows = stream_summaries()
     if as_json:
@@ -147,8 +147,19 @@ def list_streams(as_json: bool) -> None:
         click.echo(f"{row['name']} (v{row['version']}, {'offline' if row['offline'] else 'needs Hub or --data-dir'})"
                    f": {row['description']}")
         for t in row["tasks"]:
-            click.echo(f"    {t['name']:<22} {t['source']:<9} {len(t['classes'] or []):>2} classes  "
+            click.echo(f"    {t['name']:<22} {t['source']:<24} {len(t['classes'] or []):>2} classes  "
                        f"train {t['train_size']:>5}  test {t['test_size']:>5}  max_len {t['max_length']}")
+
+
+@main.command()
+@click.argument("streams", nargs=-1, required=True)
+@friendly
+def fetch(streams: tuple[str, ...]) -> None:
+    """Pre-fetch the pinned archives of STREAMS (or `all`, the MiniLM weights included) into the cache."""
+    from clbench.catalog import fetch_streams
+
+    where = fetch_streams(list(streams))
+    click.echo(f"cached under {where} (set CLBENCH_CACHE to this folder on an air-gapped machine)")
 
 
 if __name__ == "__main__":

@@ -245,17 +245,3 @@ def load_stream(stream: str, *, train_size: int | None = None, test_size: int | 
     spec = load_stream_spec(stream, train_size=train_size, test_size=test_size, max_length=max_length)
     return build_stream(spec, data_dir=data_dir)
 
-
-def stream_summaries() -> list[dict[str, Any]]:
-    """One row per built-in stream for `clbench list streams`: tasks, classes, sizes, source, offline."""
-    rows = []
-    for name, path in sorted(builtin_stream_files().items()):
-        spec = parse_stream_file(path)
-        rows.append({
-            "name": name, "version": spec.version, "description": spec.description, "head": spec.head,
-            "offline": all(t.source != "hf" for t in spec.tasks),
-            "tasks": [{"name": t.name, "source": t.source, "classes": list(t.classes) if t.classes else None,
-                       "train_size": t.train_size, "test_size": t.test_size, "max_length": t.max_length}
-                      for t in spec.tasks],
-        })
-    return rows

@@ -36,7 +36,14 @@ def truncate(ids: list[int], budget: int, mode: str) -> list[int]:
 def encode_texts(texts: tuple[str, ...], tokenizer: PreTrainedTokenizerBase, max_length: int,
                  truncation: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Texts -> (ids [n, width] padded with the pad id, lengths [n]), framed as [CLS] ... [SEP] (or BOS/EOS)."""
-    encoded = tokenizer(list(texts), add_special_tokens=False, truncation=False)["input_ids"]
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # we truncate ourselves below; the "longer than maximum" warning is moot
+    try:
+        encoded = tokenizer(list(texts), add_special_tokens=False, truncation=False)["input_ids"]
+    finally:
+        hf_logging.set_verbosity(verbosity)
     first = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
     last = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
     prefix = [first] if first is not None else []

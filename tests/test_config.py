@@ -1,0 +1,51 @@
+"""Run configuration: layering, typed overrides, YAML files, all-errors-at-once validation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from clbench.config import build_config, load_yaml, parse_set, validate
+from clbench.errors import ConfigError
+from clbench.registry import MethodRegistry
+
+
+def test_layers_and_typed_overrides() -> None:
+    config = build_config({"methods": ["naive"], "epochs": 3}, {"epochs": 2},
+                          parse_set(["lr=1e-4", "seeds=0,1,2", "naive.x=1", "head=per-task"]))
+    assert config.epochs == 2 and config.lr == 1e-4 and config.seeds == (0, 1, 2)
+    assert config.head == "per-task" and config.method_options == {"naive": {"x": 1}}
+
+
+def test_yaml_with_method_sections(tmp_path: Path) -> None:
+    path = tmp_path / "exp.yaml"
+    path.write_text("methods: [naive]\nstream: synthetic\nmodel: tiny\nbatch_size: 4\nnaive: {}\n")
+    config = build_config(load_yaml(path))
+    assert config.batch_size == 4 and config.methods == ("naive",)
+
+
+def test_unknown_keys_and_types_reported_together() -> None:
+    with pytest.raises(ConfigError) as info:
+        build_config({"epoch": 2, "batch_size": "big", "lr": True})
+    message = str(info.value)
+    assert "epoch" in message and "did you mean 'epochs'" in message
+    assert "batch_size" in message and "lr" in message
+
+
+def test_validate_checks_method_options_with_their_types(tmp_path: Path) -> None:
+    registry = MethodRegistry.default([Path(__file__).parent / "fixtures" / "plugin_method.py"])
+    config = build_config({"methods": ["half-loss"], "stream": "synthetic", "model": "tiny",
+                           "out": str(tmp_path / "r")}, parse_set(["half-loss.factor=abc"]))
+    with pytest.raises(ConfigError, match="half-loss.factor"):
+        validate(config, registry)
+    good = build_config({"methods": ["half-loss"], "stream": "synthetic", "model": "tiny"},
+                        parse_set(["half-loss.factor=2"]))
+    assert validate(good, registry)["half-loss"].factor == 2.0
+
+
+def test_malformed_yaml_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("methods: [naive\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_yaml(path)
