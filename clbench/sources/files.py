@@ -104,11 +104,12 @@ def read_rows(task: str, path: Path, fmt: str | None = None) -> list[dict[str, A
         raise StreamError(f"task '{task}': cannot tell the format of '{path}'; name it .csv, .jsonl or .parquet "
                           "or set 'format'")
     if kind == "parquet":
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
         try:
             return pq.read_table(path).to_pylist()  # type: ignore[no-any-return]
-        except Exception as exc:  # pyarrow raises several unrelated types for damaged files
+        except (pa.ArrowException, OSError) as exc:
             raise StreamError(f"task '{task}': '{path}' is not a readable parquet file ({exc}); "
                               "re-export it") from None
     data = path.read_bytes()

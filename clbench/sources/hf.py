@@ -143,7 +143,7 @@ def open_split(spec: TaskSpec, dataset: str, config: str | None, split: str, ctx
         return reader
     try:
         return load_hub_split(dataset, config, split)
-    except Exception as exc:  # datasets raises ConnectionError, FileNotFoundError, hub errors, ...
+    except Exception as exc:  # noqa: BLE001 -- datasets raises ConnectionError, FileNotFoundError, hub errors, ...
         first = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
         raise offline_error(spec, dataset, roots, f"{type(exc).__name__}: {first}") from None
 

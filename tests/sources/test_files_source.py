@@ -1,0 +1,110 @@
+"""The files source: a user YAML over CSV / JSONL / parquet files built end to end, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from clbench.errors import StreamError
+from clbench.streams import load_stream
+
+
+def write_csv(path: Path, rows: list[tuple[str, str]], header: str = "body,queue") -> None:
+    lines = [header] + [f'"{text}",{label}' for text, label in rows]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def tickets(n: int, labels: tuple[str, ...] = ("billing", "refund", "bug")) -> list[tuple[str, str]]:
+    return [(f"ticket {i} about {labels[i % len(labels)]}, line\nbreak", labels[i % len(labels)]) for i in range(n)]
+
+
+def write_stream(folder: Path, task_yaml: str) -> Path:
+    path = folder / "user.yaml"
+    path.write_text(f"name: user\nversion: 1\nseed: 0\ntasks:\n{task_yaml}", encoding="utf-8")
+    return path
+
+
+TASKS = """\
+  - name: tickets
+    source: files
+    train: data/train.csv
+    text: body
+    label: queue
+    label_map: {billing: money, refund: money, bug: tech}
+    train_size: 40
+    test_size: 20
+    max_length: 32
+  - name: reviews
+    source: files
+    train: data/reviews.jsonl
+    test: data/reviews_test.parquet
+    classes: [neg, pos]
+    train_size: 30
+    test_size: 10
+"""
+
+
+def test_user_stream_end_to_end(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (tmp_path / "data").mkdir()
+    write_csv(tmp_path / "data" / "train.csv", tickets(90))
+    with (tmp_path / "data" / "reviews.jsonl").open("w", encoding="utf-8") as fh:
+        for i in range(60):
+            fh.write(json.dumps({"text": f"review number {i}", "label": i % 2}) + "\n")
+    pq.write_table(pa.table({"text": [f"held out {i}" for i in range(20)], "label": ["neg", "pos"] * 10}),
+                   tmp_path / "data" / "reviews_test.parquet")
+    stream = load_stream(str(write_stream(tmp_path, TASKS)))
+    tickets_task, reviews_task = stream.tasks
+    assert tickets_task.classes == ("money", "tech")
+    assert (len(tickets_task.train_texts), len(tickets_task.test_texts)) == (40, 20)
+    assert Counter(tickets_task.test_labels) == {0: 13, 1: 7}  # 2/3 money, stratified
+    assert "\n" not in tickets_task.train_texts[0] and tickets_task.max_length == 32
+    assert reviews_task.classes == ("neg", "pos")
+    assert len(reviews_task.train_texts) == 30 and len(reviews_task.test_texts) == 10
+    assert all(t.startswith("held out") for t in reviews_task.test_texts)
+    assert stream.num_labels == 4
+    again = load_stream(str(write_stream(tmp_path, TASKS)))
+    assert again == stream
+
+
+def one_task(tmp_path: Path, extra: str, train: str = "train.csv") -> Path:
+    return write_stream(tmp_path, f"  - name: t\n    source: files\n    train: {train}\n    train_size: 10\n"
+                                  f"    test_size: 4\n{extra}")
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    ("    text: content\n    label: queue\n    classes: [billing, refund, bug]\n",
+     "text column 'content' is not in 'train.csv'"),
+    ("    text: body\n    label: queue\n    classes: [billing, bug]\n", "unknown label 'refund' in train.csv row 2"),
+    ("    text: body\n    label: queue\n    label_map: {billing: a, bug: b}\n",
+     "label 'refund' in train.csv row 2 is missing from label_map"),
+    ("    text: body\n    label: queue\n", "give 'classes'"),
+    ("    text: body\n    label: queue\n    classes: [a, b]\n    colour: red\n", "unknown files option 'colour'"),
+])
+def test_bad_input_errors(tmp_path: Path, extra: str, message: str) -> None:
+    write_csv(tmp_path / "train.csv", tickets(30))
+    with pytest.raises(StreamError, match=message) as info:
+        load_stream(str(one_task(tmp_path, extra)))
+    assert "\n" not in str(info.value)
+
+
+def test_non_utf8_file(tmp_path: Path) -> None:
+    (tmp_path / "train.csv").write_bytes("body,queue\ncaf\xe9,billing\n".encode("latin-1"))
+    with pytest.raises(StreamError, match=r"is not UTF-8 \(byte 0xe9 at offset 14\); re-save"):
+        load_stream(str(one_task(tmp_path, "    text: body\n    label: queue\n    classes: [billing, bug]\n")))
+
+
+def test_empty_after_filtering(tmp_path: Path) -> None:
+    write_csv(tmp_path / "train.csv", [("", "billing"), ("  ", "bug")])
+    with pytest.raises(StreamError, match="no training examples left"):
+        load_stream(str(one_task(tmp_path, "    text: body\n    label: queue\n    classes: [billing, bug]\n")))
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(StreamError, match="data file 'nope.csv' not found"):
+        load_stream(str(one_task(tmp_path, "    classes: [a, b]\n", train="nope.csv")))
