@@ -11,8 +11,14 @@ from typing import Any
 
 from clbench import fetch
 from clbench.errors import StreamError, suggest
-from clbench.streams import (SourceContext, StreamSpec, TaskSpec, builtin_stream_files, cache_dir,
-                             parse_stream_file)
+from clbench.streams import (
+    SourceContext,
+    StreamSpec,
+    TaskSpec,
+    builtin_stream_files,
+    cache_dir,
+    parse_stream_file,
+)
 
 OFFLINE_SOURCES = ("synthetic", "pypi", "files")
 
