@@ -4,7 +4,8 @@ Every method that keeps old examples draws on the run's single `buffer_size` (DE
 `TaskMemory` splits that budget evenly over the tasks seen so far: after task t each of the t tasks keeps
 ⌊budget / t⌋ examples (the remainder goes to the earliest tasks). Examples are chosen uniformly at random
 with the method's generator when a task ends, and a task's share only ever shrinks by dropping the tail of
-that random order, so the kept examples stay a uniform sample.
+that random order, so the kept examples stay a uniform sample. `Reservoir` instead keeps a uniform sample of
+the whole stream of examples, whatever the task boundaries (replay's `reservoir` policy).
 """
 
 from __future__ import annotations
@@ -93,3 +94,63 @@ def memory_gradient(model: nn.Module, ctx: RunContext, split: EncodedSplit, para
     if total is None:
         return torch.cat([torch.zeros_like(p).reshape(-1) for p in params])
     return total
+
+
+class Reservoir:
+    """Reservoir sampling (Vitter 1985, "Random sampling with a reservoir", Algorithm R) within `budget`.
+
+    Used for experience replay by Chaudhry et al. 2019 and Rolnick et al. 2019: after n examples have been
+    offered, each of them is in memory with probability budget / n, whatever the task boundaries. Offering a
+    split of m examples is the same as offering them one at a time: the example at stream position s (0-based)
+    takes a free slot while there is one, else replaces slot j ~ U{0..s} when j < budget.
+    """
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self.seen = 0  # examples offered so far
+        self.memory: EncodedSplit | None = None
+
+    def __len__(self) -> int:
+        return 0 if self.memory is None else len(self.memory)
+
+    def add(self, data: EncodedSplit, generator: torch.Generator) -> None:
+        """Offer every example of `data` to the reservoir, in order (vectorised Algorithm R)."""
+        m, held = len(data), len(self)
+        if m == 0 or self.budget <= 0:
+            self.seen += m
+            return
+        order = torch.arange(m)
+        position = self.seen + order  # [m] stream position of each example
+        draw = (torch.rand(m, generator=generator, dtype=torch.float64) * (position + 1)).long()  # [m] j ~ U{0..s}
+        slot = torch.where(order < self.budget - held, held + order, draw)  # free slots are filled first, in order
+        accepted = slot < self.budget
+        owner = torch.full((self.budget,), -1, dtype=torch.long)
+        owner.scatter_reduce_(0, slot[accepted], order[accepted], reduce="amax")  # the latest writer of a slot wins
+        size = min(self.budget, held + m)
+        owner = owner[:size]
+        source = torch.arange(size)  # rows of concat(memory, data)
+        source[owner >= 0] = held + owner[owner >= 0]
+        pool = data if self.memory is None else EncodedSplit.concat([self.memory, data])
+        self.memory = pool.subset(source)
+        self.seen += m
+
+    def sample(self, n: int, generator: torch.Generator) -> EncodedSplit:
+        """`n` stored examples drawn uniformly without replacement (all of them if fewer are stored)."""
+        if self.memory is None:
+            raise ValueError("the reservoir is empty")
+        return self.memory.subset(torch.randperm(len(self.memory), generator=generator)[:n])
+
+    def state_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"budget": self.budget, "seen": self.seen}
+        if self.memory is not None:
+            for field in ("ids", "lengths", "labels", "task_ids"):
+                out[f"memory.{field}"] = getattr(self.memory, field)
+            out["memory.pad_id"] = self.memory.pad_id
+        return out
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.budget, self.seen = int(state["budget"]), int(state["seen"])
+        self.memory = None
+        if "memory.ids" in state:
+            self.memory = EncodedSplit(state["memory.ids"], state["memory.lengths"], state["memory.labels"],
+                                       state["memory.task_ids"], int(state["memory.pad_id"]))
