@@ -11,4 +11,7 @@ __all__ = ["BUILTIN", "Hooks", "MethodConfig", "RunContext", "option"]
 
 BUILTIN: dict[str, str] = {
     "naive": "clbench.methods.naive:Naive",
+    "replay": "clbench.methods.replay:Replay",
+    "lwf": "clbench.methods.lwf:LwF",
+    "joint": "clbench.methods.joint:Joint",
 }

@@ -1,0 +1,100 @@
+"""Experience replay (ER): rehearse a small episodic memory of old examples alongside every new batch.
+
+Chaudhry et al., "On Tiny Episodic Memories in Continual Learning", arXiv:1902.10486 (2019); Rolnick et al.,
+"Experience Replay for Continual Learning", NeurIPS 2019. The memory holds at most the run's shared
+`buffer_size` examples (the same budget GEM, A-GEM and FIP get). Policy `reservoir` keeps a uniform sample of
+every example seen so far (Algorithm R, as in Chaudhry et al. and Rolnick et al.); policy `balanced` gives each
+task seen so far an equal share of the budget. The memory is updated when a task ends, so while training task
+t it holds examples of tasks 1..t−1 only and task 1 trains exactly like naive fine-tuning.
+
+Each step draws a replay batch (without replacement, from `ctx.generator`) and adds its cross-entropy under
+the run's head policy: loss = L_task + w · L_mem. Chaudhry et al. take one step on the concatenation of the
+current and the memory batch, i.e. ½(L_task + L_mem) for equal sizes; the sum keeps the current task's gradient
+at naive's scale (with w = 1 the two differ by a factor 2 in the step size only).
+
+Hooks: `loss` (replay term), `after_task` (memory update), `state_dict`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from clbench.data import Batch, EncodedSplit, TaskInfo
+from clbench.episodic import Reservoir, TaskMemory
+from clbench.methods import Hooks, MethodConfig, RunContext, option
+
+POLICIES = ("reservoir", "balanced")
+
+
+@dataclass(frozen=True)
+class ReplayConfig(MethodConfig):
+    """Hyperparameters of experience replay (the memory size is the run's shared `buffer_size`)."""
+
+    policy: str = option("reservoir", "memory policy: reservoir (uniform over all examples seen) or balanced "
+                         "(equal share per task)")
+    replay_batch_size: int | None = option(None, "examples replayed per step (default: the run's batch size)")
+    replay_weight: float = option(1.0, "w: weight of the replay cross-entropy added to the task loss")
+
+    def __post_init__(self) -> None:
+        if self.policy not in POLICIES:
+            raise ValueError(f"policy must be one of {', '.join(POLICIES)}, got {self.policy!r}")
+        if self.replay_batch_size is not None and self.replay_batch_size < 1:
+            raise ValueError(f"replay_batch_size must be >= 1, got {self.replay_batch_size}")
+        if self.replay_weight < 0:
+            raise ValueError(f"replay_weight must be >= 0, got {self.replay_weight}")
+
+
+class Replay(Hooks):
+    """Experience replay: adds the cross-entropy of a batch drawn from a small episodic memory."""
+
+    name: ClassVar[str] = "replay"
+    config_cls: ClassVar[type[MethodConfig]] = ReplayConfig
+    citation: ClassVar[str] = ("Chaudhry et al., On Tiny Episodic Memories in Continual Learning, 2019; "
+                               "Rolnick et al., Experience Replay for Continual Learning, NeurIPS 2019")
+    uses_buffer: ClassVar[bool] = True
+    config: ReplayConfig
+
+    def __init__(self, config: MethodConfig | None = None) -> None:
+        super().__init__(config)
+        self.memory: Reservoir | TaskMemory | None = None
+
+    def setup(self, model: nn.Module, ctx: RunContext) -> nn.Module:
+        budget = ctx.buffer_size
+        self.memory = Reservoir(budget) if self.config.policy == "reservoir" else TaskMemory(budget)
+        return super().setup(model, ctx)
+
+    def stored(self) -> EncodedSplit | None:
+        """Every example in memory, or None while it is empty."""
+        if self.memory is None or len(self.memory) == 0:
+            return None
+        return self.memory.memory if isinstance(self.memory, Reservoir) else self.memory.all()
+
+    def loss(self, model: nn.Module, batch: Batch, outputs: Any, task_loss: Tensor) -> Tensor:
+        """task_loss + w · CE on a replay batch drawn from the memory."""
+        if self.memory is None or len(self.memory) == 0 or self.config.replay_weight == 0:
+            return task_loss
+        ctx = self.context
+        size = self.config.replay_batch_size or ctx.batch_size
+        replay = self.memory.sample(size, ctx.generator)
+        old = replay.batch(torch.arange(len(replay))).to(ctx.device)
+        logits = ctx.forward(model, old)  # [replay, num_labels]
+        return task_loss + self.config.replay_weight * nn.functional.cross_entropy(logits.float(), old.labels)
+
+    def after_task(self, task: TaskInfo, model: nn.Module, data: EncodedSplit) -> None:
+        """Offer the task's training examples to the memory."""
+        assert self.memory is not None
+        if isinstance(self.memory, Reservoir):
+            self.memory.add(data, self.context.generator)
+        else:
+            self.memory.add(task.index, data, self.context.generator)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {} if self.memory is None else self.memory.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.memory is not None and state:
+            self.memory.load_state_dict(state)
