@@ -4,7 +4,8 @@
 crash loses at most the record being written (a torn last line is ignored on read). Every record carries
 `type`, `unit`, `method`, `seed`, `row` (0 = before training, i = after training task i), `task` (the task
 just trained, None in row 0), `metric` and `value`; accuracy records add `eval_task`/`eval_index`, drift
-records `param`, profile records `phase`.
+records `param` (per-tensor ones also `norm_before` = ‖W_before‖_F and `norm_change` = ‖ΔW‖_F, so
+drift can be regrouped per layer exactly), profile records `phase`.
 """
 
 from __future__ import annotations

@@ -278,9 +278,21 @@ def drift_records(method: str, seed: int, info: TaskInfo, before: dict[str, Tens
         per_tensor, overall = frobenius_drift(reference, after, strict=False)
         records.append(_record(method, seed, "drift", info.index + 1, info.name, param="__overall__", metric=metric,
                                value=overall))
-        records += [_record(method, seed, "drift", info.index + 1, info.name, param=p, metric=metric, value=v)
+        norms = _norms(reference, after, per_tensor)
+        records += [_record(method, seed, "drift", info.index + 1, info.name, param=p, metric=metric, value=v,
+                            norm_before=norms[p][0], norm_change=norms[p][1])
                     for p, v in per_tensor.items()]
     return records
+
+
+def _norms(before: dict[str, Tensor], after: dict[str, Tensor],
+           names: dict[str, float]) -> dict[str, tuple[float, float]]:
+    """(‖W_before‖_F, ‖W_after − W_before‖_F) per tensor, so reports can regroup the drift exactly (per layer)."""
+    out = {}
+    for name in names:
+        w0 = before[name].detach().to(torch.float64)
+        out[name] = (float(w0.norm()), float((after[name].detach().to(w0.device, torch.float64) - w0).norm()))
+    return out
 
 
 def functional_records(method: str, seed: int, info: TaskInfo, before: list[Tensor], after: list[Tensor],
