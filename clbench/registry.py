@@ -1,7 +1,8 @@
 """The method registry: built-ins, the `clbench.methods` entry-point group and `--plugin` files, merged.
 
-Built-ins come from the lazy table `clbench.methods.BUILTIN`; entry points are read from installed
-distributions' metadata; a plugin file is imported from its path. Only plugin files run code while the
+Built-ins come from the lazy table `clbench.methods.BUILTIN`, plus the `avalanche:<strategy>` reference
+adapters when avalanche-lib is installed; entry points are read from installed distributions' metadata; a
+plugin file is imported from its path. Only plugin files run code while the
 registry is built (their names are known only after import); built-ins and entry points are imported on
 lookup. A name defined twice is an error naming both origins. There is no global registry object: every run
 builds its own, so tests need no snapshot/restore dance.
@@ -50,7 +51,7 @@ class MethodRegistry:
     @classmethod
     def default(cls, plugins: Iterable[str | Path] = ()) -> MethodRegistry:
         """Built-ins, then installed entry points, then each plugin file in order."""
-        registry = cls(builtin_entries())
+        registry = cls([*builtin_entries(), *avalanche_entries()])
         for entry in entry_point_entries():
             registry.add(entry)
         for path in plugins:
@@ -120,6 +121,22 @@ def check_protocol(obj: Any, name: str, origin: str) -> type[Hooks]:
 def _import_attr(target: str) -> Any:
     module_name, attr = target.split(":")
     return getattr(importlib.import_module(module_name), attr)
+
+
+AVALANCHE_ADAPTERS = {  # registry name -> class in clbench.interop.avalanche_methods (imported on lookup)
+    "avalanche:naive": "AvalancheNaive", "avalanche:ewc": "AvalancheEWC", "avalanche:si": "AvalancheSI",
+    "avalanche:gem": "AvalancheGEM", "avalanche:agem": "AvalancheAGEM", "avalanche:lwf": "AvalancheLwF",
+    "avalanche:replay": "AvalancheReplay",
+}
+
+
+def avalanche_entries() -> list[Entry]:
+    """Reference adapters `avalanche:<strategy>`, listed only when avalanche-lib is installed (not imported here)."""
+    if importlib.util.find_spec("avalanche") is None:
+        return []
+    return [Entry(name, f"avalanche adapter clbench.interop.avalanche_methods:{cls}",
+                  lambda c=cls: _import_attr(f"clbench.interop.avalanche_methods:{c}"))
+            for name, cls in AVALANCHE_ADAPTERS.items()]
 
 
 def builtin_entries() -> list[Entry]:

@@ -15,8 +15,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
-from clbench.data import EncodedSplit, TaskInfo
 from clbench.methods import Hooks, MethodConfig
+
+from clbench.data import EncodedSplit, TaskInfo
 
 
 @dataclass(frozen=True)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from clbench.methods import RunContext
+from clbench.methods.replay import Replay, ReplayConfig
 
 from clbench.data import EncodedSplit, TaskInfo
 from clbench.episodic import Reservoir
-from clbench.methods import RunContext
 from clbench.models import build_model
-from clbench.methods.replay import Replay, ReplayConfig
 
 TASKS = (TaskInfo(0, "a", ("x", "y"), 0), TaskInfo(1, "b", ("x", "y"), 2), TaskInfo(2, "c", ("x", "y"), 4))
 
