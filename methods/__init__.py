@@ -14,4 +14,12 @@ BUILTIN: dict[str, str] = {
     "replay": "clbench.methods.replay:Replay",
     "lwf": "clbench.methods.lwf:LwF",
     "joint": "clbench.methods.joint:Joint",
+    "ewc": "clbench.methods.ewc:EWC",
+    "si": "clbench.methods.si:SI",
+    "gem": "clbench.methods.gem:GEM",
+    "agem": "clbench.methods.agem:AGEM",
+    "lora": "clbench.methods.lora:LoRA",
+    "fip": "clbench.methods.fip:FIP",
+    "fip-geometric": "clbench.methods.fip_geometric:FIPGeometric",
+    "fip-lora": "clbench.methods.fip_lora:FIPLoRA",
 }

@@ -1,0 +1,167 @@
+"""EWC: the penalty and its gradient, the three Fisher estimators, online EWC, config checks, a full run."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from clbench.data import EncodedSplit, TaskInfo
+from clbench.methods import RunContext
+from clbench.methods.ewc import EWC, EWCConfig
+from clbench.models import build_model
+
+TASKS = (TaskInfo(0, "a", ("x", "y", "z"), 0), TaskInfo(1, "b", ("x", "y"), 3))
+
+
+def split(n: int, task: TaskInfo = TASKS[0], seed: int = 0, width: int = 8) -> EncodedSplit:
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(3, width + 1, (n,), generator=g)
+    ids = torch.randint(5, 60, (n, width), generator=g)
+    ids[torch.arange(width).unsqueeze(0) >= lengths.unsqueeze(1)] = 0  # right padding
+    labels = task.label_offset + torch.randint(0, task.num_classes, (n,), generator=g)
+    return EncodedSplit(ids, lengths, labels, torch.full((n,), task.index))
+
+
+def method(batch_size: int = 4, head: str = "shared", **options: object) -> tuple[EWC, torch.nn.Module]:
+    model = build_model("tiny", 5, 0)
+    ewc = EWC(EWCConfig(**options))  # type: ignore[arg-type]
+    ctx = RunContext(tasks=TASKS, num_labels=5, device=torch.device("cpu"), seed=0,
+                     generator=torch.Generator().manual_seed(1), buffer_size=0, batch_size=batch_size, head=head)
+    return ewc, ewc.setup(model, ctx)
+
+
+def close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], atol: float = 1e-7) -> bool:
+    return a.keys() == b.keys() and all(torch.allclose(a[k], b[k], rtol=1e-4, atol=atol) for k in a)
+
+
+def test_penalty_and_gradient_vanish_at_the_anchor_and_match_lambda_f_delta_elsewhere() -> None:
+    ewc, model = method(penalty_weight=7.0, fisher_batch_size=6)
+    ewc.after_task(TASKS[0], model, split(6))
+    task_loss = torch.zeros(())
+    loss = ewc.loss(model, None, None, task_loss)  # type: ignore[arg-type]
+    loss.backward()
+    assert float(loss.detach()) == 0.0
+    assert all(float(p.grad.abs().max()) == 0.0 for p in model.parameters() if p.grad is not None)
+
+    model.zero_grad()
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=g))
+    loss = ewc.loss(model, None, None, task_loss)  # type: ignore[arg-type]
+    loss.backward()
+    fisher, anchor = ewc.fishers[0], ewc.anchors[0]
+    params = dict(model.named_parameters())
+    expected = sum(0.5 * 7.0 * (fisher[n] * (params[n] - anchor[n]) ** 2).sum() for n in fisher)
+    assert torch.allclose(loss, expected, rtol=1e-5)
+    for n in fisher:
+        assert torch.allclose(params[n].grad, 7.0 * fisher[n] * (params[n] - anchor[n]), rtol=1e-5, atol=1e-10)
+
+
+def test_batched_equals_empirical_at_batch_size_one() -> None:
+    data = split(6)
+    empirical, model = method(batch_size=1, estimator="empirical", fisher_batch_size=4)
+    batched, _ = method(batch_size=1, estimator="batched")
+    assert close(empirical.fisher(model, data), batched.fisher(model, data))
+
+
+def test_empirical_matches_squared_single_example_gradients() -> None:
+    data = split(5)
+    ewc, model = method(fisher_batch_size=3)
+    fisher = ewc.fisher(model, data)
+    model.eval()
+    expected = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
+    for k in range(5):
+        one = data.batch(torch.tensor([k]))
+        logp = model(**one.model_inputs()).logits.log_softmax(-1)[0, one.labels[0]]
+        for (n, p), g in zip(model.named_parameters(), torch.autograd.grad(logp, list(model.parameters()))):
+            expected[n] += g.pow(2) / 5
+    assert close(fisher, expected)
+
+
+@pytest.mark.parametrize("head", ["shared", "per-task"])
+def test_exact_is_the_expectation_over_predicted_labels(head: str) -> None:
+    data = split(3)
+    ewc, model = method(head=head, estimator="exact", fisher_batch_size=2)
+    fisher = ewc.fisher(model, data)
+    model.eval()
+    expected = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
+    for k in range(3):
+        one = data.batch(torch.tensor([k]))
+        logp = ewc.context.forward(model, one).log_softmax(-1)[0]  # [num_labels]
+        for c in range(5):
+            if logp[c].exp() == 0:
+                continue  # another task's class under per-task heads
+            grads = torch.autograd.grad(logp[c], list(model.parameters()), retain_graph=True)
+            for (n, _), g in zip(model.named_parameters(), grads):
+                expected[n] += logp[c].exp().detach() * g.pow(2) / 3
+    assert close(fisher, expected)
+
+
+def test_vmap_and_loop_per_example_gradients_agree_on_a_minilm_shaped_model() -> None:
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(BertConfig(
+        vocab_size=64, hidden_size=384, num_hidden_layers=1, num_attention_heads=12, intermediate_size=1536,
+        num_labels=5, hidden_dropout_prob=0.1)).eval()  # MiniLM's width and heads, one layer
+    ewc, _ = method()
+    batch = split(2, width=6).batch(torch.arange(2))
+    names = [n for n, _ in model.named_parameters()]
+    vmapped = ewc._vmap_grads(model, batch, batch.labels, names)
+    looped = ewc._loop_grads(model, batch, batch.labels, names)
+    assert not ewc._warned_fallback
+    assert close(vmapped, looped, atol=1e-6)
+
+
+def test_separate_terms_and_online_decay() -> None:
+    data_a, data_b = split(4, seed=1), split(4, TASKS[1], seed=2)
+    separate, model = method(fisher_batch_size=4)
+    separate.after_task(TASKS[0], model, data_a)
+    with torch.no_grad():
+        next(model.parameters()).add_(0.05)
+    separate.after_task(TASKS[1], model, data_b)
+    assert len(separate.fishers) == 2 and len(separate.anchors) == 2
+
+    online, model2 = method(online=True, gamma=0.25, fisher_batch_size=4)
+    online.after_task(TASKS[0], model2, data_a)
+    with torch.no_grad():
+        next(model2.parameters()).add_(0.05)
+    online.after_task(TASKS[1], model2, data_b)
+    assert len(online.fishers) == 1
+    expected = {n: 0.25 * separate.fishers[0][n] + separate.fishers[1][n] for n in separate.fishers[0]}
+    assert close(online.fishers[0], expected)
+    assert close(online.anchors[0], separate.anchors[1])
+
+
+def test_fisher_samples_draws_a_deterministic_subset() -> None:
+    data = split(12)
+    runs = []
+    for _ in range(2):
+        ewc, model = method(fisher_samples=5, fisher_batch_size=8)
+        ewc.after_task(TASKS[0], model, data)
+        runs.append(ewc.fishers[0])
+    assert close(runs[0], runs[1], atol=0.0)
+
+
+def test_state_dict_round_trip() -> None:
+    ewc, model = method(fisher_batch_size=4)
+    ewc.after_task(TASKS[0], model, split(4))
+    restored, _ = method()
+    restored.load_state_dict(ewc.state_dict())
+    assert close(restored.fishers[0], ewc.fishers[0], atol=0.0)
+    assert close(restored.anchors[0], ewc.anchors[0], atol=0.0)
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"estimator": "diag"}, "estimator"), ({"penalty_weight": -1.0}, "penalty_weight"),
+    ({"gamma": 0.5}, "online"), ({"online": True, "gamma": 1.5}, "gamma"), ({"fisher_batch_size": 0}, "fisher")])
+def test_config_validation(options: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        EWCConfig(**options)  # type: ignore[arg-type]
+
+
+def test_runs_through_the_synthetic_stream(run_tiny) -> None:  # type: ignore[no-untyped-def]
+    _, records = run_tiny(("ewc",), method_options={"ewc": {"fisher_samples": 8}})
+    rows = {(r["row"], r["eval_index"]) for r in records if r["type"] == "accuracy" and r["metric"] == "acc_cil"}
+    assert rows == {(i, j) for i in range(4) for j in range(3)}
