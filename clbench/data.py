@@ -63,19 +63,30 @@ class Stream:
     tasks: tuple[Task, ...]
     description: str = ""
     head: str = "shared"  # default head policy suggested by the stream; the run config may override it
+    label_space: str = "per-task"  # "by-name": tasks with identical class names share outputs (domain-IL)
 
     def infos(self) -> tuple[TaskInfo, ...]:
-        """TaskInfo for every task, with label offsets into one shared head."""
+        """TaskInfo for every task, with label offsets into one shared head.
+
+        With `label_space="per-task"` every task owns its own outputs (class-incremental: Yelp 0–4, IMDB 5–6).
+        With `"by-name"` a task whose class names equal an earlier task's reuses that task's outputs, so a
+        domain-incremental stream (one rating scale over several domains) has one 3-way head, not 3 × 4.
+        """
         infos = []
         offset = 0
+        seen: dict[tuple[str, ...], int] = {}
         for index, task in enumerate(self.tasks):
+            if self.label_space == "by-name" and task.classes in seen:
+                infos.append(TaskInfo(index, task.name, task.classes, seen[task.classes]))
+                continue
+            seen[task.classes] = offset
             infos.append(TaskInfo(index, task.name, task.classes, offset))
             offset += len(task.classes)
         return tuple(infos)
 
     @property
     def num_labels(self) -> int:
-        return sum(len(task.classes) for task in self.tasks)
+        return max(info.label_offset + info.num_classes for info in self.infos())
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ A stream file (`benchmarks/streams/<name>.yaml`, or any path given to `--stream`
     version: 1
     seed: 0
     head: shared
+    label_space: per-task    # or by-name: tasks with identical class names share outputs (domain-incremental)
     description: one line
     defaults: {train_size: 300, test_size: 100, max_length: 32}   # merged into every task (one level)
     tasks:
@@ -39,7 +40,8 @@ SOURCES: dict[str, str] = {
 }
 COMMON_KEYS = ("name", "source", "classes", "train_size", "test_size", "max_length", "truncation",
                "description")
-STREAM_KEYS = ("name", "version", "seed", "head", "description", "defaults", "tasks")
+STREAM_KEYS = ("name", "version", "seed", "head", "label_space", "description", "defaults", "tasks")
+LABEL_SPACES = ("per-task", "by-name")
 TRUNCATIONS = ("head", "head_tail")
 
 
@@ -67,6 +69,7 @@ class StreamSpec:
     seed: int
     tasks: tuple[TaskSpec, ...]
     head: str = "shared"
+    label_space: str = "per-task"
     description: str = ""
     path: str = ""
 
@@ -135,6 +138,9 @@ def parse_stream_file(path: Path) -> StreamSpec:
     head = raw.get("head", "shared")
     if head not in ("shared", "per-task"):
         errors.append(f"head '{head}' must be 'shared' or 'per-task'")
+    label_space = raw.get("label_space", "per-task")
+    if label_space not in LABEL_SPACES:
+        errors.append(f"label_space '{label_space}' must be one of {', '.join(LABEL_SPACES)}")
     specs: list[TaskSpec] = []
     names: set[str] = set()
     for i, item in enumerate(tasks_raw):
@@ -155,8 +161,8 @@ def parse_stream_file(path: Path) -> StreamSpec:
     if errors:
         raise StreamError(f"stream file '{path}': " + "; ".join(errors))
     return StreamSpec(name=str(raw["name"]), version=int(raw["version"]), seed=int(raw.get("seed", 0)),
-                      tasks=tuple(specs), head=head, description=str(raw.get("description", "")),
-                      path=str(path))
+                      tasks=tuple(specs), head=head, label_space=label_space,
+                      description=str(raw.get("description", "")), path=str(path))
 
 
 def _task_spec(raw: dict[str, Any], index: int) -> tuple[TaskSpec | None, list[str]]:
@@ -217,7 +223,7 @@ def build_stream(spec: StreamSpec, data_dir: Path | None = None) -> Stream:
             raise StreamError(f"stream '{spec.name}': task '{task.name}' is empty after filtering; "
                               "check its source options or sizes")
     return Stream(name=spec.name, version=spec.version, seed=spec.seed, tasks=tuple(tasks),
-                  description=spec.description, head=spec.head)
+                  description=spec.description, head=spec.head, label_space=spec.label_space)
 
 
 def drop_cross_task_duplicates(tasks: list[Task]) -> list[Task]:

