@@ -1,0 +1,143 @@
+"""LoRA: low-rank adapters trained through peft, with first-task, adapter and head policies.
+
+Hu et al., "LoRA: Low-Rank Adaptation of Large Language Models", ICLR 2022.
+
+Each targeted linear layer W [d_out, d_in] computes W·x + (α/r)·B·A·x with A [r, d_in] and B [d_out, r]; the
+base weights W stay frozen and only A and B (and, by default, the classifier head) are trained. The adapters
+are installed with peft (`LoraConfig`, sequence-classification task type) once in `setup`, so the runner keeps
+one model object for the whole stream; the policies decide which parameters train in each task:
+
+- `first_task`: `full` fine-tunes every weight on the first task (the adapters are zero there because B = 0)
+  and trains adapters from the second task on, as in the seed's Yelp → IMDB experiment; `lora` trains
+  adapters from the first task on.
+- `adapter_policy`: `continue` trains one adapter through all tasks; `per_task` merges the finished adapter
+  into the base weights after its task (W ← W + (α/r)·B·A) and starts the next task from a fresh adapter.
+- `head`: `trainable` is peft's default for sequence classification (the head is a `modules_to_save` copy);
+  `frozen` keeps the head at its value when adapters start (random rows under `first_task=lora`, the
+  fine-tuned head under `full`), a separate arm because a trained shared head alone can cause forgetting.
+
+Drift is measured by the runner on effective weights W + (α/r)·B·A (`clbench.ops.effective_weights`), under
+the same names as the unwrapped model. Adapters are initialised from `ctx.generator` (A uniform in
+±1/√d_in as in peft's Kaiming default, B = 0). Hooks: `setup` (wrap), `before_task` (which parameters train),
+`after_task` (merge under `per_task`). The helpers `lora_layers`, `merge_adapters`, `reset_adapters` are reused
+by `fip-lora`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from clbench.data import EncodedSplit, TaskInfo
+from clbench.methods import Hooks, MethodConfig, RunContext, option
+
+ADAPTER = "default"  # peft's name for the single adapter slot this method uses
+FIRST_TASK = ("full", "lora")
+ADAPTER_POLICY = ("continue", "per_task")
+HEAD = ("trainable", "frozen")
+
+
+@dataclass(frozen=True)
+class LoRAConfig(MethodConfig):
+    """LoRA hyperparameters (Hu et al. 2022, Sec. 4) and the continual-learning policies."""
+
+    rank: int = option(8, "r: rank of the adapter factors B [d_out, r] and A [r, d_in]")
+    alpha: float = option(16.0, "α: scaling numerator; the layer adds ΔW = (α/r)·B·A")
+    dropout: float = option(0.1, "dropout on the adapter's input (peft lora_dropout)")
+    target_modules: tuple[str, ...] = option(("query", "value"), "linear layers that get adapters "
+                                             "(W_q, W_v as in Hu et al. for BERT)")
+    first_task: str = option("full", "full: fine-tune every weight on task 1, adapters from task 2 (the seed); "
+                             "lora: adapters from task 1")
+    adapter_policy: str = option("continue", "continue: one adapter through all tasks; per_task: a fresh "
+                                 "adapter per task, merged into the base weights after its task")
+    head: str = option("trainable", "trainable: peft's default (modules_to_save); frozen: the head does not "
+                       "train while adapters do")
+
+    def __post_init__(self) -> None:
+        for key, allowed in (("first_task", FIRST_TASK), ("adapter_policy", ADAPTER_POLICY), ("head", HEAD)):
+            if getattr(self, key) not in allowed:
+                raise ValueError(f"{key}={getattr(self, key)!r} must be one of {', '.join(allowed)}")
+        if self.rank < 1 or self.alpha <= 0 or not 0 <= self.dropout < 1:
+            raise ValueError("need rank >= 1, alpha > 0 and 0 <= dropout < 1")
+
+
+def lora_layers(model: nn.Module) -> list[nn.Module]:
+    """peft's LoRA-wrapped layers of `model` (they hold `base_layer`, `lora_A`, `lora_B`)."""
+    return [m for m in model.modules() if hasattr(m, "lora_A") and hasattr(m, "base_layer")
+            and hasattr(m, "get_delta_weight")]
+
+
+@torch.no_grad()
+def reset_adapters(model: nn.Module, generator: torch.Generator) -> None:
+    """Start a fresh adapter: A ~ U(±1/√d_in) from `generator`, B = 0, so ΔW = 0."""
+    for layer in lora_layers(model):
+        a = layer.lora_A[ADAPTER].weight  # [r, d_in]
+        bound = 1.0 / math.sqrt(a.shape[1])
+        a.copy_((torch.rand(a.shape, generator=generator) * 2 - 1) * bound)
+        layer.lora_B[ADAPTER].weight.zero_()  # [d_out, r]
+
+
+@torch.no_grad()
+def merge_adapters(model: nn.Module) -> None:
+    """W ← W + (α/r)·B·A in every adapted layer (peft's `get_delta_weight` applies α/r)."""
+    for layer in lora_layers(model):
+        base = layer.base_layer.weight
+        base.add_(layer.get_delta_weight(ADAPTER).to(base.dtype))
+
+
+def wrap(model: nn.Module, config: LoRAConfig) -> nn.Module:
+    """The model wrapped by peft with one LoRA adapter on `config.target_modules`."""
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    peft_config = LoraConfig(r=config.rank, lora_alpha=config.alpha, lora_dropout=config.dropout,
+                             target_modules=list(config.target_modules), task_type=TaskType.SEQ_CLS)
+    return get_peft_model(model, peft_config)
+
+
+def set_trainable(model: nn.Module, adapters: bool, head: bool) -> None:
+    """Full fine-tuning (`adapters=False`): every base weight trains. Otherwise only adapters and maybe the head."""
+    for name, param in model.named_parameters():
+        if ".original_module." in name:
+            param.requires_grad_(False)  # peft's untouched copy of the head; the forward uses the other copy
+        elif ".lora_" in name:
+            param.requires_grad_(adapters)
+        elif ".modules_to_save." in name:
+            param.requires_grad_(head)
+        else:
+            param.requires_grad_(not adapters)
+
+
+class LoRA(Hooks):
+    """LoRA adapters (peft) with a full-fine-tuning or adapter first task, continued or per-task adapters."""
+
+    name: ClassVar[str] = "lora"
+    config_cls: ClassVar[type[MethodConfig]] = LoRAConfig
+    citation: ClassVar[str] = "Hu et al., LoRA: Low-Rank Adaptation of Large Language Models, ICLR 2022"
+
+    def __init__(self, config: MethodConfig | None = None) -> None:
+        super().__init__(config)
+        self.cfg: LoRAConfig = self.config  # type: ignore[assignment]
+        self.first_task_is_finetuning = self.cfg.first_task == "full"
+
+    def setup(self, model: nn.Module, ctx: RunContext) -> nn.Module:
+        self.ctx = ctx
+        model = wrap(model, self.cfg)
+        reset_adapters(model, ctx.generator)
+        return model
+
+    def trains_adapters(self, task: TaskInfo) -> bool:
+        """False on the first task under `first_task=full` (whole-model fine-tuning), True otherwise."""
+        return not (self.cfg.first_task == "full" and task.index == 0)
+
+    def before_task(self, task: TaskInfo, model: nn.Module) -> None:
+        adapters = self.trains_adapters(task)
+        set_trainable(model, adapters=adapters, head=not adapters or self.cfg.head == "trainable")
+
+    def after_task(self, task: TaskInfo, model: nn.Module, data: EncodedSplit) -> None:
+        if self.cfg.adapter_policy == "per_task" and self.trains_adapters(task):
+            merge_adapters(model)
+            reset_adapters(model, self.context.generator)

@@ -1,0 +1,98 @@
+"""LoRA: base weights untouched while adapters train, ΔW = (α/r)·B·A, the policies, and a run on the stream."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from clbench.data import TaskInfo
+from clbench.methods.lora import LoRA, LoRAConfig, lora_layers
+from clbench.models import build_model
+from clbench.ops import effective_weights
+from clbench.protocol import RunContext
+
+TASKS = (TaskInfo(0, "a", ("x", "y", "z"), 0), TaskInfo(1, "b", ("u", "v"), 3))
+
+
+def _setup(**options: object) -> tuple[LoRA, nn.Module, RunContext]:
+    ctx = RunContext(tasks=TASKS, num_labels=5, device=torch.device("cpu"), seed=0,
+                     generator=torch.Generator().manual_seed(0), buffer_size=8, batch_size=4)
+    method = LoRA(LoRAConfig(rank=4, alpha=8.0, dropout=0.0, **options))  # type: ignore[arg-type]
+    return method, method.setup(build_model("tiny", 5, 0), ctx), ctx
+
+
+def _train(model: nn.Module, method: LoRA, steps: int = 5) -> None:
+    generator = torch.Generator().manual_seed(1)
+    optimizer = torch.optim.AdamW(list(method.trainable_parameters(model)), lr=1e-2)
+    for _ in range(steps):
+        ids = torch.randint(5, 60, (4, 12), generator=generator)
+        labels = torch.randint(0, 5, (4,), generator=generator)
+        logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+        nn.functional.cross_entropy(logits, labels).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+
+
+def _base(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters()
+            if ".lora_" not in n and ".modules_to_save." not in n and ".original_module." not in n}
+
+
+def test_base_weights_bit_identical_and_delta_is_scaled_ba() -> None:
+    method, model, _ = _setup(first_task="lora")
+    plain_names = set(effective_weights(build_model("tiny", 5, 0)))
+    assert set(effective_weights(model)) == plain_names  # drift compares the same tensors as the plain model
+    method.before_task(TASKS[0], model)
+    base = _base(model)
+    _train(model, method)
+    for name, value in _base(model).items():
+        assert torch.equal(value, base[name]), name
+    after = effective_weights(model)
+    scale = 8.0 / 4
+    layers = dict(model.named_modules())
+    checked = 0
+    for name, layer in layers.items():
+        if layer in lora_layers(model):
+            b = layer.lora_B["default"].weight  # [d_out, r]
+            a = layer.lora_A["default"].weight  # [r, d_in]
+            assert b.abs().sum() > 0  # the adapter trained
+            key = name.removeprefix("base_model.model.") + ".weight"
+            expected = base[name + ".base_layer.weight"] + scale * b.detach() @ a.detach()
+            torch.testing.assert_close(after[key], expected, rtol=0, atol=1e-6)
+            checked += 1
+    assert checked == 4  # query and value in each of the 2 layers
+
+
+def test_per_task_merges_adapter_into_base_and_starts_fresh() -> None:
+    method, model, _ = _setup(first_task="lora", adapter_policy="per_task")
+    method.before_task(TASKS[0], model)
+    _train(model, method)
+    before = effective_weights(model)
+    method.after_task(TASKS[0], model, None)  # type: ignore[arg-type]
+    after = effective_weights(model)
+    for name in before:
+        torch.testing.assert_close(after[name], before[name], rtol=0, atol=1e-6)  # same function
+    for layer in lora_layers(model):
+        assert not layer.lora_B["default"].weight.any()  # fresh adapter: ΔW = 0
+
+
+def test_first_task_full_then_adapters_and_frozen_head() -> None:
+    method, model, _ = _setup(first_task="full", head="frozen")
+    assert method.first_task_is_finetuning
+    method.before_task(TASKS[0], model)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert any("embeddings" in n for n in trainable) and any("modules_to_save" in n for n in trainable)
+    assert not any(".lora_" in n for n in trainable)
+    method.before_task(TASKS[1], model)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(".lora_" in n for n in trainable)
+    assert not LoRA(LoRAConfig(first_task="lora")).first_task_is_finetuning
+
+
+@pytest.mark.parametrize("options", [{}, {"first_task": "lora", "adapter_policy": "per_task", "head": "frozen"}])
+def test_runs_on_stream(run_tiny, options: dict[str, str]) -> None:  # type: ignore[no-untyped-def]
+    _, records = run_tiny(("lora",), method_options={"lora": options})
+    assert [r["value"] for r in records if r["type"] == "unit"][-1] == "done"
+    drift = [r for r in records if r["type"] == "drift" and r["param"] == "__overall__"]
+    assert drift and all(r["value"] > 0 for r in drift)
