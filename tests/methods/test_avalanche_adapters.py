@@ -11,12 +11,13 @@ import torch
 
 pytest.importorskip("avalanche")
 
-from clbench.config import build_config, parse_set  # noqa: E402
-from clbench.data import EncodedSplit, TaskInfo  # noqa: E402
-from clbench.methods import RunContext  # noqa: E402
-from clbench.models import build_model  # noqa: E402
-from clbench.protocol import LoopSettings  # noqa: E402
-from clbench.registry import AVALANCHE_ADAPTERS, MethodRegistry  # noqa: E402
+from clbench.methods import RunContext
+
+from clbench.config import build_config, parse_set
+from clbench.data import EncodedSplit, TaskInfo
+from clbench.models import build_model
+from clbench.protocol import LoopSettings
+from clbench.registry import AVALANCHE_ADAPTERS, MethodRegistry
 
 TASKS = (TaskInfo(0, "a", ("x", "y"), 0), TaskInfo(1, "b", ("x", "y"), 2))
 
