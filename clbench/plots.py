@@ -1,0 +1,378 @@
+"""The report's figures, drawn with matplotlib's Agg canvas (no display, no global pyplot state).
+
+Every ``draw`` function takes a loaded run and a target PNG path and returns None when it wrote the file, or
+a short reason when the data for it is missing (the report prints the reason instead of the figure). One
+palette (`method_palette`) maps each method to the same colour in every figure.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from clbench.evaluators.drift import layer_key
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from clbench.report import RunData
+
+FONT: dict[str, Any] = {"font.size": 11, "axes.titlesize": 12, "axes.labelsize": 11, "xtick.labelsize": 10,
+        "ytick.labelsize": 10, "legend.fontsize": 10}
+DPI = 130
+Colour = tuple[float, float, float]
+
+
+def method_palette(methods: Sequence[str]) -> dict[str, Colour]:
+    """One colour per method (or run label), stable for a given order: colour-blind safe up to 10.
+
+    Args:
+        methods: Labels in display order.
+
+    Returns:
+        label -> RGB colour.
+    """
+    import seaborn as sns
+
+    name = "colorblind" if len(methods) <= 10 else "husl"
+    colours = sns.color_palette(name, max(len(methods), 1))
+    return {m: tuple(float(x) for x in colours[i])[:3] for i, m in enumerate(methods)}  # type: ignore[misc]
+
+
+def _figure(width: float, height: float) -> Figure:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig: Figure, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=DPI)
+
+
+def _style() -> Any:
+    import matplotlib as mpl
+
+    return mpl.rc_context(FONT)  # type: ignore[arg-type]
+
+
+def _grid(n: int, max_cols: int = 3) -> tuple[int, int]:
+    cols = min(n, max_cols)
+    return math.ceil(n / cols), cols
+
+
+def _short_task(name: str, limit: int = 18) -> str:
+    return name if len(name) <= limit else name[: limit - 1] + "…"
+
+
+def accuracy_heatmaps(run: RunData, metric: str, colours: Mapping[str, Colour], path: Path) -> str | None:
+    """Mean accuracy matrix per method, one seaborn heatmap each (rows: after task i, columns: task j).
+
+    Args:
+        run: The loaded run.
+        metric: "acc_cil" or "acc_til".
+        colours: The method palette (method names colour the panel titles).
+        path: The PNG to write.
+
+    Returns:
+        None, or why the plot was skipped.
+    """
+    import seaborn as sns
+
+    from clbench.report import complete_matrices
+
+    matrices: dict[str, list[np.ndarray]] = defaultdict(list)
+    for unit, R in complete_matrices(run, metric).items():
+        matrices[run.unit_method[unit]].append(R)
+    methods = [m for m in run.methods if m in matrices]
+    if not methods:
+        return f"no unit has a complete {metric} accuracy matrix"
+    tasks = [_short_task(t) for t in run.tasks]
+    rows = ["before training"] + [f"after {t}" for t in tasks]
+    nrows, ncols = _grid(len(methods))
+    cell = 0.55 + 0.06 * max(len(t) for t in tasks)  # inches per column: room for the task name
+    width = ncols * (1.9 + cell * len(tasks)) + 1.2
+    height = nrows * (1.2 + 0.5 * len(rows)) + 0.4
+    kind = "class-incremental" if metric == "acc_cil" else "task-aware"
+    with _style():
+        fig = _figure(width, height)
+        axes = fig.subplots(nrows, ncols, squeeze=False)
+        for ax, method in zip(axes.flat, methods):
+            mean = np.mean(matrices[method], axis=0)
+            sns.heatmap(mean, ax=ax, vmin=0.0, vmax=1.0, cmap="viridis", annot=True, fmt=".2f",
+                        xticklabels=tasks, yticklabels=rows, cbar=False, square=False,
+                        annot_kws={"fontsize": 10}, linewidths=0.5, linecolor="white")
+            ax.set_title(f"{method} (n={len(matrices[method])})", color=colours.get(method, "black"),
+                         fontweight="bold")
+            ax.set_xlabel("evaluated task")
+            ax.set_ylabel("model")
+            ax.tick_params(axis="x", rotation=20)
+            ax.tick_params(axis="y", rotation=0)
+        for ax in list(axes.flat)[len(methods):]:
+            ax.set_visible(False)
+        mappable = axes.flat[0].collections[0]
+        fig.colorbar(mappable, ax=axes, shrink=0.8, label=f"{kind} accuracy (fraction)")
+        fig.suptitle(f"Accuracy matrices, {kind} (mean over seeds)")
+        _save(fig, path)
+    return None
+
+
+def _global_steps(records: Sequence[dict[str, Any]]) -> dict[str, list[int]]:
+    """unit -> global step at the start of each task (index i-1 for task i) and at the end (last entry)."""
+    steps: dict[str, dict[int, int]] = defaultdict(dict)
+    for r in records:
+        if r["type"] == "accuracy" and r["row"] >= 1 and r.get("step") is not None:
+            steps[r["unit"]][r["row"]] = int(r["step"])
+    out = {}
+    for unit, per_task in steps.items():
+        offsets = [0]
+        for row in range(1, max(per_task) + 1):
+            offsets.append(offsets[-1] + per_task.get(row, 0))
+        out[unit] = offsets
+    return out
+
+
+def accuracy_curves(run: RunData, colours: Mapping[str, Colour], path: Path) -> str | None:
+    """Class-incremental accuracy on each task against the global training step, one panel per task.
+
+    Points are row 0 (step 0), every ``curve`` record and every end-of-task ``accuracy`` record, at global step
+    = steps of the earlier tasks + step within the task. Lines are means over seeds, bands min to max.
+
+    Args:
+        run: The loaded run.
+        colours: The method palette.
+        path: The PNG to write.
+
+    Returns:
+        None, or why the plot was skipped.
+    """
+    from matplotlib.ticker import MaxNLocator
+
+    if not any(r["type"] == "curve" for r in run.records):
+        return "no curve records (run with `--eval-every N` to evaluate every N training steps)"
+    offsets = _global_steps(run.records)
+    done = set(run.status)
+    points: dict[tuple[str, int], dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in run.records:
+        if r["metric"] != "acc_cil" or r["type"] not in ("curve", "accuracy") or r["unit"] not in done:
+            continue
+        unit_offsets = offsets.get(r["unit"])
+        if r["row"] == 0:
+            x = 0
+        elif unit_offsets is None or r.get("step") is None or r["row"] > len(unit_offsets) - 1:
+            continue
+        else:
+            x = unit_offsets[r["row"] - 1] + int(r["step"])
+        points[(r["method"], r["eval_index"])][x].append(r["value"])
+    tasks = run.tasks
+    boundaries = next(iter(offsets.values()), [0])[1:-1]
+    nrows, ncols = _grid(len(tasks))
+    with _style():
+        fig = _figure(5.0 * ncols, 3.6 * nrows + 0.6)
+        axes = fig.subplots(nrows, ncols, squeeze=False, sharey=True)
+        for index, (ax, task) in enumerate(zip(axes.flat, tasks)):
+            for method in run.methods:
+                series = points.get((method, index))
+                if not series:
+                    continue
+                xs = sorted(series)
+                ys = np.array([np.mean(series[x]) for x in xs])
+                lo = np.array([np.min(series[x]) for x in xs])
+                hi = np.array([np.max(series[x]) for x in xs])
+                ax.plot(xs, ys, marker="o", markersize=3, linewidth=1.8, color=colours[method], label=method)
+                ax.fill_between(xs, lo, hi, color=colours[method], alpha=0.18, linewidth=0)
+            for b, name in zip(boundaries, tasks[1:]):
+                ax.axvline(b, color="0.4", linestyle=":", linewidth=1)
+                ax.text(b, 1.02, f" {_short_task(name, 12)} →", fontsize=9, color="0.3", va="bottom")
+            ax.set_title(f"accuracy on {_short_task(task, 30)}", pad=16)
+            ax.set_xlabel("global training step (optimiser steps)")
+            ax.set_ylabel("class-incremental accuracy")
+            ax.set_ylim(-0.02, 1.02)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.grid(alpha=0.3)
+        for ax in list(axes.flat)[len(tasks):]:
+            ax.set_visible(False)
+        handles, labels = axes.flat[0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 6), title="method")
+        _save(fig, path)
+    return None
+
+
+def layer_groups(run: RunData, metric: str = "frobenius_task") -> dict[str, dict[int, dict[str, float]]] | None:
+    """Per-layer fractional Frobenius change, mean over seeds: method -> task row -> layer -> value.
+
+    d(G) = sqrt(Σ_{W∈G} ‖ΔW‖²_F) / sqrt(Σ_{W∈G} ‖W_before‖²_F) over the tensors W of layer G (`layer_key`),
+    computed exactly from the per-tensor ``norm_change`` and ``norm_before`` fields of the drift records, as
+    `clbench.evaluators.drift.grouped_frobenius_drift` does on tensors.
+
+    Args:
+        run: The loaded run.
+        metric: "frobenius_task" (change over each task) or "frobenius_total" (since the start).
+
+    Returns:
+        The nested mapping in layer order of first appearance, or None if the records lack the norms.
+    """
+    sums: dict[tuple[str, int, str], list[float]] = defaultdict(lambda: [0.0, 0.0])
+    order: dict[str, None] = {}
+    for r in run.records:
+        if r["type"] != "drift" or r["metric"] != metric or r["param"] == "__overall__":
+            continue
+        if "norm_before" not in r or r["unit"] not in run.unit_method:
+            return None
+        group = layer_key(r["param"])
+        order.setdefault(group, None)
+        acc = sums[(r["unit"], r["row"], group)]
+        acc[0] += r["norm_change"] ** 2
+        acc[1] += r["norm_before"] ** 2
+    per_method: dict[str, dict[int, dict[str, list[float]]]] = defaultdict(
+        lambda: defaultdict(lambda: defaultdict(list)))
+    for (unit, row, group), (change, base) in sums.items():
+        value = math.sqrt(change / base) if base > 0 else (0.0 if change == 0 else math.nan)
+        per_method[run.unit_method[unit]][row][group].append(value)
+    if not per_method:
+        return None
+    return {method: {row: {g: float(np.mean(per_method[method][row][g])) for g in order
+                           if g in per_method[method][row]} for row in sorted(per_method[method])}
+            for method in run.methods if method in per_method}
+
+
+def _layer_label(group: str) -> str:
+    match = re.search(r"(?:layer|layers|h|blocks)\.\d+$", group)
+    return match.group(0) if match else group.split(".")[-1]
+
+
+def layer_drift(run: RunData, colours: Mapping[str, Colour], path: Path) -> str | None:
+    """Per-layer fractional Frobenius change over each task, one panel per method (the FIP paper's Figure 1).
+
+    Args:
+        run: The loaded run.
+        colours: The method palette (titles).
+        path: The PNG to write.
+
+    Returns:
+        None, or why the plot was skipped.
+    """
+    groups = layer_groups(run)
+    if not groups:
+        return "no per-tensor drift records with `norm_before`/`norm_change` (runs made before they were added)"
+    import seaborn as sns
+
+    methods = list(groups)
+    layers = list(dict.fromkeys(g for rows in groups.values() for per in rows.values() for g in per))
+    rows = sorted({row for per in groups.values() for row in per})
+    task_colours = sns.color_palette("crest", len(rows))
+    width = max(7.0, 0.55 * len(layers) * max(1, len(rows)) ** 0.5 + 2.5)
+    with _style():
+        fig = _figure(width, 2.6 * len(methods) + 1.0)
+        axes = fig.subplots(len(methods), 1, squeeze=False, sharex=True, sharey=True)[:, 0]
+        bar = 0.8 / len(rows)
+        x = np.arange(len(layers))
+        for ax, method in zip(axes, methods):
+            for k, row in enumerate(rows):
+                values = [groups[method].get(row, {}).get(g, np.nan) for g in layers]
+                name = run.tasks[row - 1] if row - 1 < len(run.tasks) else f"task {row}"
+                ax.bar(x + (k - (len(rows) - 1) / 2) * bar, values, bar, color=task_colours[k],
+                       label=f"task {row}: {_short_task(name, 20)}")
+            ax.set_title(method, color=colours.get(method, "black"), fontweight="bold", loc="left")
+            ax.set_ylabel("‖ΔW‖_F / ‖W‖_F")
+            ax.grid(axis="y", alpha=0.3)
+        axes[-1].set_xticks(x, [_layer_label(g) for g in layers], rotation=45, ha="right")
+        axes[-1].set_xlabel("layer (parameter group)")
+        handles, labels = axes[0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="outside upper center", ncols=min(len(rows), 4),
+                   title="fractional Frobenius change over training")
+        _save(fig, path)
+    return None
+
+
+def forgetting_vs_drift(run: RunData, scores: Mapping[str, Mapping[str, float]], colours: Mapping[str, Colour],
+                        path: Path) -> str | None:
+    """Scatter of class-incremental forgetting against weight drift and against functional drift, per unit.
+
+    Args:
+        run: The loaded run.
+        scores: `clbench.report.unit_scores` of the run.
+        colours: The method palette.
+        path: The PNG to write.
+
+    Returns:
+        None, or why the plot was skipped.
+    """
+    points = {unit: s for unit, s in scores.items() if not math.isnan(s.get("forgetting_cil", math.nan))}
+    if not points:
+        return "forgetting needs at least two tasks and one finished unit"
+    panels = [("weight_drift", "weight drift ‖θ_T − θ_0‖_F / ‖θ_0‖_F"),
+              ("functional_drift", "functional drift: mean Bhattacharyya\ndistance on earlier tasks (nats)")]
+    with _style():
+        fig = _figure(10.0, 4.2)
+        axes = fig.subplots(1, 2, sharey=True)
+        for ax, (key, label) in zip(axes, panels):
+            for method in run.methods:
+                units = [u for u in points if run.unit_method[u] == method
+                         and not math.isnan(points[u].get(key, math.nan))]
+                if units:
+                    ax.scatter([points[u][key] for u in units], [points[u]["forgetting_cil"] for u in units],
+                               s=55, color=colours[method], edgecolor="black", linewidth=0.5, label=method,
+                               alpha=0.9)
+            ax.set_xlabel(label)
+            ax.grid(alpha=0.3)
+        axes[0].set_ylabel("forgetting, class-incremental\n(accuracy, fraction)")
+        handles, labels = axes[0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="outside right center", title="method")
+        fig.suptitle("Does drift explain forgetting? (one point per unit)")
+        _save(fig, path)
+    return None
+
+
+def cost_bars(run: RunData, samples: Mapping[str, Mapping[str, list[float]]], colours: Mapping[str, Colour],
+              path: Path) -> str | None:
+    """Bars of train time and peak memory per method: mean, 95% CI error bars, one dot per seed.
+
+    Args:
+        run: The loaded run.
+        samples: `clbench.report.method_samples` of the run.
+        colours: The method palette.
+        path: The PNG to write.
+
+    Returns:
+        None, or why the plot was skipped.
+    """
+    from clbench.evaluators.stats import summarize
+
+    methods = [m for m in run.methods if m in samples]
+    if not methods or not any(samples[m].get("train_time_s") for m in methods):
+        return "no profile records of finished units"
+    memory = "peak GPU memory (MiB)" if run.on_cuda else "CPU run: peak RSS of the process (MiB)"
+    panels = [("train_time_s", "train time, all tasks (s)"), ("peak_memory_mb", memory)]
+    with _style():
+        fig = _figure(max(8.0, 1.3 * len(methods) * 2 + 2), 4.0)
+        axes = fig.subplots(1, 2)
+        for ax, (key, label) in zip(axes, panels):
+            x = np.arange(len(methods))
+            stats = [summarize(samples[m].get(key, [])) for m in methods]
+            means = [s.mean if s.n else np.nan for s in stats]
+            upper = [0.0 if math.isnan(s.ci95) else s.ci95 for s in stats]
+            lower = [min(e, m) if not math.isnan(m) else 0.0 for e, m in zip(upper, means)]  # clip at 0
+            ax.bar(x, means, yerr=[lower, upper], capsize=4, color=[colours[m] for m in methods], edgecolor="black",
+                   linewidth=0.5)
+            for i, m in enumerate(methods):
+                values = samples[m].get(key, [])
+                ax.scatter(np.full(len(values), i) + np.linspace(-0.12, 0.12, len(values)), values, s=14,
+                           color="black", zorder=3)
+            ax.set_xticks(x, methods, rotation=30 if len(methods) > 4 else 0, ha="right" if len(methods) > 4
+                          else "center")
+            ax.set_ylabel(label)
+            ax.set_xlabel("method")
+            ax.grid(axis="y", alpha=0.3)
+        fig.suptitle("Cost per unit (mean over seeds)")
+        _save(fig, path)
+    return None
