@@ -90,6 +90,11 @@ def run(**kwargs: Any) -> None:
     out = run_experiment(config, registry=registry, progress=Progress("quiet" if quiet else None),
                          command=" ".join(["clbench", *sys.argv[1:]]))
     click.echo(summary_table(out))
+    from clbench.report import write_report_or_warn
+
+    report_file = write_report_or_warn(out, lambda message: click.echo(message, err=True))
+    if report_file is not None:
+        click.echo(f"report: {report_file}")
 
 
 @main.group(name="list")
@@ -160,6 +165,31 @@ def fetch(streams: tuple[str, ...]) -> None:
 
     where = fetch_streams(list(streams))
     click.echo(f"cached under {where} (set CLBENCH_CACHE to this folder on an air-gapped machine)")
+
+
+@main.command()
+@click.argument("run_dir")
+@friendly
+def report(run_dir: str) -> None:
+    """Regenerate RUN_DIR/report.md and RUN_DIR/plots/*.png from the run's results."""
+    from pathlib import Path
+
+    from clbench.report import write_report
+
+    click.echo(write_report(Path(run_dir)))
+
+
+@main.command()
+@click.argument("run_dirs", nargs=-1, required=True)
+@click.option("--out", help="Also write the comparison to OUT/compare.md.")
+@friendly
+def compare(run_dirs: tuple[str, ...], out: str | None) -> None:
+    """Put the summary tables of RUN_DIRS (runs of the same stream) side by side."""
+    from pathlib import Path
+
+    from clbench.report import compare_runs
+
+    click.echo(compare_runs([Path(d) for d in run_dirs], Path(out) if out else None))
 
 
 if __name__ == "__main__":
