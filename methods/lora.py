@@ -27,13 +27,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
+from clbench.methods import Hooks, MethodConfig, RunContext, option
 from torch import nn
 
 from clbench.data import EncodedSplit, TaskInfo
-from clbench.methods import Hooks, MethodConfig, RunContext, option
 
 ADAPTER = "default"  # peft's name for the single adapter slot this method uses
 FIRST_TASK = ("full", "lora")
@@ -65,7 +65,7 @@ class LoRAConfig(MethodConfig):
             raise ValueError("need rank >= 1, alpha > 0 and 0 <= dropout < 1")
 
 
-def lora_layers(model: nn.Module) -> list[nn.Module]:
+def lora_layers(model: nn.Module) -> list[Any]:
     """peft's LoRA-wrapped layers of `model` (they hold `base_layer`, `lora_A`, `lora_B`)."""
     return [m for m in model.modules() if hasattr(m, "lora_A") and hasattr(m, "base_layer")
             and hasattr(m, "get_delta_weight")]

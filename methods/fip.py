@@ -1,0 +1,146 @@
+"""FIP: functionally invariant paths, as the authors trained it (output-distance loss on a replay buffer).
+
+Raghavan & Thomson, "Engineering flexible machine learning systems by traversing functionally invariant
+paths", Nature Machine Intelligence 6, 2024.
+
+The paper moves the weights along paths that keep the network's outputs on old tasks fixed while a secondary
+objective (the new task) improves. The authors' code implements this as a loss: the Bhattacharyya distance
+D(p, q) = −log Σ_c √(p_c q_c) between the current softmax p and the softmax q the network had before the task,
+on inputs replayed from earlier tasks, plus λ times the new task's cross-entropy:
+
+    L = Σ_{x ∈ replay batch} D(p(x), q(x)) + λ · mean_{(x, y) ∈ new batch} CE(p(x), y)
+
+(the authors *sum* D over the replay batch and *average* the CE; `ce_weight` is λ, `replay_batch_size` the
+replay batch). q is cached once per task: `before_task` stores the model's log-softmax on the whole buffer in
+eval mode, so no second model is kept. D(q, q) = 0 with zero gradient, and for a small weight change δ,
+Σ D ≈ (1/8)·δᵀFδ with F the output Fisher, so the distance is a local metric in function space.
+
+Buffer: after each task, inputs drawn from its training split (from `ctx.generator`), equal shares of
+`ctx.buffer_size` across the tasks seen so far (`clbench.episodic.TaskMemory`; older shares shrink). The first task has no
+buffer and is plain fine-tuning (L = CE). Memory-saving mode (`separate_backward`): `loss` backpropagates
+λ·CE first (freeing the new batch's activations) and then D on the replay batch, so peak activation memory
+is the larger of the two graphs, not their sum; the gradients are the same.
+
+Hooks: `before_task` (cache q), `loss`, `after_task` (buffer). `cache_log_probs`, `sample_replay`,
+`bhattacharyya` and `replay_distance` are reused by `fip-geometric` and `fip-lora`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from clbench.methods import Hooks, MethodConfig, RunContext, option
+from torch import Tensor, nn
+
+from clbench.data import Batch, BatchPlan, EncodedSplit, TaskInfo
+from clbench.episodic import TaskMemory
+
+
+@dataclass(frozen=True)
+class FIPConfig(MethodConfig):
+    """FIP loss weights and replay settings."""
+
+    ce_weight: float = option(1.0, "λ: weight of the new task's mean cross-entropy against the summed "
+                              "Bhattacharyya distance")
+    replay_batch_size: int | None = option(None, "old-task inputs per step for the distance term "
+                                           "(default: the training batch size)")
+    separate_backward: bool = option(False, "memory-saving mode: backpropagate the CE and the distance "
+                                     "separately (peak activations = max, not sum)")
+
+    def __post_init__(self) -> None:
+        if self.ce_weight < 0 or (self.replay_batch_size is not None and self.replay_batch_size < 1):
+            raise ValueError("need ce_weight >= 0 and replay_batch_size >= 1")
+
+
+def bhattacharyya(log_p: Tensor, log_q: Tensor) -> Tensor:
+    """D(p, q) = −log Σ_c √(p_c q_c) per row, from log-probabilities [batch, C]; returns [batch].
+
+    Computed as −logsumexp((log p + log q)/2), which is exact for masked (−inf) classes.
+    """
+    return -torch.logsumexp(0.5 * (log_p + log_q), dim=-1)
+
+
+@torch.no_grad()
+def cache_log_probs(model: nn.Module, ctx: RunContext, split: EncodedSplit) -> Tensor:
+    """log q: the model's log-softmax on every example of `split` in eval mode, [n, num_labels] on ctx.device."""
+    was_training = model.training
+    model.eval()
+    out = torch.empty(len(split), ctx.num_labels, device=ctx.device)
+    for index in BatchPlan(split, ctx.batch_size * 4, shuffle=False).indices():
+        batch = split.batch(index).to(ctx.device)
+        out[index.to(ctx.device)] = torch.log_softmax(ctx.forward(model, batch).float(), dim=-1)
+    model.train(was_training)
+    return out
+
+
+def sample_replay(split: EncodedSplit, size: int, generator: torch.Generator) -> Tensor:
+    """Indices [min(size, n)] of a replay batch, without replacement, from `generator`."""
+    return torch.randperm(len(split), generator=generator)[:size]
+
+
+def replay_distance(model: nn.Module, ctx: RunContext, batch: Batch, log_q: Tensor) -> Tensor:
+    """Σ_batch D(p, q) between the model's current softmax on `batch` and the cached log q [batch, C]."""
+    log_p = torch.log_softmax(ctx.forward(model, batch).float(), dim=-1)  # [batch, num_labels]
+    return bhattacharyya(log_p, log_q).sum()
+
+
+class FIP(Hooks):
+    """Functionally invariant paths: summed Bhattacharyya distance on replayed inputs plus λ·CE."""
+
+    name: ClassVar[str] = "fip"
+    config_cls: ClassVar[type[MethodConfig]] = FIPConfig
+    citation: ClassVar[str] = ("Raghavan & Thomson, Engineering flexible machine learning systems by traversing "
+                               "functionally invariant paths, Nature Machine Intelligence 2024")
+    uses_buffer: ClassVar[bool] = True
+
+    def __init__(self, config: MethodConfig | None = None) -> None:
+        super().__init__(config)
+        self.cfg: FIPConfig = self.config  # type: ignore[assignment]
+        self.backward_in_loss = self.cfg.separate_backward
+        self.buffer = TaskMemory(0)
+        self.replay: EncodedSplit | None = None  # the buffer as one split while a task trains
+        self.log_q: Tensor | None = None  # [len(replay), num_labels] cached at the task's start
+
+    def setup(self, model: nn.Module, ctx: RunContext) -> nn.Module:
+        self.ctx = ctx
+        self.buffer = TaskMemory(ctx.buffer_size)
+        return model
+
+    def before_task(self, task: TaskInfo, model: nn.Module) -> None:
+        self.replay = self.buffer.all() if len(self.buffer) else None
+        self.log_q = None if self.replay is None else cache_log_probs(model, self.context, self.replay)
+
+    def replay_batch(self) -> tuple[Batch, Tensor] | None:
+        """A replay batch on the device and its cached log q, or None when the buffer is empty."""
+        if self.replay is None or self.log_q is None:
+            return None
+        ctx = self.context
+        index = sample_replay(self.replay, self.cfg.replay_batch_size or ctx.batch_size, ctx.generator)
+        return self.replay.batch(index).to(ctx.device), self.log_q[index.to(ctx.device)]
+
+    def loss(self, model: nn.Module, batch: Batch, outputs: Any, task_loss: Tensor) -> Tensor:
+        replay = self.replay_batch()
+        if replay is None:  # first task: plain fine-tuning
+            if self.backward_in_loss:
+                task_loss.backward()
+                return task_loss.detach()
+            return task_loss
+        weighted = self.cfg.ce_weight * task_loss
+        if not self.backward_in_loss:
+            return replay_distance(model, self.context, *replay) + weighted
+        weighted.backward()  # frees the new batch's activations before the replay forward
+        distance = replay_distance(model, self.context, *replay)
+        distance.backward()
+        return (distance + weighted).detach()
+
+    def after_task(self, task: TaskInfo, model: nn.Module, data: EncodedSplit) -> None:
+        self.buffer.add(task.index, data, self.context.generator)
+        self.replay, self.log_q = None, None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"buffer": self.buffer.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.buffer.load_state_dict(state["buffer"])
