@@ -1,0 +1,152 @@
+"""The report and the comparison, rendered from one small synthetic run (naive, seeds 0 and 1, curves on)."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from clbench.cli import main
+from clbench.report import compare_runs, write_report, write_report_or_warn
+from clbench.results import read_records
+
+SECTIONS = ("# clbench report: ", "## Setup", "## Summary: class-incremental", "## Summary: task-aware",
+            "## First two tasks", "## Accuracy matrices", "## Accuracy along training", "## Per-layer weight change",
+            "## Forgetting against drift", "## Cost", "## Units", "## Definitions")
+PLOTS = ("accuracy_matrices.png", "accuracy_matrices_task_aware.png", "accuracy_curves.png", "layer_drift.png",
+         "forgetting_vs_drift.png", "cost.png")
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One run shared by this module's tests (what `run_tiny` does, once): 3 tasks, 2 seeds, curves."""
+    from conftest import tiny_config
+
+    from clbench.progress import Progress
+    from clbench.registry import MethodRegistry
+    from clbench.runner import run
+
+    base = tmp_path_factory.mktemp("report")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CLBENCH_CACHE", str(base / "cache"))
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        config = tiny_config(base, ("naive",), seeds=[0, 1], eval_every=1, train_size=16, test_size=12)
+        yield run(config, registry=MethodRegistry.default(()), progress=Progress("quiet"),
+                  command="clbench run --methods naive --stream synthetic --model tiny --seeds 0,1 --eval-every 1")
+
+
+def _copy(run: Path, dest: Path, keep: Any = None, env: dict[str, Any] | None = None) -> Path:
+    """A copy of a run directory, optionally keeping only some records or changing env.json."""
+    shutil.copytree(run, dest, ignore=shutil.ignore_patterns("plots", "report.md"))
+    if keep is not None:
+        lines = [json.dumps(r) for r in read_records(run) if keep(r)]
+        (dest / "results.jsonl").write_text("\n".join(lines) + "\n")
+    if env is not None:
+        current = json.loads((dest / "env.json").read_text())
+        current.update(env)
+        (dest / "env.json").write_text(json.dumps(current))
+    return dest
+
+
+def _table_row(text: str, section: str, label: str) -> list[str]:
+    """Cells of the row `label` in the first table after heading `section`."""
+    part = text.split(section, 1)[1]
+    for line in part.splitlines():
+        if line.startswith(f"| {label} |"):
+            return [c.strip() for c in line.strip("|").split("|")]
+    raise AssertionError(f"no row {label!r} after {section!r}")
+
+
+def test_report_has_every_section_and_plot(tiny_run: Path) -> None:
+    report = write_report(tiny_run)
+    text = report.read_text()
+    assert report == tiny_run / "report.md"
+    for heading in SECTIONS:
+        assert re.search(rf"^{re.escape(heading)}", text, re.M), heading
+    assert "clbench run --methods naive --stream synthetic" in text and "[config.yaml](config.yaml)" in text
+    assert "synthetic** version 1" in text and "torch " in text and "CPU run: peak RSS" in text
+    assert "skipped" not in text
+    for name in PLOTS:
+        png = tiny_run / "plots" / name
+        assert png.is_file() and png.stat().st_size > 1000, name
+        assert png.read_bytes()[:8] == PNG_MAGIC
+        assert f"(plots/{name})" in text
+
+
+def test_summary_cells_match_hand_computation(tiny_run: Path) -> None:
+    from scipy import stats
+
+    records = read_records(tiny_run)
+    text = write_report(tiny_run).read_text()
+    # ACC (class-incremental) per seed = mean over tasks of the last row; then mean ± t_{0.975,1}·s/√2
+    acc = []
+    change = []
+    for seed in (0, 1):
+        cells = {(r["row"], r["eval_index"]): r["value"] for r in records
+                 if r["type"] == "accuracy" and r["metric"] == "acc_cil" and r["seed"] == seed}
+        acc.append(np.mean([cells[(3, j)] for j in range(3)]))
+        change.append(cells[(2, 0)] - cells[(1, 0)])
+    half = stats.t.ppf(0.975, 1) * np.std(acc, ddof=1) / math.sqrt(2)
+    row = _table_row(text, "## Summary: class-incremental", "naive")
+    assert row[1] == "2"
+    assert row[2].strip("*") == f"{np.mean(acc):.3f} ± {half:.3f}"
+    drift = [r["value"] for r in records if r["type"] == "drift" and r["param"] == "__overall__"
+             and r["metric"] == "frobenius_total" and r["row"] == 3]
+    assert row[6].startswith(f"{np.mean(drift):.3g} ± ")
+    half = stats.t.ppf(0.975, 1) * np.std(change, ddof=1) / math.sqrt(2)
+    row = _table_row(text, "Change in", "naive")
+    assert row[2].strip("*") == f"{np.mean(change):.3f} ± {half:.3f}"
+
+
+def test_single_seed_without_curves_says_n1_and_skips_the_curve_plot(tiny_run: Path, tmp_path: Path) -> None:
+    one = _copy(tiny_run, tmp_path / "one", keep=lambda r: r["seed"] == 0 and r["type"] != "curve")
+    text = write_report(one).read_text()
+    assert "(n=1)" in _table_row(text, "## Summary: class-incremental", "naive")[2]
+    assert "Plot `accuracy_curves.png` skipped: no curve records" in text
+    assert not (one / "plots" / "accuracy_curves.png").exists()
+    assert (one / "plots" / "layer_drift.png").is_file()
+
+
+def test_cli_report_and_compare_side_by_side(tiny_run: Path, tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["report", str(tiny_run)], catch_exceptions=False)
+    assert result.exit_code == 0 and (tiny_run / "report.md").is_file()
+    a, b = _copy(tiny_run, tmp_path / "run_a"), _copy(tiny_run, tmp_path / "run_b")
+    result = CliRunner().invoke(main, ["compare", str(a), str(b), "--out", str(tmp_path / "cmp")],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    text = (tmp_path / "cmp" / "compare.md").read_text()
+    assert text.strip() == result.output.strip()
+    ours = _table_row(text, "## Summary: class-incremental", "run_a: naive")
+    theirs = _table_row(text, "## Summary: class-incremental", "run_b: naive")
+    assert ours[2:6] == theirs[2:6]  # same records, same scores
+    assert "## Summary: task-aware" in text and "identical apart from `out`" in text
+
+
+def test_compare_different_streams_is_one_line_exit_2(tiny_run: Path, tmp_path: Path) -> None:
+    other = _copy(tiny_run, tmp_path / "other", env={"stream": {"name": "reviews", "version": 2, "tasks": []}})
+    result = CliRunner().invoke(main, ["compare", str(tiny_run), str(other)], catch_exceptions=False)
+    assert result.exit_code == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in result.output
+    assert lines[0].startswith("clbench: error: runs use different streams: ")
+    assert "synthetic v1" in lines[0] and "reviews v2" in lines[0] and "compare runs of the same stream" in lines[0]
+    with pytest.raises(Exception, match="different streams"):
+        compare_runs([tiny_run, other])
+
+
+def test_report_failure_only_warns(tmp_path: Path) -> None:
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "results.jsonl").write_text('{"type": "unit"\n{"also": "torn"}\n')  # corrupted, not just torn
+    warnings: list[str] = []
+    assert write_report_or_warn(broken, warnings.append) is None
+    assert len(warnings) == 1 and "\n" not in warnings[0] and "clbench report" in warnings[0]
