@@ -71,7 +71,7 @@ def test_report_has_every_section_and_plot(tiny_run: Path) -> None:
     text = report.read_text()
     assert report == tiny_run / "report.md"
     for heading in SECTIONS:
-        assert re.search(rf"^{re.escape(heading)}", text, re.M), heading
+        assert re.search(rf"^{re.escape(heading)}", text, re.MULTILINE), heading
     assert "clbench run --methods naive --stream synthetic" in text and "[config.yaml](config.yaml)" in text
     assert "synthetic** version 1" in text and "torch " in text and "CPU run: peak RSS" in text
     assert "skipped" not in text
