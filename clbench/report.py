@@ -12,9 +12,12 @@ once on task-aware accuracy (``acc_til``). Besides them:
 - functional drift: mean Bhattacharyya distance over every (task i, earlier task j < i) record, i.e. how far
   training task i moved the predictions on task j's test inputs, averaged;
 - train time: Σ over tasks of the wall time of the ``train``, ``method_before`` and ``method_after`` phases
-  (the method's own bookkeeping such as a Fisher pass counts; evaluation does not);
+  (the method's own bookkeeping such as a Fisher pass counts; evaluation does not). A unit that reused another
+  unit's first-task training (a ``note`` record ``shared_first_task`` naming the producer) is charged the
+  producer's task-1 ``train`` time and peak memory, so the cost is what the method would take alone;
 - peak memory: max ``peak_cuda_mb`` over all phases and tasks, or on a CPU run the max ``peak_rss_mb``;
-- trainable parameters: max over tasks of the ``trainable_params`` profile record.
+- trainable parameters: the ``trainable_params`` profile record of the last task (task 1 may be shared plain
+  fine-tuning, e.g. before LoRA adapters are trained).
 
 Across seeds every scalar is reported as mean ± half-width of the 95% t-interval (`clbench.evaluators.stats`).
 The best mean of a column is bold; a value marked ≈ is not significantly different from the best by
@@ -214,8 +217,17 @@ def unit_scores(run: RunData) -> dict[str, dict[str, float]]:
     functional: dict[str, list[float]] = defaultdict(list)
     train_time: dict[str, float] = defaultdict(float)
     memory_metric = "peak_cuda_mb" if run.on_cuda else "peak_rss_mb"
+    producer = {r["unit"]: str(r["value"]) for r in run.records
+                if r["type"] == "note" and r["metric"] == "shared_first_task"}
     for r in run.records:
         unit = r["unit"]
+        charged = [u for u, p in producer.items() if p == unit and u in scores] \
+            if r["type"] == "profile" and r["row"] == 1 and r["phase"] == "train" else []
+        for borrower in charged:  # the producer's task-1 training, charged to those that reused it
+            if r["metric"] == "wall_s":
+                train_time[borrower] += r["value"]
+            elif r["metric"] == memory_metric and r["value"] is not None:
+                scores[borrower]["peak_memory_mb"] = max(scores[borrower].get("peak_memory_mb", 0.0), r["value"])
         if unit not in scores:
             continue
         s = scores[unit]
@@ -229,8 +241,8 @@ def unit_scores(run: RunData) -> dict[str, dict[str, float]]:
                 train_time[unit] += r["value"]
             elif r["metric"] == memory_metric and r["value"] is not None:
                 s["peak_memory_mb"] = max(s.get("peak_memory_mb", 0.0), r["value"])
-            elif r["metric"] == "trainable_params":
-                s["trainable_params"] = max(s.get("trainable_params", 0.0), r["value"])
+            elif r["metric"] == "trainable_params" and r["row"] == last:
+                s["trainable_params"] = r["value"]
     for unit, s in scores.items():
         s["functional_drift"] = float(np.mean(functional[unit])) if functional[unit] else math.nan
         if unit in train_time:
@@ -396,7 +408,9 @@ def _definitions(run: RunData) -> list[str]:
         "after training task i, on the test inputs of each earlier task j < i, averaged over inputs and over "
         "all such (i, j)."),
         ("- train time: wall time of training plus the method's before/after-task work, summed over tasks "
-        "(evaluation excluded)."),
+         "(evaluation excluded); a unit that reused another unit's first-task fine-tuning is charged that "
+         "training's time and memory."),
+        "- trainable parameters: while training the last task.",
         f"- peak memory: {memory}.",
         "",
     ]

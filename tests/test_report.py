@@ -150,3 +150,21 @@ def test_report_failure_only_warns(tmp_path: Path) -> None:
     warnings: list[str] = []
     assert write_report_or_warn(broken, warnings.append) is None
     assert len(warnings) == 1 and "\n" not in warnings[0] and "clbench report" in warnings[0]
+
+
+def test_reused_first_task_is_charged_to_the_unit_that_reused_it(tiny_run: Path, tmp_path: Path) -> None:
+    from clbench.report import load_run, unit_scores
+
+    before = unit_scores(load_run(tiny_run))
+    copy = _copy(tiny_run, tmp_path / "shared")
+    note = {"type": "note", "unit": "naive/seed1", "method": "naive", "seed": 1, "row": 1, "task": "colours",
+            "metric": "shared_first_task", "value": "naive/seed0"}
+    with (copy / "results.jsonl").open("a") as fh:
+        fh.write(json.dumps(note) + "\n")
+    after = unit_scores(load_run(copy))
+    producer_task1 = next(r["value"] for r in read_records(tiny_run) if r["unit"] == "naive/seed0"
+                          and r["type"] == "profile" and r["phase"] == "train" and r["row"] == 1
+                          and r["metric"] == "wall_s")
+    assert after["naive/seed1"]["train_time_s"] == pytest.approx(before["naive/seed1"]["train_time_s"]
+                                                                 + producer_task1)
+    assert after["naive/seed0"]["train_time_s"] == before["naive/seed0"]["train_time_s"]
