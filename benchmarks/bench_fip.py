@@ -1,0 +1,146 @@
+"""Cost of FIP and its variants per training step, relative to naive fine-tuning, on MiniLM.
+
+Every variant trains the second task of a two-task setup (5 + 2 classes, as Yelp → IMDB) on the same batches,
+through the runner's own `train_step`: naive, fip (joint backward), fip (memory-saving `separate_backward`),
+fip-geometric and fip-lora. Before the timed steps each variant goes through the hooks of a finished first
+task (buffer filled with `--buffer` inputs, anchor softmax cached), so the steps are steady-state task-2 steps.
+
+- Step time: all variants are built first and timed interleaved (A B C …, then reversed) for `--repeats`
+  repeats of `--steps` steps; the figure is the median over repeats of the paired ratio to naive
+  (`benchmarks/_timing.py`), which cancels load shared by all variants.
+- Peak memory: each variant alone in memory (built, two steps, freed). On CUDA, `torch.cuda.max_memory_allocated`
+  over the steps (model, gradients, optimiser state and activations); on CPU, peak RSS during the steps above
+  the RSS before the variant was built (`clbench.evaluators.profile`, freed memory returned to the OS with
+  `malloc_trim` between variants, after one discarded warm-up variant so one-time allocations are not
+  charged to the first). RSS counts what the allocator holds, so CPU figures are coarser than CUDA's.
+
+Targets (issue 5): fip ≤ 1.6× naive step time; fip in memory-saving mode ≤ 1.3× naive peak memory.
+Inputs are random token ids of a fixed length (cost does not depend on the text).
+
+    python benchmarks/bench_fip.py [--steps 2] [--repeats 3] [--batch 16] [--seq-len 128] [--buffer 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import gc
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from clbench.benchmarks._timing import interleaved, machine, median_ratio, verdict
+from clbench.config import build_config
+from clbench.data import EncodedSplit, TaskInfo
+from clbench.evaluators.profile import profile
+from clbench.models import build_model, model_spec
+from clbench.protocol import RunContext
+from clbench.registry import MethodRegistry
+from clbench.runner import train_step
+
+TASKS = (TaskInfo(0, "yelp", tuple("12345"), 0), TaskInfo(1, "imdb", ("neg", "pos"), 5))
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "naive": ("naive", {}),
+    "fip": ("fip", {}),
+    "fip (memory-saving)": ("fip", {"separate_backward": True}),
+    "fip-geometric": ("fip-geometric", {}),
+    "fip-lora": ("fip-lora", {}),
+}
+
+
+def random_split(n: int, seq_len: int, task: TaskInfo, vocab: int, seed: int) -> EncodedSplit:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1000, vocab, (n, seq_len), generator=g)  # [n, seq]
+    labels = task.label_offset + torch.randint(0, task.num_classes, (n,), generator=g)
+    return EncodedSplit(ids, torch.full((n,), seq_len), labels, torch.full((n,), task.index))
+
+
+def build_variant(name: str, options: dict[str, Any], args: argparse.Namespace, device: torch.device,
+                  old: EncodedSplit) -> Callable[[Any], float]:
+    """A closure doing one task-2 training step of `name` with `options` on a given batch."""
+    registry = MethodRegistry.default()
+    cls = registry.get(name)
+    method = cls(cls.config_cls(**options))
+    ctx = RunContext(tasks=TASKS, num_labels=7, device=device, seed=0, generator=torch.Generator().manual_seed(1),
+                     buffer_size=args.buffer, batch_size=args.batch)
+    model = method.setup(build_model("minilm", 7, 0).to(device), ctx)
+    method.before_task(TASKS[0], model)
+    method.after_task(TASKS[0], model, old)
+    method.before_task(TASKS[1], model)
+    params = list(method.trainable_parameters(model))
+    optimizer = method.configure_optimizer(TASKS[1], params) or torch.optim.AdamW(
+        params, lr=model_spec("minilm").default_lr, weight_decay=0.01)
+    config = build_config({"methods": [name], "model": "minilm", "stream": "synthetic"})
+    return lambda batch: train_step(model, method, ctx, batch, params, optimizer, config)
+
+
+def release_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)  # give freed heap back so the next RSS baseline is honest
+    except (OSError, AttributeError):
+        pass
+
+
+def rss_mb() -> float:
+    import psutil
+
+    return float(psutil.Process().memory_info().rss) / (1 << 20)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=2, help="timed steps per variant per repeat")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--buffer", type=int, default=200, help="old-task inputs in the FIP buffers")
+    args = parser.parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    vocab = 30522  # MiniLM's WordPiece vocabulary
+    old = random_split(args.buffer, args.seq_len, TASKS[0], vocab, 1)
+    new = random_split(args.batch * args.steps, args.seq_len, TASKS[1], vocab, 2)
+    batches = [new.batch(torch.arange(i * args.batch, (i + 1) * args.batch)).to(device) for i in range(args.steps)]
+    print(f"machine: {machine()}")
+    print(f"MiniLM, batch {args.batch} × {args.seq_len} tokens, buffer {args.buffer}, {args.steps} steps × "
+          f"{args.repeats} repeats, torch threads {torch.get_num_threads()}")
+
+    warm = build_variant("naive", {}, args, device, old)
+    warm(batches[0])  # one-time allocations (library caches, thread pools) before any baseline is taken
+    del warm
+    peaks: dict[str, float] = {}
+    for label, (name, options) in VARIANTS.items():
+        release_memory()
+        baseline = rss_mb()
+        step = build_variant(name, options, args, device, old)
+        step(batches[0])  # optimiser state is allocated on the first step
+        with profile(device) as rec:
+            for batch in batches:
+                step(batch)
+        peaks[label] = rec.peak_cuda_mb if rec.peak_cuda_mb is not None else (rec.peak_rss_mb or 0.0) - baseline
+        del step
+    release_memory()
+
+    steps = {label: build_variant(name, options, args, device, old) for label, (name, options) in VARIANTS.items()}
+    for step in steps.values():
+        step(batches[0])  # warm-up
+    runs = {label: (lambda s=step: [s(b) for b in batches]) for label, step in steps.items()}
+    times = interleaved(runs, args.repeats)
+
+    unit = "CUDA max_memory_allocated" if device.type == "cuda" else "peak RSS above the pre-build baseline"
+    print(f"\n{'variant':<22} {'s/step':>8} {'time ×':>7} {'peak MiB':>9} {'memory ×':>9}   ({unit})")
+    for label in VARIANTS:
+        time_ratio = median_ratio(times[label], times["naive"])
+        print(f"{label:<22} {min(times[label]) / args.steps:>8.3f} {time_ratio:>7.2f} {peaks[label]:>9.0f} "
+              f"{peaks[label] / peaks['naive']:>9.2f}")
+    print(f"\nfip step time: {median_ratio(times['fip'], times['naive']):.2f}× naive — "
+          f"{verdict(median_ratio(times['fip'], times['naive']), 1.6)}")
+    memory = peaks["fip (memory-saving)"] / peaks["naive"]
+    print(f"fip (memory-saving) peak memory: {memory:.2f}× naive — {verdict(memory, 1.3)}")
+
+
+if __name__ == "__main__":
+    main()
