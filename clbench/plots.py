@@ -30,7 +30,7 @@ Colour = tuple[float, float, float]
 
 
 def method_palette(methods: Sequence[str]) -> dict[str, Colour]:
-    """One colour per method (or run label), stable for a given order: colour-blind safe up to 10.
+    """One colour per method (or run label), stable for a given order: distinct hues up to 10.
 
     Args:
         methods: Labels in display order.
@@ -40,7 +40,7 @@ def method_palette(methods: Sequence[str]) -> dict[str, Colour]:
     """
     import seaborn as sns
 
-    name = "colorblind" if len(methods) <= 10 else "husl"
+    name = "tab10" if len(methods) <= 10 else "husl"  # tab10: ten well-separated hues
     colours = sns.color_palette(name, max(len(methods), 1))
     return {m: tuple(float(x) for x in colours[i])[:3] for i, m in enumerate(methods)}  # type: ignore[misc]
 
@@ -189,7 +189,7 @@ def accuracy_curves(run: RunData, colours: Mapping[str, Colour], path: Path) -> 
                 lo = np.array([np.min(series[x]) for x in xs])
                 hi = np.array([np.max(series[x]) for x in xs])
                 ax.plot(xs, ys, marker="o", markersize=3, linewidth=1.8, color=colours[method], label=method)
-                ax.fill_between(xs, lo, hi, color=colours[method], alpha=0.18, linewidth=0)
+                ax.fill_between(xs, lo, hi, color=colours[method], alpha=0.12, linewidth=0)
             for b, name in zip(boundaries, tasks[1:]):
                 ax.axvline(b, color="0.4", linestyle=":", linewidth=1)
                 ax.text(b, 1.02, f" {_short_task(name, 12)} →", fontsize=9, color="0.3", va="bottom")
@@ -271,22 +271,28 @@ def layer_drift(run: RunData, colours: Mapping[str, Colour], path: Path) -> str 
     rows = sorted({row for per in groups.values() for row in per})
     task_colours = sns.color_palette("crest", len(rows))
     width = max(7.0, 0.55 * len(layers) * max(1, len(rows)) ** 0.5 + 2.5)
+    nrows, ncols = _grid(len(methods), 2 if len(methods) > 3 else 1)
     with _style():
-        fig = _figure(width, 2.6 * len(methods) + 1.0)
-        axes = fig.subplots(len(methods), 1, squeeze=False, sharex=True, sharey=True)[:, 0]
+        fig = _figure(width * ncols, 2.9 * nrows + 1.2)
+        grid = fig.subplots(nrows, ncols, squeeze=False, sharey=True)
+        axes = list(grid.flat)
+        for ax in axes[len(methods):]:
+            ax.set_visible(False)
         bar = 0.8 / len(rows)
         x = np.arange(len(layers))
-        for ax, method in zip(axes, methods):
+        for i, (ax, method) in enumerate(zip(axes, methods)):
             for k, row in enumerate(rows):
                 values = [groups[method].get(row, {}).get(g, np.nan) for g in layers]
                 name = run.tasks[row - 1] if row - 1 < len(run.tasks) else f"task {row}"
                 ax.bar(x + (k - (len(rows) - 1) / 2) * bar, values, bar, color=task_colours[k],
                        label=f"task {row}: {_short_task(name, 20)}")
             ax.set_title(method, color=colours.get(method, "black"), fontweight="bold", loc="left")
-            ax.set_ylabel("‖ΔW‖_F / ‖W‖_F")
+            if i % ncols == 0:
+                ax.set_ylabel("‖ΔW‖_F / ‖W‖_F")
+            ax.set_xticks(x, [_layer_label(g) for g in layers], rotation=45, ha="right")
             ax.grid(axis="y", alpha=0.3)
-        axes[-1].set_xticks(x, [_layer_label(g) for g in layers], rotation=45, ha="right")
-        axes[-1].set_xlabel("layer (parameter group)")
+        for ax in grid[-1]:
+            ax.set_xlabel("layer (parameter group)")
         handles, labels = axes[0].get_legend_handles_labels()
         fig.legend(handles, labels, loc="outside upper center", ncols=min(len(rows), 4),
                    title="fractional Frobenius change over training")
@@ -354,7 +360,7 @@ def cost_bars(run: RunData, samples: Mapping[str, Mapping[str, list[float]]], co
     memory = "peak GPU memory (MiB)" if run.on_cuda else "CPU run: peak RSS of the process (MiB)"
     panels = [("train_time_s", "train time, all tasks (s)"), ("peak_memory_mb", memory)]
     with _style():
-        fig = _figure(max(8.0, 1.3 * len(methods) * 2 + 2), 4.0)
+        fig = _figure(max(8.0, 0.8 * len(methods) * 2 + 2), 4.2)
         axes = fig.subplots(1, 2)
         for ax, (key, label) in zip(axes, panels):
             x = np.arange(len(methods))
