@@ -12,6 +12,14 @@ import pytest
 NETWORK_CACHE = Path(os.environ.get("CLBENCH_TEST_CACHE", Path.home() / ".cache" / "clbench-test"))
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """One intra-op thread: the tiny models gain nothing from more, and on a busy 2-core machine a second
+    thread made them up to 50x slower through oversubscription. Results do not depend on it."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch,
                     request: pytest.FixtureRequest) -> None:
