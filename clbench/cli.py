@@ -66,6 +66,12 @@ def main() -> None:
 @click.option("--data-dir", help="Local copies of Hub datasets for hf streams.")
 @click.option("--device", help="auto, cpu, cuda or cuda:N.")
 @click.option("--eval-every", type=int, help="Also evaluate every task every N training steps.")
+@click.option("--resume", is_flag=True,
+              help="Continue the run in --out: skip finished units, restart others from their last checkpoint.")
+@click.option("--keep-checkpoints", is_flag=True, default=None,
+              help="Keep each unit's checkpoint after it finishes (default: delete it).")
+@click.option("--executor", type=click.Choice(["local", "ray"]), help="Run units in this process or as Ray tasks.")
+@click.option("--ray-address", help="Ray cluster address for --executor ray (default: start a local cluster).")
 @click.option("--quiet", is_flag=True, help="Print nothing but errors and the final summary.")
 @friendly
 def run(**kwargs: Any) -> None:
@@ -77,24 +83,43 @@ def run(**kwargs: Any) -> None:
     from clbench.summary import summary_table
 
     quiet = kwargs.pop("quiet")
+    resume = kwargs.pop("resume")
     file_layer = load_yaml(kwargs.pop("config_file")) if kwargs.get("config_file") else {}
     set_layer = parse_set(kwargs.pop("overrides"))
-    plugins = list(kwargs.pop("plugins")) or list(file_layer.get("plugins", []) or [])
+    # --resume: the saved config.yaml is the base layer, so `clbench run --out DIR --resume` needs no other flag
+    saved_layer = _saved_run(kwargs.get("out") or file_layer.get("out")) if resume else {}
+    plugins = (list(kwargs.pop("plugins")) or list(file_layer.get("plugins", []) or [])
+               or list(saved_layer.get("plugins", []) or []))
     for key in ("methods", "seeds"):
         kwargs[key] = _csv(kwargs[key])
     flags = {k: v for k, v in kwargs.items() if v is not None}
     if plugins:
         flags["plugins"] = plugins
     registry = MethodRegistry.default(plugins)
-    config = build_config(file_layer, flags, set_layer, method_names=registry.names())
+    config = build_config(saved_layer, file_layer, flags, set_layer, method_names=registry.names())
     out = run_experiment(config, registry=registry, progress=Progress("quiet" if quiet else None),
-                         command=" ".join(["clbench", *sys.argv[1:]]))
+                         command=" ".join(["clbench", *sys.argv[1:]]), resume=resume)
     click.echo(summary_table(out))
     from clbench.report import write_report_or_warn
 
     report_file = write_report_or_warn(out, lambda message: click.echo(message, err=True))
     if report_file is not None:
         click.echo(f"report: {report_file}")
+
+
+def _saved_run(out: str | None) -> dict[str, Any]:
+    """The config.yaml of the run to resume, as a config layer."""
+    from pathlib import Path
+
+    from clbench.config import load_yaml, saved_layer
+    from clbench.errors import RunDirError
+
+    if not out:
+        raise RunDirError("--resume needs --out DIR, the run directory to continue")
+    saved = Path(out) / "config.yaml"
+    if not saved.is_file():
+        raise RunDirError(f"nothing to resume in '{out}' (no config.yaml); run without --resume or fix --out")
+    return saved_layer(load_yaml(saved))
 
 
 @main.group(name="list")

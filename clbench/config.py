@@ -15,6 +15,7 @@ ConfigError, before any data is read or any model trained.
 
 from __future__ import annotations
 
+import importlib.util
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -60,6 +61,8 @@ class RunConfig:
     plugins: tuple[str, ...] = _f((), "extra method files to register")
     executor: str = _f("local", "local (in process) or ray (one Ray task per unit)")
     ray_address: str | None = _f(None, "address of an existing Ray cluster (default: start a local one)")
+    keep_checkpoints: bool = _f(False, "keep each unit's checkpoint after it finishes (default: delete it; "
+                                "about 90 MB per unit for minilm)")
     method_options: Mapping[str, Mapping[str, Any]] = field(
         default_factory=dict, metadata={"help": "per-method config values, e.g. {ewc: {penalty_weight: 1000}}"})
 
@@ -299,6 +302,12 @@ def validate(config: RunConfig, registry: Any) -> dict[str, Any]:
 
         if not torch.cuda.is_available():
             errors.append(f"device='{config.device}' but CUDA is not available; use --device cpu or auto")
+    if config.executor == "ray" and importlib.util.find_spec("ray") is None:
+        errors.append("executor='ray' needs Ray; install the extra: pip install 'clbench[ray]'")
+    if config.out is not None and Path(config.out).exists() and not Path(config.out).is_dir():
+        errors.append(f"--out '{config.out}' is a file, not a directory; choose another --out")
+    elif config.out is not None and any(p.exists() and not p.is_dir() for p in Path(config.out).parents):
+        errors.append(f"--out '{config.out}' lies under a file, not a folder; choose another --out")
     check(lambda: model_spec(config.model))
     check(lambda: load_stream_spec(config.stream, train_size=config.train_size, test_size=config.test_size,
                                    max_length=config.max_length))
@@ -317,6 +326,35 @@ def validate(config: RunConfig, registry: Any) -> dict[str, Any]:
 
 def dump_yaml(config: RunConfig) -> str:
     return yaml.safe_dump(config.to_dict(), sort_keys=False)
+
+
+# Run fields that never change results: a resumed run may set them differently.
+NOT_RESULTS = ("out", "plugins", "executor", "ray_address", "keep_checkpoints")
+
+
+def saved_layer(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """A saved config.yaml as one `build_config` layer (method options as dotted keys)."""
+    raw = dict(raw)
+    options = raw.pop("method_options", {}) or {}
+    if not isinstance(options, Mapping):
+        raise ConfigError("method_options in the saved config.yaml is not a mapping; restore the file")
+    raw.update({f"{m}.{k}": v for m, opts in options.items() for k, v in (opts or {}).items()})
+    return raw
+
+
+def differences(saved: RunConfig, new: RunConfig, registry: Any) -> list[str]:
+    """Keys whose values differ between two configs in a way that changes results (method options resolved
+    through their dataclasses, so `1000` and `1000.0` are the same)."""
+    keys = [f.name for f in fields(RunConfig) if f.name not in NOT_RESULTS and f.name != "method_options"
+            and getattr(saved, f.name) != getattr(new, f.name)]
+    if keys or saved.methods != new.methods:
+        return keys
+    for name in new.methods:
+        cls = registry.get(name).config_cls
+        old = method_config(cls, name, saved.method_options.get(name, {}))
+        now = method_config(cls, name, new.method_options.get(name, {}))
+        keys += [f"{name}.{f.name}" for f in fields(cls) if getattr(old, f.name) != getattr(now, f.name)]
+    return keys
 
 
 def from_saved(raw: Mapping[str, Any]) -> RunConfig:

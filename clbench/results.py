@@ -6,6 +6,12 @@ crash loses at most the record being written (a torn last line is ignored on rea
 just trained, None in row 0), `metric` and `value`; accuracy records add `eval_task`/`eval_index`, drift
 records `param` (per-tensor ones also `norm_before` = ‖W_before‖_F and `norm_change` = ‖ΔW‖_F, so
 drift can be regrouped per layer exactly), profile records `phase`.
+
+Resume: a unit continued by `clbench run --resume` first appends a record of type `resume` whose `value` is
+the last row its checkpoint holds (-1: restarted from scratch). Rows of that unit written after the checkpoint
+by the interrupted run (the partly finished task) stay in the file, which stays append-only, but
+`read_records` drops every record of the unit with a larger row that comes before the `resume` record; read
+results through it.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from clbench.errors import RunDirError
 
@@ -34,6 +40,22 @@ def unit_id(method: str, seed: int) -> str:
     return f"{method}/seed{seed}"
 
 
+class RecordSink(Protocol):
+    """Where the runner appends result records: a run directory, or memory on a Ray worker."""
+
+    def append(self, records: Iterable[Mapping[str, Any]]) -> None: ...
+
+
+@dataclass
+class MemoryRecords:
+    """Records kept in memory (a Ray worker returns them to the driver, which appends them)."""
+
+    records: list[dict[str, Any]]
+
+    def append(self, records: Iterable[Mapping[str, Any]]) -> None:
+        self.records.extend(json.loads(json.dumps(r, default=_jsonable)) for r in records)
+
+
 @dataclass
 class RunDir:
     """A run directory with its lock held; use as a context manager."""
@@ -41,7 +63,11 @@ class RunDir:
     path: Path
 
     def __enter__(self) -> RunDir:
-        self.path.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RunDirError(f"cannot create run directory '{self.path}' ({exc.strerror}); choose another --out"
+                              ) from None
         acquire_lock(self.path)
         return self
 
@@ -55,6 +81,19 @@ class RunDir:
         tmp = target.with_name(target.name + ".tmp")
         tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, target)
+
+    def repair_tail(self) -> None:
+        """Cut a torn last line (a record half-written when a run was killed) so appends start on a new line."""
+        file = self.path / RESULTS
+        if not file.is_file():
+            return
+        with file.open("rb+") as fh:
+            data = fh.read()
+            if not data or data.endswith(b"\n"):
+                return
+            fh.truncate(data.rfind(b"\n") + 1)
+            fh.flush()
+            os.fsync(fh.fileno())
 
     def append(self, records: Iterable[Mapping[str, Any]]) -> None:
         lines = "".join(json.dumps(r, sort_keys=True, default=_jsonable) + "\n" for r in records)
@@ -121,7 +160,10 @@ def release_lock(path: Path) -> None:
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:
-    """All complete records of a run directory (a torn final line from a crash is skipped)."""
+    """All complete records of a run directory (a torn final line from a crash is skipped).
+
+    A `resume` record of a unit drops that unit's earlier records with a larger row (see the module docstring).
+    """
     file = path / RESULTS
     if not file.is_file():
         return []
@@ -136,7 +178,21 @@ def read_records(path: Path) -> list[dict[str, Any]]:
             if number == len(lines):
                 break  # torn last line
             raise RunDirError(f"'{file}' line {number} is corrupted; restore it or start a new --out") from None
-    return records
+        if not isinstance(records[-1], dict) or not {"type", "unit", "row"} <= records[-1].keys():
+            raise RunDirError(f"'{file}' line {number} is not a clbench record; restore it or start a new --out")
+    return _apply_resumes(records)
+
+
+def _apply_resumes(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    if not any(r["type"] == "resume" for r in records):
+        return records
+    out: list[dict[str, Any]] = []
+    for record in records:
+        if record["type"] == "resume":
+            unit, last = record["unit"], record["value"]
+            out = [r for r in out if r["unit"] != unit or r["row"] <= last]
+        out.append(record)
+    return out
 
 
 def environment(command: str | None = None) -> dict[str, Any]:

@@ -69,6 +69,7 @@ class EWC(Hooks):
     name: ClassVar[str] = "ewc"
     config_cls: ClassVar[type[MethodConfig]] = EWCConfig
     citation: ClassVar[str] = "Kirkpatrick et al. 2017 (PNAS); online variant Schwarz et al. 2018"
+    first_task_is_finetuning: bool = True  # no penalty before task 2: the runner may share task 1
     config: EWCConfig
 
     def __init__(self, config: EWCConfig | None = None) -> None:

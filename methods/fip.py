@@ -94,6 +94,7 @@ class FIP(Hooks):
     citation: ClassVar[str] = ("Raghavan & Thomson, Engineering flexible machine learning systems by traversing "
                                "functionally invariant paths, Nature Machine Intelligence 2024")
     uses_buffer: ClassVar[bool] = True
+    first_task_is_finetuning: bool = True  # empty buffer on task 1: the runner may share it
 
     def __init__(self, config: MethodConfig | None = None) -> None:
         super().__init__(config)

@@ -84,6 +84,7 @@ class GEM(Hooks):
     config_cls: ClassVar[type[MethodConfig]] = GEMConfig
     citation: ClassVar[str] = "Lopez-Paz & Ranzato 2017 (NeurIPS)"
     uses_buffer: ClassVar[bool] = True
+    first_task_is_finetuning: bool = True  # empty memory on task 1: the runner may share it
     config: GEMConfig
 
     def __init__(self, config: GEMConfig | None = None) -> None:

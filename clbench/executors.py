@@ -1,0 +1,111 @@
+"""The Ray executor: one Ray task per unit, results gathered by the driver into the run directory.
+
+`clbench run --executor ray [--ray-address ADDR]` connects to a running cluster (or starts a local one when no
+address is given) and submits every unit as a task asking for 1 CPU, plus 1 GPU when the run's device is CUDA.
+The tokenised stream is put into the object store once. A worker trains its unit with the same
+`clbench.runner.train_unit` as the local executor, keeps its records in memory and returns them; the driver
+appends each unit's records to `results.jsonl` as soon as that unit finishes, so the run directory looks the
+same as after a local run and the results are identical.
+
+Differences from the local executor: workers write no checkpoints (the driver's run directory need not be on
+a shared file system), so `--resume` restarts a unit that was interrupted from its first task; and units do not
+share row 0 or the first task, because each runs in its own worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from clbench.config import RunConfig, method_config
+from clbench.errors import ClbenchError, ConfigError
+from clbench.progress import Progress
+from clbench.results import MemoryRecords, RunDir, unit_id
+
+FORWARDED_ENV = ("CLBENCH_CACHE", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HF_HOME")
+
+
+def unit_records(config: RunConfig, prepared: Any, name: str, seed: int, threads: int) -> list[dict[str, Any]]:
+    """Train one unit in this process and return its records (the body of one Ray task)."""
+    import torch
+
+    from clbench.registry import MethodRegistry
+    from clbench.runner import UnitFailed, failed_record, train_unit
+
+    torch.set_num_threads(threads)
+    registry = MethodRegistry.default(config.plugins)
+    cls = registry.get(name)
+    method = cls(method_config(cls.config_cls, name, config.method_options.get(name, {})))
+    sink = MemoryRecords([])
+    try:
+        train_unit(config, prepared, method, seed, sink, Progress("quiet"))
+    except UnitFailed as exc:
+        sink.append([failed_record(name, seed, exc)])
+    return sink.records
+
+
+def run_ray(config: RunConfig, prepared: Any, units: Sequence[tuple[str, int]], run_dir: RunDir,
+            progress: Progress, started: set[str]) -> None:
+    """Run `units` as Ray tasks and append their records to `run_dir` as they finish.
+
+    Args:
+        started: units that already have records (an interrupted earlier run): a `resume` record with row -1
+            goes before their new records, so readers drop the old partial ones.
+    """
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError("--executor ray needs Ray; install the extra: pip install 'clbench[ray]'") from None
+    from clbench.runner import _record, failed_record, resolve_device
+
+    # plugin files are imported again on the workers, whose working directory differs from ours
+    config = replace(config, plugins=tuple(str(Path(p).resolve()) for p in config.plugins))
+    gpus = 1 if resolve_device(config.device).type == "cuda" else 0
+    owner = not ray.is_initialized()
+    if owner:
+        try:
+            ray.init(address=config.ray_address, include_dashboard=False, logging_level=logging.ERROR,
+                     log_to_driver=False)
+        except (ConnectionError, ValueError, RuntimeError) as exc:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ConfigError(f"cannot connect to Ray at --ray-address '{config.ray_address}' ({first}); start the "
+                              "cluster first or drop --ray-address to start a local one") from None
+    try:
+        options: dict[str, Any] = {"num_cpus": 1, "num_gpus": gpus, "max_retries": 0}
+        if config.ray_address:
+            env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
+            options["runtime_env"] = {"env_vars": env}
+        task = ray.remote(unit_records).options(**options)
+        data = ray.put(prepared)
+        pending = {task.remote(config, data, name, seed, 1): (name, seed) for name, seed in units}
+        progress.message(f"submitted {len(pending)} unit(s) to Ray ({gpus} GPU each)")
+        waiting = list(pending)
+        while waiting:
+            done, waiting = ray.wait(waiting, num_returns=1)
+            for ref in done:
+                name, seed = pending[ref]
+                try:
+                    records = ray.get(ref)
+                except ray.exceptions.RayTaskError as exc:
+                    cause = getattr(exc, "cause", None)
+                    if isinstance(cause, ClbenchError):
+                        raise cause from None
+                    records = [failed_record(name, seed, RuntimeError(_first_line(cause or exc)))]
+                except ray.exceptions.RayError as exc:  # worker died (e.g. killed for memory)
+                    records = [failed_record(name, seed, RuntimeError(_first_line(exc)))]
+                if unit_id(name, seed) in started:
+                    run_dir.append([_record(name, seed, "resume", -1, None, metric="resume_from_row", value=-1)])
+                run_dir.append(records)
+                progress.message(f"{unit_id(name, seed)} finished on Ray")
+    finally:
+        if owner:
+            ray.shutdown()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[-1] if text else ''}"

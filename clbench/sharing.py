@@ -1,0 +1,151 @@
+"""Shared work between the units of one seed: row-0 evaluation and first-task training.
+
+Methods whose first task is plain fine-tuning (`first_task_is_finetuning`) start from the same model, so the
+runner trains task 1 once per seed and hands the trained weights to the others. Sharing is decided from facts,
+not names; a unit reuses another's first task only when, right before training it,
+
+- the method's instance says `first_task_is_finetuning`, and the method declares it (its class or `__init__`
+  sets it, rather than inheriting `Hooks`' default) or overrides none of the step hooks `loss`,
+  `after_backward` and `after_step` (as naive); it has no `external_loop`, and `eval_every` is 0;
+- `setup` returned the model the runner built (no wrapper such as PEFT's LoRA model);
+- `train_data` returned the task's own training split, and the optimiser has the same type and defaults;
+- the trainable parameters (names, in order), the model's whole state (compared exactly, tensor by tensor),
+  the runner's data-order generator and torch's global RNG states are identical to the first unit's.
+
+Each unit still runs its own `setup`, `before_task` and `after_task` (e.g. EWC's Fisher on task 1's data) and its
+own evaluations. The step hooks (`loss`, `after_backward`, `after_step`) of the reusing unit are not called on
+task 1: a method that declares `first_task_is_finetuning` promises they leave training unchanged there (SI's
+path integral, which needs them, must not declare it). Row 0 is shared likewise whenever two units' models are
+identical after `setup`. Only the current seed's entries are kept (a few model copies in memory).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from clbench.data import EncodedSplit
+from clbench.protocol import Hooks
+
+
+def _state(model: nn.Module) -> dict[str, Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _same_state(model: nn.Module, state: dict[str, Tensor]) -> bool:
+    now = model.state_dict()
+    if now.keys() != state.keys():
+        return False
+    return all(now[k].shape == v.shape and now[k].dtype == v.dtype and torch.equal(now[k], v)
+               for k, v in state.items())
+
+
+STEP_HOOKS = ("loss", "after_backward", "after_step")
+
+
+def shares_first_task(method: Any) -> bool:
+    """True when `method` may start from another unit's first task: it says so explicitly, or it is plain."""
+    if not method.first_task_is_finetuning:
+        return False
+    declared = "first_task_is_finetuning" in vars(method) or any(
+        "first_task_is_finetuning" in vars(cls) for cls in type(method).__mro__ if cls is not Hooks)
+    plain = all(getattr(type(method), hook) is getattr(Hooks, hook) for hook in STEP_HOOKS)
+    return declared or plain
+
+
+@dataclass
+class TrainedFirstTask:
+    """Task 1 trained by `producer`: weights and RNG states right after its last optimiser step."""
+
+    producer: str
+    key: tuple[Any, ...]
+    before: dict[str, Tensor]
+    after: dict[str, Tensor] | None = None
+    generator: Tensor | None = None  # the runner's data-order generator after training
+    rng: Tensor | None = None  # torch's global CPU RNG state after training
+    cuda_rng: Tensor | None = None
+    steps: int = 0
+    optimizer_state_mb: float = 0.0
+
+
+class SharedStart:
+    """Per-seed cache of row-0 logits and first-task training, shared by identical units."""
+
+    def __init__(self) -> None:
+        self.seed: int | None = None
+        self.row0: list[tuple[dict[str, Tensor], list[Tensor]]] = []
+        self.first: TrainedFirstTask | None = None
+
+    def _for_seed(self, seed: int) -> None:
+        if seed != self.seed:
+            self.seed, self.row0, self.first = seed, [], None
+
+    def row0_logits(self, seed: int, model: nn.Module) -> list[Tensor] | None:
+        """Row-0 logits of an identical model evaluated before, or None."""
+        self._for_seed(seed)
+        for state, logits in self.row0:
+            if _same_state(model, state):
+                return logits
+        return None
+
+    def add_row0(self, seed: int, model: nn.Module, logits: list[Tensor]) -> None:
+        self._for_seed(seed)
+        self.row0.append((_state(model), logits))
+
+    @staticmethod
+    def key(method: Any, built: nn.Module, model: nn.Module, data: EncodedSplit, base: EncodedSplit,
+            params: list[nn.Parameter], optimizer: torch.optim.Optimizer, generator: torch.Generator,
+            eval_every: int) -> tuple[Any, ...] | None:
+        """What must match for two units to share task 1's training, or None when this unit cannot share."""
+        if (not shares_first_task(method) or method.external_loop or eval_every or model is not built
+                or data is not base):
+            return None
+        names = {id(p): n for n, p in model.named_parameters()}
+        if any(id(p) not in names for p in params):
+            return None
+        defaults = tuple(sorted((k, repr(v)) for k, v in optimizer.defaults.items()))
+        return (type(optimizer).__name__, defaults, tuple(names[id(p)] for p in params),
+                bytes(generator.get_state().numpy()), bytes(torch.get_rng_state().numpy()))
+
+    def reusable(self, seed: int, key: tuple[Any, ...] | None, model: nn.Module) -> TrainedFirstTask | None:
+        """The trained first task this unit may start from, or None (then it trains task 1 itself)."""
+        self._for_seed(seed)
+        first = self.first
+        if key is None or first is None or first.after is None or first.key != key:
+            return None
+        return first if _same_state(model, first.before) else None
+
+    def begin(self, seed: int, key: tuple[Any, ...] | None, producer: str, model: nn.Module) -> None:
+        """Called before a unit trains task 1 itself: remember its starting point if it could be shared."""
+        self._for_seed(seed)
+        if key is not None and self.first is None:
+            self.first = TrainedFirstTask(producer, key, _state(model))
+
+    def end(self, seed: int, producer: str, model: nn.Module, generator: torch.Generator, steps: int,
+            optimizer_state_mb: float) -> None:
+        """Called after that unit trained task 1 without diverging: keep the trained weights and RNG states."""
+        first = self.first
+        if self.seed != seed or first is None or first.producer != producer or first.after is not None:
+            return
+        first.after = _state(model)
+        first.generator = generator.get_state()
+        first.rng = torch.get_rng_state()
+        device = next((t.device for t in first.after.values() if t.is_cuda), None)
+        first.cuda_rng = torch.cuda.get_rng_state(device) if device is not None else None
+        first.steps = steps
+        first.optimizer_state_mb = optimizer_state_mb
+
+    @staticmethod
+    def apply(first: TrainedFirstTask, model: nn.Module, generator: torch.Generator) -> int:
+        """Start a unit from the shared first task: weights and RNG states as if it had trained it."""
+        assert first.after is not None and first.generator is not None and first.rng is not None
+        model.load_state_dict(first.after)
+        generator.set_state(first.generator)
+        torch.set_rng_state(first.rng)
+        if first.cuda_rng is not None:
+            device = next(t.device for t in first.after.values() if t.is_cuda)
+            torch.cuda.set_rng_state(first.cuda_rng, device)
+        return first.steps
