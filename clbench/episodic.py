@@ -69,8 +69,10 @@ class TaskMemory:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.budget = int(state["budget"])
-        self.splits = {int(t): EncodedSplit(state[f"{t}.ids"], state[f"{t}.lengths"], state[f"{t}.labels"],
-                                            state[f"{t}.task_ids"], int(state[f"{t}.pad_id"]))
+        # memory lives on the CPU like the training data, whatever device a checkpoint was loaded to
+        fields = ("ids", "lengths", "labels", "task_ids")
+        self.splits = {int(t): EncodedSplit(*(state[f"{t}.{f}"].cpu() for f in fields),
+                                            pad_id=int(state[f"{t}.pad_id"]))
                        for t in state["tasks"]}
 
 
@@ -89,7 +91,8 @@ def memory_gradient(model: nn.Module, ctx: RunContext, split: EncodedSplit, para
         logits = ctx.forward(model, batch)  # [batch, num_labels]
         loss = nn.functional.cross_entropy(logits.float(), batch.labels, reduction="sum") / n
         grads = torch.autograd.grad(loss, list(params), allow_unused=True)
-        flat = torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(grads, params)])
+        flat = torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1)
+                          for g, p in zip(grads, params)])
         total = flat if total is None else total + flat
     if total is None:
         return torch.cat([torch.zeros_like(p).reshape(-1) for p in params])

@@ -86,7 +86,8 @@ class EWC(Hooks):
     def penalty(self, model: nn.Module) -> Tensor:
         """Σ_terms Σ_i F_i (θ_i − θ*_i)², without λ/2."""
         params = list(model.named_parameters())
-        return sum(quadratic_penalty(params, a, f) for a, f in zip(self.anchors, self.fishers))  # type: ignore[return-value]
+        terms = [quadratic_penalty(params, a, f) for a, f in zip(self.anchors, self.fishers)]
+        return torch.stack(terms).sum()
 
     def after_task(self, task: TaskInfo, model: nn.Module, data: EncodedSplit) -> None:
         if self.config.fisher_samples and self.config.fisher_samples < len(data):

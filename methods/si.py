@@ -40,7 +40,8 @@ class SIConfig(MethodConfig):
         if self.strength < 0:
             raise ValueError(f"strength={self.strength} must be >= 0")
         if self.damping <= 0:
-            raise ValueError(f"damping={self.damping} must be > 0 (it keeps Ω finite where a parameter did not move)")
+            raise ValueError(f"damping={self.damping} must be > 0 (it keeps Ω finite where a parameter did not "
+                             "move)")
 
 
 class SI(Hooks):

@@ -81,12 +81,12 @@ def test_empirical_matches_squared_single_example_gradients() -> None:
 
 @pytest.mark.parametrize("head", ["shared", "per-task"])
 def test_exact_is_the_expectation_over_predicted_labels(head: str) -> None:
-    data = split(3)
+    data = split(2)
     ewc, model = method(head=head, estimator="exact", fisher_batch_size=2)
     fisher = ewc.fisher(model, data)
     model.eval()
     expected = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
-    for k in range(3):
+    for k in range(2):
         one = data.batch(torch.tensor([k]))
         logp = ewc.context.forward(model, one).log_softmax(-1)[0]  # [num_labels]
         for c in range(5):
@@ -94,7 +94,7 @@ def test_exact_is_the_expectation_over_predicted_labels(head: str) -> None:
                 continue  # another task's class under per-task heads
             grads = torch.autograd.grad(logp[c], list(model.parameters()), retain_graph=True)
             for (n, _), g in zip(model.named_parameters(), grads):
-                expected[n] += logp[c].exp().detach() * g.pow(2) / 3
+                expected[n] += logp[c].exp().detach() * g.pow(2) / 2
     assert close(fisher, expected)
 
 
@@ -162,6 +162,6 @@ def test_config_validation(options: dict[str, object], message: str) -> None:
 
 
 def test_runs_through_the_synthetic_stream(run_tiny) -> None:  # type: ignore[no-untyped-def]
-    _, records = run_tiny(("ewc",), method_options={"ewc": {"fisher_samples": 8}})
+    _, records = run_tiny(("ewc",), train_size=24, test_size=12, method_options={"ewc": {"fisher_samples": 8}})
     rows = {(r["row"], r["eval_index"]) for r in records if r["type"] == "accuracy" and r["metric"] == "acc_cil"}
     assert rows == {(i, j) for i in range(4) for j in range(3)}

@@ -125,6 +125,6 @@ def test_missing_quadprog_is_a_clbench_error(monkeypatch: pytest.MonkeyPatch) ->
 
 
 def test_runs_through_the_synthetic_stream(run_tiny) -> None:  # type: ignore[no-untyped-def]
-    _, records = run_tiny(("gem",))
+    _, records = run_tiny(("gem",), train_size=24, test_size=12)
     rows = {(r["row"], r["eval_index"]) for r in records if r["type"] == "accuracy" and r["metric"] == "acc_cil"}
     assert rows == {(i, j) for i in range(4) for j in range(3)}

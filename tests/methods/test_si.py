@@ -86,6 +86,6 @@ def test_config_validation(options: dict[str, float]) -> None:
 
 
 def test_runs_through_the_synthetic_stream(run_tiny) -> None:  # type: ignore[no-untyped-def]
-    _, records = run_tiny(("si",))
+    _, records = run_tiny(("si",), train_size=24, test_size=12)
     rows = {(r["row"], r["eval_index"]) for r in records if r["type"] == "accuracy" and r["metric"] == "acc_cil"}
     assert rows == {(i, j) for i in range(4) for j in range(3)}
