@@ -60,7 +60,8 @@ def encode_texts(texts: tuple[str, ...], tokenizer: PreTrainedTokenizerBase, max
 
 def cache_key(stream: Stream, fingerprint: str) -> str:
     digest = hashlib.sha256()
-    digest.update(json.dumps([stream.name, stream.version, fingerprint]).encode())
+    offsets = [info.label_offset for info in stream.infos()]  # global labels are cached, so their layout counts
+    digest.update(json.dumps([stream.name, stream.version, fingerprint, offsets]).encode())
     for task in stream.tasks:
         digest.update(json.dumps([task.name, task.max_length, task.truncation, task.train_texts,
                                   task.train_labels, task.test_texts, task.test_labels]).encode())

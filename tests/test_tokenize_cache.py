@@ -1,0 +1,120 @@
+"""Tokenisation runs once per (stream, tokenizer, max length) and is reused across methods, seeds and runs.
+
+`tests/test_data.py` covers labels, framing, a repeated `encode_stream` call and a change of texts; this file
+covers what the runner relies on: one tokenisation per run whatever the number of units, a cache hit on a
+second run, and invalidation by tokenizer, max length, truncation and label layout.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from clbench import tokenize
+from clbench.data import Stream
+from clbench.models import load_tokenizer, tokenizer_fingerprint
+from clbench.streams import load_stream
+from clbench.tokenize import cache_key, encode_stream
+
+
+@pytest.fixture
+def calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts `encode_texts` calls (one per split actually tokenised), passing through to the real one."""
+    seen: list[int] = []
+    real = tokenize.encode_texts
+
+    def counting(texts: tuple[str, ...], *args: Any) -> Any:
+        seen.append(len(texts))
+        return real(texts, *args)
+
+    monkeypatch.setattr(tokenize, "encode_texts", counting)
+    return seen
+
+
+@pytest.fixture
+def fresh_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty clbench cache for this test alone (the session cache may already hold the tiny stream)."""
+    monkeypatch.setenv("CLBENCH_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def _entries(cache: Path) -> list[Path]:
+    return sorted((cache / "tokenized").glob("*.safetensors"))
+
+
+def test_one_tokenisation_per_run_shared_by_methods_and_seeds(run_tiny, calls, fresh_cache) -> None:
+    _, records = run_tiny(("naive", "ewc"), seeds=[0, 1])
+    assert {r["unit"] for r in records} == {"naive/seed0", "naive/seed1", "ewc/seed0", "ewc/seed1"}
+    tasks = len(load_stream("synthetic", train_size=48, test_size=24).tasks)
+    assert len(calls) == 2 * tasks  # train and test of each task, once for all four units
+
+
+def test_second_run_hits_the_cache(run_tiny, calls, fresh_cache, tmp_path: Path) -> None:
+    run_tiny(("naive",), out=str(tmp_path / "first"))
+    assert calls, "the first run tokenises"
+    calls.clear()
+    run_tiny(("naive", "ewc"), seeds=[3], out=str(tmp_path / "second"))
+    assert calls == []  # different methods and seeds, same stream and tokenizer: read from disk
+    assert len(_entries(fresh_cache)) == 1
+
+
+def test_cache_hit_returns_identical_tensors(tmp_path: Path, calls) -> None:
+    stream = load_stream("synthetic", train_size=10, test_size=5)
+    tok = load_tokenizer("tiny")
+    first = encode_stream(stream, tok, tokenizer_fingerprint("tiny"), tmp_path)
+    calls.clear()
+    again = encode_stream(stream, tok, tokenizer_fingerprint("tiny"), tmp_path)
+    assert calls == []
+    for (a_train, a_test), (b_train, b_test) in zip(first, again):
+        for a, b in ((a_train, b_train), (a_test, b_test)):
+            assert all(torch.equal(x, y) for x, y in ((a.ids, b.ids), (a.lengths, b.lengths),
+                                                      (a.labels, b.labels), (a.task_ids, b.task_ids)))
+            assert a.pad_id == b.pad_id
+
+
+def test_tokenizer_change_invalidates(tmp_path: Path, calls) -> None:
+    stream = load_stream("synthetic", train_size=10, test_size=5)
+    tok = load_tokenizer("tiny")
+    encode_stream(stream, tok, tokenizer_fingerprint("tiny"), tmp_path)
+    calls.clear()
+    encode_stream(stream, tok, "another-tokenizer-fingerprint", tmp_path)
+    assert calls, "a different tokenizer fingerprint must re-tokenise"
+    assert len(_entries(tmp_path)) == 2
+
+
+@pytest.mark.parametrize("change", [{"max_length": 7}, {"truncation": "head_tail"}])
+def test_max_length_and_truncation_invalidate(tmp_path: Path, calls, change: dict[str, Any]) -> None:
+    stream = load_stream("synthetic", train_size=10, test_size=5)
+    tok = load_tokenizer("tiny")
+    encode_stream(stream, tok, tokenizer_fingerprint("tiny"), tmp_path)
+    calls.clear()
+    other = replace(stream, tasks=tuple(replace(t, **change) for t in stream.tasks))
+    splits = encode_stream(other, tok, tokenizer_fingerprint("tiny"), tmp_path)
+    assert calls and len(_entries(tmp_path)) == 2
+    if "max_length" in change:
+        assert all(int(s.lengths.max()) <= 7 for pair in splits for s in pair)
+
+
+def test_version_and_label_layout_are_part_of_the_key() -> None:
+    stream = load_stream("synthetic", train_size=10, test_size=5)
+    fp = tokenizer_fingerprint("tiny")
+    assert cache_key(replace(stream, version=stream.version + 1), fp) != cache_key(stream, fp)
+    # label_space moves global label ids (baked into the cached labels) without touching texts
+    same_classes = Stream(stream.name, stream.version, stream.seed,
+                          tuple(replace(t, classes=stream.tasks[0].classes) for t in stream.tasks[:2]))
+    assert cache_key(same_classes, fp) != cache_key(replace(same_classes, label_space="by-name"), fp)
+
+
+def test_truncated_cache_file_is_rebuilt(tmp_path: Path, calls) -> None:
+    stream = load_stream("synthetic", train_size=10, test_size=5)
+    tok = load_tokenizer("tiny")
+    encode_stream(stream, tok, tokenizer_fingerprint("tiny"), tmp_path)
+    (entry,) = _entries(tmp_path)
+    entry.write_bytes(entry.read_bytes()[:40])
+    calls.clear()
+    splits = encode_stream(stream, tok, tokenizer_fingerprint("tiny"), tmp_path)
+    assert calls and len(splits) == len(stream.tasks)
