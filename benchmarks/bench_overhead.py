@@ -1,0 +1,146 @@
+"""Harness overhead: a full `clbench run` of `naive` vs a minimal hand-written PyTorch loop (target <= 1.05x).
+
+Both sides do exactly the same work on `reviews` with MiniLM: build the model from the same seed, evaluate
+every test split (row 0), then per task train a fixed number of steps on the same batches in the same order
+(the runner's seeded length-bucketed plan), with AdamW, the same learning rate, weight decay, linear warm-up
+and decay, gradient clipping at 1.0 and fp32, and evaluate every test split again. The clbench side is the
+real `clbench.runner.run` (results file, drift and functional records, profiling, the checkpoint after each
+non-final task); the bare side is ~40 lines of PyTorch. Variants alternate in one process; the figure is the
+median of paired ratios. The bare loop also checks it saw the same losses, so the comparison is like for like.
+
+    python benchmarks/bench_overhead.py [--steps 12] [--repeats 3] [--test-size 48]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from clbench.benchmarks._timing import encoded_stream, machine, median_ratio, timed, verdict
+from clbench.config import build_config
+from clbench.data import BatchPlan, EncodedSplit
+from clbench.models import build_model, model_spec
+from clbench.progress import Progress
+from clbench.runner import run
+
+BATCH, EVAL_BATCH, WEIGHT_DECAY, WARMUP, CLIP, SEED = 16, 64, 0.01, 0.1, 1.0, 0
+
+
+def bare_evaluate(model: nn.Module, test: EncodedSplit) -> float:
+    """Accuracy with length-sorted batches cut to their longest example (what the runner evaluates)."""
+    model.eval()
+    order = torch.argsort(test.lengths, stable=True)
+    correct = 0
+    with torch.inference_mode():
+        for index in torch.split(order, EVAL_BATCH):
+            width = int(test.lengths[index].max())
+            mask = (torch.arange(width) < test.lengths[index, None]).long()
+            logits = model(input_ids=test.ids[index, :width], attention_mask=mask).logits
+            correct += int((logits.argmax(1) == test.labels[index]).sum())
+    return correct / len(test)
+
+
+def bare_loop(splits: list[tuple[EncodedSplit, EncodedSplit]], num_labels: int, steps: int, lr: float
+              ) -> list[float]:
+    """The hand-written loop; returns every training loss."""
+    model = build_model("minilm", num_labels, SEED)
+    generator = torch.Generator().manual_seed(SEED)
+    losses = []
+    for _, test in splits:
+        bare_evaluate(model, test)
+    for train, _ in splits:
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=WEIGHT_DECAY)
+        warmup = int(WARMUP * steps)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s, w=warmup: (s + 1) / w if s < w else max(0.0, (steps - s) / max(1, steps - w)))
+        batches: list[Tensor] = []
+        while len(batches) < steps:
+            batches += BatchPlan(train, BATCH, shuffle=True, generator=generator).indices()
+        model.train()
+        for index in batches[:steps]:
+            width = int(train.lengths[index].max())
+            mask = (torch.arange(width) < train.lengths[index, None]).long()
+            logits = model(input_ids=train.ids[index, :width], attention_mask=mask).logits
+            loss = nn.functional.cross_entropy(logits, train.labels[index])
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, CLIP)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            losses.append(loss.item())
+        for _, test in splits:
+            bare_evaluate(model, test)
+    return losses
+
+
+def clbench_run(steps: int, test_size: int | None, root: Path, repeat: int) -> Path:
+    config = build_config({"methods": ["naive"], "stream": "reviews", "model": "minilm", "seeds": [SEED],
+                           "max_steps": steps, "test_size": test_size, "batch_size": BATCH,
+                           "eval_batch_size": EVAL_BATCH, "weight_decay": WEIGHT_DECAY, "warmup_ratio": WARMUP,
+                           "grad_clip": CLIP, "precision": "fp32", "device": "cpu" if not torch.cuda.is_available()
+                           else "cuda", "out": str(root / f"run{repeat}")})
+    return run(config, progress=Progress("quiet"))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=12, help="optimiser steps per task")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--test-size", type=int, default=48, help="test examples per task")
+    args = parser.parse_args(argv)
+    stream, splits = encoded_stream("reviews", test_size=args.test_size)  # warm the tokenisation cache
+    lr = model_spec("minilm").default_lr
+    print(f"machine: {machine()}")
+    print(f"reviews: {len(splits)} tasks, {args.steps} steps x batch {BATCH} per task, "
+          f"test {[len(t) for _, t in splits]}, fp32, {args.repeats} paired repeats")
+    same = _same_losses(splits, stream.num_labels, lr, args.test_size)
+    print(f"bare loop reproduces the runner's training losses exactly: {same}")
+    times: dict[str, list[float]] = {"clbench": [], "bare": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(args.repeats):
+            order = ("clbench", "bare") if r % 2 == 0 else ("bare", "clbench")
+            for name in order:
+                if name == "clbench":
+                    seconds, _ = timed(lambda r=r: clbench_run(args.steps, args.test_size, Path(tmp), r))
+                else:
+                    seconds, _ = timed(lambda: bare_loop(splits, stream.num_labels, args.steps, lr))
+                times[name].append(seconds)
+    ratio = median_ratio(times["clbench"], times["bare"])
+    print(f"clbench median {statistics.median(times['clbench']):.1f} s, bare median "
+          f"{statistics.median(times['bare']):.1f} s; per repeat "
+          + ", ".join(f"{a / b:.3f}" for a, b in zip(times["clbench"], times["bare"])))
+    print(f"overhead (clbench / bare, median of paired ratios): {ratio:.3f}x {verdict(ratio, 1.05)}")
+
+
+def _same_losses(splits: list[tuple[EncodedSplit, EncodedSplit]], num_labels: int, lr: float,
+                 test_size: int | None) -> bool:
+    """Run 3 steps per task through the runner's train_step and the bare loop; compare the losses."""
+    from clbench import runner
+
+    seen: list[float] = []
+    original = runner.train_step
+
+    def spy(*a: Any, **k: Any) -> float:
+        value = original(*a, **k)
+        seen.append(value)
+        return value
+
+    runner.train_step = spy  # type: ignore[assignment]
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            clbench_run(3, test_size, Path(tmp), 0)
+    finally:
+        runner.train_step = original  # type: ignore[assignment]
+    bare = bare_loop(splits, num_labels, 3, lr)
+    return len(seen) == len(bare) and all(abs(a - b) <= 1e-5 * max(1.0, abs(b)) for a, b in zip(seen, bare))
+
+
+if __name__ == "__main__":
+    main()
