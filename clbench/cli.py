@@ -133,10 +133,17 @@ def list_() -> None:
 @friendly
 def list_methods(as_json: bool, plugins: tuple[str, ...]) -> None:
     """Every registered method with its summary, citation and config fields."""
+    from clbench.errors import RegistryError
     from clbench.registry import MethodRegistry
 
     registry = MethodRegistry.default(plugins)
-    rows = [registry.describe(name) for name in registry.names()]
+    rows = []
+    for name in registry.names():
+        try:
+            rows.append(registry.describe(name))
+        except RegistryError as exc:  # one broken third-party method must not hide the others
+            rows.append({"name": name, "summary": f"[unavailable] {exc}", "citation": "", "config": [],
+                         "origin": registry.origin(name), "error": str(exc)})
     if as_json:
         click.echo(json.dumps(rows, indent=1, default=str))
         return

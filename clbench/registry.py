@@ -15,6 +15,7 @@ import hashlib
 import importlib
 import importlib.util
 import inspect
+import re
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from clbench.errors import RegistryError, suggest
 from clbench.protocol import Hooks, MethodConfig, config_fields
 
 ENTRY_POINT_GROUP = "clbench.methods"
+VARIANT_LABEL = re.compile(r"[A-Za-z0-9_-]+")
 REQUIRED_HOOKS = ("setup", "before_task", "train_data", "loss", "after_backward", "after_step", "after_task",
                   "trainable_parameters", "state_dict", "load_state_dict")
 
@@ -78,7 +80,13 @@ class MethodRegistry:
         return self._entries[name]
 
     def get(self, name: str) -> type[Hooks]:
-        """The method class registered as `name`, imported now and checked against the protocol."""
+        """The method class registered as `name`, imported now and checked against the protocol.
+
+        `METHOD@LABEL` names a variant: the same method under another name, so one run can compare two
+        configurations of it (`--methods lora,lora@frozen-head --set lora@frozen-head.head=frozen`).
+        """
+        if name not in self._classes and "@" in name and name not in self._entries:
+            self._classes[name] = self._variant(name)
         if name not in self._classes:
             entry = self._entry(name)
             try:
@@ -90,6 +98,16 @@ class MethodRegistry:
                                     f"({type(exc).__name__}: {exc}); fix or remove it") from None
             self._classes[name] = check_protocol(obj, name, entry.origin)
         return self._classes[name]
+
+    def _variant(self, name: str) -> type[Hooks]:
+        base, _, label = name.partition("@")
+        if not VARIANT_LABEL.fullmatch(label):
+            raise RegistryError(f"method variant '{name}': the label after '@' must be letters, digits, '-' or "
+                                "'_', e.g. lora@frozen-head")
+        cls = self.get(base)
+        # A generated subclass that only renames: results, configs and checkpoints are keyed by the variant name.
+        return type(f"{cls.__name__}_{label.replace('-', '_')}", (cls,),
+                    {"name": name, "__doc__": cls.__doc__, "__module__": cls.__module__})
 
     def describe(self, name: str) -> dict[str, Any]:
         """Name, summary, citation, origin and config fields of one method (for `clbench list methods`)."""

@@ -77,3 +77,16 @@ def test_entry_point_package_registers_and_runs(installed_demo_package: Path, mo
                            "--out", str(out), "--set", "demo-ep.scale=2.0"], env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert '"method": "demo-ep"' in (out / "results.jsonl").read_text()
+
+
+def test_variant_names_compare_two_configurations_of_one_method(run_tiny) -> None:
+    registry = MethodRegistry.default()
+    variant = registry.get("naive@second")
+    assert variant.name == "naive@second" and issubclass(variant, registry.get("naive"))
+    with pytest.raises(RegistryError, match="label after '@'"):
+        registry.get("naive@bad label")
+    with pytest.raises(RegistryError, match="did you mean 'naive'"):
+        registry.get("naiv@x")
+    _, records = run_tiny(("naive", "naive@second"))
+    done = {r["method"] for r in records if r["type"] == "unit" and r["value"] == "done"}
+    assert done == {"naive", "naive@second"}
