@@ -2,7 +2,7 @@
 
 Both sides do exactly the same work on `reviews` with MiniLM: build the model from the same seed, evaluate
 every test split (row 0), then per task train a fixed number of steps on the same batches in the same order
-(the runner's seeded length-bucketed plan), with AdamW, the same learning rate, weight decay, linear warm-up
+(the runner's seeded length-bucketed plan), with fused AdamW, the same learning rate, weight decay, linear warm-up
 and decay, gradient clipping at 1.0 and fp32, and evaluate every test split again. The clbench side is the
 real `clbench.runner.run` (results file, drift and functional records, profiling, the checkpoint after each
 non-final task); the bare side is ~40 lines of PyTorch. Variants alternate in one process; the figure is the
@@ -56,7 +56,7 @@ def bare_loop(splits: list[tuple[EncodedSplit, EncodedSplit]], num_labels: int, 
         bare_evaluate(model, test)
     for train, _ in splits:
         params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=WEIGHT_DECAY)
+        optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=WEIGHT_DECAY, fused=True)  # as the runner
         warmup = int(WARMUP * steps)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda s, w=warmup: (s + 1) / w if s < w else max(0.0, (steps - s) / max(1, steps - w)))

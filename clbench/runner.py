@@ -187,6 +187,17 @@ def _record(method: str, seed: int, kind: str, row: int, task: str | None, **fie
             "task": task, **fields}
 
 
+def default_optimizer(params: Sequence[nn.Parameter], lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """AdamW, with its fused kernel wherever every parameter allows it (floating point, on CPU or CUDA).
+
+    The default (per-tensor) AdamW runs a Python loop of small kernels over the ~100 tensors of a BERT-style
+    model; the fused kernel updates them all at once, about 15x faster per step for MiniLM on CPU, which was a
+    fifth of each training step (see benchmarks/README.md). Same update rule, rounding aside.
+    """
+    fused = bool(params) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True if fused else None)
+
+
 def lr_schedule(step: int, total: int, warmup: int) -> float:
     """Linear warm-up to 1 over `warmup` steps, then linear decay to 0 at `total`."""
     if step < warmup:
@@ -273,7 +284,7 @@ def _train_unit(config: RunConfig, prepared: Prepared, method: Hooks, seed: int,
             data = method.train_data(info, train_splits[info.index], train_splits[:info.index])
         params = list(method.trainable_parameters(model))
         optimizer = (method.configure_optimizer(info, params)
-                     or torch.optim.AdamW(params, lr=lr, weight_decay=config.weight_decay))
+                     or default_optimizer(params, lr, config.weight_decay))
         plan = BatchPlan(data, config.batch_size, shuffle=True, generator=generator)
         total = config.max_steps or config.epochs * len(plan)
         warmup = int(config.warmup_ratio * total)
