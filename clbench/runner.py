@@ -25,7 +25,7 @@ from clbench.data import BatchPlan, EncodedSplit, Stream, TaskInfo
 from clbench.errors import ClbenchError, RunDirError
 from clbench.evaluators.accuracy import (accuracy, class_incremental_predictions, macro_f1,
                                          task_aware_predictions)
-from clbench.evaluators.drift import frobenius_drift, functional_drift
+from clbench.evaluators.drift import frobenius_drift_norms, functional_drift
 from clbench.evaluators.profile import optimizer_state_mb, parameter_counts, profile
 from clbench.models import build_model, load_tokenizer, model_spec, tokenizer_fingerprint
 from clbench.ops import effective_weights
@@ -443,24 +443,13 @@ def drift_records(method: str, seed: int, info: TaskInfo, before: dict[str, Tens
     """Fractional Frobenius change of the effective weights over this task and since the start."""
     records = []
     for metric, reference in (("frobenius_task", before), ("frobenius_total", start)):
-        per_tensor, overall = frobenius_drift(reference, after, strict=False)
+        per_tensor, overall, norms = frobenius_drift_norms(reference, after, strict=False)
         records.append(_record(method, seed, "drift", info.index + 1, info.name, param="__overall__", metric=metric,
                                value=overall))
-        norms = _norms(reference, after, per_tensor)
         records += [_record(method, seed, "drift", info.index + 1, info.name, param=p, metric=metric, value=v,
                             norm_before=norms[p][0], norm_change=norms[p][1])
                     for p, v in per_tensor.items()]
     return records
-
-
-def _norms(before: dict[str, Tensor], after: dict[str, Tensor],
-           names: dict[str, float]) -> dict[str, tuple[float, float]]:
-    """(‖W_before‖_F, ‖W_after − W_before‖_F) per tensor, so reports can regroup the drift exactly (per layer)."""
-    out = {}
-    for name in names:
-        w0 = before[name].detach().to(torch.float64)
-        out[name] = (float(w0.norm()), float((after[name].detach().to(w0.device, torch.float64) - w0).norm()))
-    return out
 
 
 def functional_records(method: str, seed: int, info: TaskInfo, before: list[Tensor], after: list[Tensor],
