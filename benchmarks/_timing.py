@@ -68,9 +68,10 @@ def median_ratio(numerator: Sequence[float], denominator: Sequence[float]) -> fl
     return statistics.median(a / b for a, b in zip(numerator, denominator))
 
 
-def verdict(ratio: float, target: float, lower_is_better: bool = True) -> str:
-    met = ratio <= target if lower_is_better else ratio >= target
-    return f"{'met' if met else 'NOT met'} (target {'<=' if lower_is_better else '>='} {target:g}x)"
+def verdict(value: float, target: float, lower_is_better: bool = True, unit: str = "x") -> str:
+    """'met (target <= 1.05x)' or 'NOT met (...)' for a ratio (unit "x") or a time (unit " s")."""
+    met = value <= target if lower_is_better else value >= target
+    return f"{'met' if met else 'NOT met'} (target {'<=' if lower_is_better else '>='} {target:g}{unit})"
 
 
 def _cuda_sync() -> Callable[[], None]:

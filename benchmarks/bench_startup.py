@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{name:<22} {statistics.median(wall[name]):>14.2f} {statistics.median(cpu[name]):>13.2f}")
     for name, target in (("clbench --help", 1.0), ("clbench list methods", 2.0)):
         w, c = statistics.median(wall[name]), statistics.median(cpu[name])
-        print(f"{name}: wall {w:.2f} s {verdict(w, target)}; cpu {c:.2f} s {verdict(c, target)}")
+        print(f"{name}: wall {w:.2f} s {verdict(w, target, unit=' s')}; cpu {c:.2f} s {verdict(c, target, unit=' s')}")
     print(f"list methods / import torch (wall, median of paired ratios): "
           f"{median_ratio(wall['clbench list methods'], wall['import torch']):.2f}x")
     print(f"list methods / import torch (cpu): {median_ratio(cpu['clbench list methods'], cpu['import torch']):.2f}x")
