@@ -10,9 +10,9 @@ After each finished task the runner saves, under
   (and CUDA) RNG states, so a resumed unit draws exactly the numbers an uninterrupted one would;
 - `runner.safetensors`: the logits of the last evaluation (the next task's functional drift needs them).
 
-Then `checkpoint.json` in the unit folder names the finished row, the task folder and every file's sha256; it is
-written atomically last, so a crash while saving leaves the previous checkpoint in force. Older task folders are
-deleted after the marker is in place: at most one checkpoint per unit exists, except for a moment while the
+Then `checkpoint.json` in the unit folder names the finished row, the task folder and every file's sha256;
+it is written atomically last, so a crash while saving leaves the previous checkpoint in force. Older task
+folders are deleted after the marker is in place: at most one checkpoint per unit exists, except for a moment while the
 next one is written. A unit's checkpoint is deleted once the unit is done (its last task's checkpoint is then
 not even written) unless `keep_checkpoints` is set, which keeps the checkpoint after the final task.
 """
@@ -100,7 +100,8 @@ def decode_state(tree: Any, tensors: dict[str, Tensor], device: torch.device | N
                 tensor = tensor.to(device)
             return tensor
         if "__items__" in tree:
-            return {decode_state(k, tensors, device): decode_state(v, tensors, device) for k, v in tree["__items__"]}
+            return {decode_state(k, tensors, device): decode_state(v, tensors, device)
+                    for k, v in tree["__items__"]}
         if "__tuple__" in tree:
             return tuple(decode_state(v, tensors, device) for v in tree["__tuple__"])
         return {k: decode_state(v, tensors, device) for k, v in tree.items()}
@@ -152,8 +153,8 @@ class CheckpointStore:
     def unit_dir(self, method: str, seed: int) -> Path:
         return self.root / _safe(method) / f"seed{seed}"
 
-    def save(self, method_name: str, seed: int, row: int, task: str, model: nn.Module, method_state: dict[str, Any],
-             rng: dict[str, Tensor], logits: list[Tensor]) -> None:
+    def save(self, method_name: str, seed: int, row: int, task: str, model: nn.Module,
+             method_state: dict[str, Any], rng: dict[str, Tensor], logits: list[Tensor]) -> None:
         """Write the checkpoint after row `row` (task `task`), then point the marker at it, then prune."""
         unit = self.unit_dir(method_name, seed)
         folder = unit / f"task{row}"
@@ -195,8 +196,8 @@ class CheckpointStore:
             marker = json.loads(path.read_text(encoding="utf-8"))
             int(marker["row"]), str(marker["folder"]), dict(marker["sha256"])
         except (OSError, ValueError, KeyError, TypeError):
-            raise RunDirError(f"checkpoint marker '{path}' is corrupted; delete the folder '{path.parent}' to "
-                              "restart that unit from its first task") from None
+            raise RunDirError(f"checkpoint marker '{path}' is corrupted; delete the folder '{path.parent}' "
+                              "to restart that unit from its first task") from None
         return dict(marker)
 
     def load(self, method_name: str, seed: int, device: torch.device) -> Checkpoint | None:

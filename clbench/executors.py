@@ -7,8 +7,8 @@ The tokenised stream is put into the object store once. A worker trains its unit
 appends each unit's records to `results.jsonl` as soon as that unit finishes, so the run directory looks the
 same as after a local run and the results are identical.
 
-Differences from the local executor: workers write no checkpoints (the driver's run directory need not be on
-a shared file system), so `--resume` restarts a unit that was interrupted from its first task; and units do not
+Differences from the local executor: workers write no checkpoints (the driver's run directory need not be
+on a shared file system), so `--resume` restarts an interrupted unit from its first task; and units do not
 share row 0 or the first task, because each runs in its own worker.
 """
 
@@ -29,7 +29,8 @@ from clbench.results import MemoryRecords, RunDir, unit_id
 FORWARDED_ENV = ("CLBENCH_CACHE", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HF_HOME")
 
 
-def unit_records(config: RunConfig, prepared: Any, name: str, seed: int, threads: int) -> list[dict[str, Any]]:
+def unit_records(config: RunConfig, prepared: Any, name: str, seed: int, threads: int
+                 ) -> list[dict[str, Any]]:
     """Train one unit in this process and return its records (the body of one Ray task)."""
     import torch
 
@@ -72,8 +73,8 @@ def run_ray(config: RunConfig, prepared: Any, units: Sequence[tuple[str, int]], 
                      log_to_driver=False)
         except (ConnectionError, ValueError, RuntimeError) as exc:
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise ConfigError(f"cannot connect to Ray at --ray-address '{config.ray_address}' ({first}); start the "
-                              "cluster first or drop --ray-address to start a local one") from None
+            raise ConfigError(f"cannot connect to Ray at --ray-address '{config.ray_address}' ({first}); start "
+                              "the cluster first or drop --ray-address to start a local one") from None
     try:
         options: dict[str, Any] = {"num_cpus": 1, "num_gpus": gpus, "max_retries": 0}
         if config.ray_address:
@@ -98,7 +99,8 @@ def run_ray(config: RunConfig, prepared: Any, units: Sequence[tuple[str, int]], 
                 except ray.exceptions.RayError as exc:  # worker died (e.g. killed for memory)
                     records = [failed_record(name, seed, RuntimeError(_first_line(exc)))]
                 if unit_id(name, seed) in started:
-                    run_dir.append([_record(name, seed, "resume", -1, None, metric="resume_from_row", value=-1)])
+                    run_dir.append([_record(name, seed, "resume", -1, None, metric="resume_from_row",
+                                            value=-1)])
                 run_dir.append(records)
                 progress.message(f"{unit_id(name, seed)} finished on Ray")
     finally:

@@ -12,8 +12,8 @@ not names; a unit reuses another's first task only when, right before training i
 - the trainable parameters (names, in order), the model's whole state (compared exactly, tensor by tensor),
   the runner's data-order generator and torch's global RNG states are identical to the first unit's.
 
-Each unit still runs its own `setup`, `before_task` and `after_task` (e.g. EWC's Fisher on task 1's data) and its
-own evaluations. The step hooks (`loss`, `after_backward`, `after_step`) of the reusing unit are not called on
+Each unit still runs its own `setup`, `before_task` and `after_task` (e.g. EWC's Fisher on task 1's data) and
+its own evaluations. The step hooks (`loss`, `after_backward`, `after_step`) of the reusing unit are not called on
 task 1: a method that declares `first_task_is_finetuning` promises they leave training unchanged there (SI's
 path integral, which needs them, must not declare it). Row 0 is shared likewise whenever two units' models are
 identical after `setup`. Only the current seed's entries are kept (a few model copies in memory).
@@ -126,7 +126,7 @@ class SharedStart:
 
     def end(self, seed: int, producer: str, model: nn.Module, generator: torch.Generator, steps: int,
             optimizer_state_mb: float) -> None:
-        """Called after that unit trained task 1 without diverging: keep the trained weights and RNG states."""
+        """Called after that unit trained task 1 without diverging: keep its trained weights and RNG states."""
         first = self.first
         if self.seed != seed or first is None or first.producer != producer or first.after is not None:
             return
