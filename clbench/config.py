@@ -41,7 +41,7 @@ class RunConfig:
     model: str = _f("minilm", "model alias (tiny, minilm, bert-base), HF model id or local directory")
     seeds: tuple[int, ...] = _f((0,), "one unit per method and seed")
     out: str | None = _f(None, "run directory (default runs/<stream>-<model>)")
-    epochs: int = _f(1, "passes over each task's training data")
+    epochs: int = _f(3, "passes over each task's training data (3: MiniLM learns both `reviews` tasks; 1 did not)")
     max_steps: int | None = _f(None, "optimiser steps per task; overrides epochs when set")
     batch_size: int = _f(16, "training batch size")
     eval_batch_size: int = _f(64, "evaluation batch size")

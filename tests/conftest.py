@@ -37,7 +37,7 @@ def tiny_config(tmp_path: Path, methods: tuple[str, ...] = ("naive",), **overrid
     from clbench.config import build_config
 
     values: dict[str, Any] = {"methods": list(methods), "stream": "synthetic", "model": "tiny",
-                              "out": str(tmp_path / "run"), "train_size": 48, "test_size": 24,
+                              "out": str(tmp_path / "run"), "train_size": 48, "test_size": 24, "epochs": 1,
                               "batch_size": 8, "eval_batch_size": 32, "buffer_size": 16}
     method_options = overrides.pop("method_options", {})
     values.update(overrides)
