@@ -43,7 +43,8 @@ def one_run(method: str, out: Path, args: argparse.Namespace) -> list[dict[str, 
                            "train_size": args.train_size, "test_size": args.test_size, "epochs": 1,
                            "batch_size": 16, "eval_batch_size": 64, "precision": "fp32",
                            "device": "cuda" if torch.cuda.is_available() else "cpu", "out": str(out)},
-                          {"ewc.penalty_weight": 2 * LAMBDA, "avalanche:ewc.ewc_lambda": LAMBDA})
+                          {"ewc": {"ewc.penalty_weight": 2 * LAMBDA},
+                           "avalanche:ewc": {"avalanche:ewc.ewc_lambda": LAMBDA}}.get(method, {}))
     return read_records(run(config, progress=Progress("quiet")))
 
 
@@ -85,6 +86,8 @@ def main(argv: list[str] | None = None) -> None:
                     total_s[method].append(seconds)
                     train_s[method].append(method_seconds(records))
                     accuracy[method] = final_accuracy(records)
+                    print(f"  repeat {r + 1}: {method} run {seconds:.1f} s, train+method "
+                          f"{train_s[method][-1]:.1f} s", flush=True)
     for ours, theirs in PAIRS:
         train_ratio = median_ratio(train_s[ours], train_s[theirs])
         total_ratio = median_ratio(total_s[ours], total_s[theirs])

@@ -112,6 +112,7 @@ def main(argv: list[str] | None = None) -> None:
                 else:
                     seconds, _ = timed(lambda: bare_loop(splits, stream.num_labels, args.steps, lr))
                 times[name].append(seconds)
+                print(f"  repeat {r + 1}: {name} {seconds:.1f} s", flush=True)
     ratio = median_ratio(times["clbench"], times["bare"])
     print(f"clbench median {statistics.median(times['clbench']):.1f} s, bare median "
           f"{statistics.median(times['bare']):.1f} s; per repeat "
