@@ -29,8 +29,8 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from clbench.benchmarks._timing import interleaved, machine, median_ratio, verdict
 
+from clbench.benchmarks._timing import interleaved, machine, median_ratio, verdict
 from clbench.config import build_config
 from clbench.data import EncodedSplit, TaskInfo
 from clbench.evaluators.profile import profile

@@ -80,7 +80,7 @@ def main() -> None:
             order = ("grid", "singles") if repeat % 2 == 0 else ("singles", "grid")
             for side in order:
                 if side == "grid":
-                    seconds, grid_records = timed(lambda: one_run(grid_out, methods, args))
+                    seconds, grid_records = timed(lambda out=grid_out: one_run(out, methods, args))
                     grid_times.append(seconds)
                 else:
                     seconds, single_records = timed(singles)

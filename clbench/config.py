@@ -253,7 +253,7 @@ def validate(config: RunConfig, registry: Any) -> dict[str, Any]:
         errors.append(f"methods {list(config.methods)} name a method twice; list each once")
     classes = {m: check(lambda m=m: registry.get(m)) for m in config.methods}
     configs: dict[str, Any] = {}
-    for name, raw in config.method_options.items():
+    for name in config.method_options:
         if name not in classes:
             known = registry.names()
             if name in known:
@@ -325,7 +325,7 @@ def validate(config: RunConfig, registry: Any) -> dict[str, Any]:
 
 
 def dump_yaml(config: RunConfig) -> str:
-    return yaml.safe_dump(config.to_dict(), sort_keys=False)
+    return str(yaml.safe_dump(config.to_dict(), sort_keys=False))
 
 
 # Run fields that never change results: a resumed run may set them differently.

@@ -103,8 +103,9 @@ class Batch:
         return {"input_ids": self.input_ids, "attention_mask": self.attention_mask}
 
     def to(self, device: torch.device) -> Batch:
-        return Batch(*(t.to(device, non_blocking=True) for t in
-                       (self.input_ids, self.attention_mask, self.labels, self.task_ids)), index=self.index)
+        return Batch(self.input_ids.to(device, non_blocking=True), self.attention_mask.to(device, non_blocking=True),
+                     self.labels.to(device, non_blocking=True), self.task_ids.to(device, non_blocking=True),
+                     index=self.index)
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -188,4 +189,4 @@ class BatchPlan:
             yield self.split.batch(index)
 
     def __len__(self) -> int:
-        return -(-len(self.split) // self.batch_size)
+        return (len(self.split) + self.batch_size - 1) // self.batch_size

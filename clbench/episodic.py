@@ -70,8 +70,8 @@ class TaskMemory:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.budget = int(state["budget"])
         # memory lives on the CPU like the training data, whatever device a checkpoint was loaded to
-        fields = ("ids", "lengths", "labels", "task_ids")
-        self.splits = {int(t): EncodedSplit(*(state[f"{t}.{f}"].cpu() for f in fields),
+        self.splits = {int(t): EncodedSplit(state[f"{t}.ids"].cpu(), state[f"{t}.lengths"].cpu(),
+                                            state[f"{t}.labels"].cpu(), state[f"{t}.task_ids"].cpu(),
                                             pad_id=int(state[f"{t}.pad_id"]))
                        for t in state["tasks"]}
 

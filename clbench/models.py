@@ -66,10 +66,7 @@ def model_dir(name: str) -> str:
 
 # ---- the tiny model's tokenizer: a WordPiece vocabulary that covers any ASCII text with no download ----
 
-_FILLER_AND_SYLLABLES = ("the a of and to in is it that was for on with as this at by from or an but not what all "
-                         "were when we there can one out so up if about who get which go me very just some time "
-                         "could them see other than then now look only come over good bad movie film great "
-                         "ka lo mi ne pu ra si to vu ze bo da fi gu hy jo").split()
+_FILLER_AND_SYLLABLES = ["the", "a", "of", "and", "to", "in", "is", "it", "that", "was", "for", "on", "with", "as", "this", "at", "by", "from", "or", "an", "but", "not", "what", "all", "were", "when", "we", "there", "can", "one", "out", "so", "up", "if", "about", "who", "get", "which", "go", "me", "very", "just", "some", "time", "could", "them", "see", "other", "than", "then", "now", "look", "only", "come", "over", "good", "bad", "movie", "film", "great", "ka", "lo", "mi", "ne", "pu", "ra", "si", "to", "vu", "ze", "bo", "da", "fi", "gu", "hy", "jo"]
 
 
 def tiny_vocab() -> list[str]:
@@ -105,7 +102,7 @@ def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(model_dir(name))  # type: ignore[no-any-return]
+        return AutoTokenizer.from_pretrained(model_dir(name))
     except OSError as exc:
         raise _load_error(name, exc) from None
 
@@ -134,7 +131,8 @@ def build_model(name: str, num_labels: int, seed: int) -> nn.Module:
     if name == "tiny":
         config = BertConfig(vocab_size=len(tiny_vocab()), hidden_size=64, num_hidden_layers=2,
                             num_attention_heads=4, intermediate_size=128, max_position_embeddings=512,
-                            num_labels=num_labels, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+                            hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+        config.num_labels = num_labels
         return BertForSequenceClassification(config)
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # "newly initialised classifier" is expected: the head is ours

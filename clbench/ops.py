@@ -12,8 +12,7 @@ PEFT_PREFIX = "base_model.model."
 
 def canonical_name(name: str) -> str:
     """Parameter name without PEFT's wrapping, so drift compares the same tensor before and after wrapping."""
-    if name.startswith(PEFT_PREFIX):
-        name = name[len(PEFT_PREFIX):]
+    name = name.removeprefix(PEFT_PREFIX)
     return name.replace(".base_layer.", ".").replace(".modules_to_save.default.", ".").replace(
         ".original_module.", ".")
 

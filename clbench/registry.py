@@ -11,6 +11,7 @@ builds its own, so tests need no snapshot/restore dance.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import importlib
 import importlib.util
@@ -93,7 +94,7 @@ class MethodRegistry:
                 obj = entry.load()
             except RegistryError:
                 raise
-            except Exception as exc:  # a third-party import failure must not become a traceback
+            except Exception as exc:  # noqa: BLE001 -- a third-party import failure must not become a traceback
                 raise RegistryError(f"method '{name}' from {entry.origin} failed to import "
                                     f"({type(exc).__name__}: {exc}); fix or remove it") from None
             self._classes[name] = check_protocol(obj, name, entry.origin)
@@ -153,13 +154,14 @@ def avalanche_entries() -> list[Entry]:
     if importlib.util.find_spec("avalanche") is None:
         return []
     return [Entry(name, f"avalanche adapter clbench.interop.avalanche_methods:{cls}",
-                  lambda c=cls: _import_attr(f"clbench.interop.avalanche_methods:{c}"))
+                  functools.partial(_import_attr, f"clbench.interop.avalanche_methods:{cls}"))
             for name, cls in AVALANCHE_ADAPTERS.items()]
 
 
 def builtin_entries() -> list[Entry]:
     table: dict[str, str] = importlib.import_module("clbench.methods").BUILTIN
-    return [Entry(name, f"built-in {target}", lambda t=target: _import_attr(t)) for name, target in table.items()]
+    return [Entry(name, f"built-in {target}", functools.partial(_import_attr, target))
+            for name, target in table.items()]
 
 
 def entry_point_entries() -> list[Entry]:
@@ -191,14 +193,18 @@ def plugin_entries(path: Path) -> list[Entry]:
             del sys.modules[module_name]
             raise RegistryError(f"plugin file '{path}' has a syntax error at line {exc.lineno}: {exc.msg}; "
                                 "fix the file") from None
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 -- any error in a user's plugin file becomes one line
             del sys.modules[module_name]
             raise RegistryError(f"plugin file '{path}' failed to import ({type(exc).__name__}: {exc}); "
                                 "fix the file") from None
     classes = [obj for obj in vars(module).values()
                if inspect.isclass(obj) and issubclass(obj, Hooks) and obj.__module__ == module_name
-               and getattr(obj, "name", "")]
+               and bool(getattr(obj, "name", ""))]
     if not classes:
         raise RegistryError(f"plugin file '{path}' defines no method: subclass clbench.methods.Hooks and set a "
                             "non-empty class attribute `name`")
-    return [Entry(cls.name, f"plugin file '{path}'", lambda c=cls: c) for cls in classes]
+    return [Entry(cls.name, f"plugin file '{path}'", functools.partial(_identity, cls)) for cls in classes]
+
+
+def _identity(obj: Any) -> Any:
+    return obj

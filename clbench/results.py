@@ -62,7 +62,7 @@ class RunDir:
 
     path: Path
 
-    def __enter__(self) -> RunDir:
+    def __enter__(self) -> RunDir:  # noqa: PYI034 -- RunDir is not subclassed
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -199,7 +199,7 @@ def environment(command: str | None = None) -> dict[str, Any]:
     """Versions, hardware and git commit for env.json."""
     import torch
 
-    versions = {}
+    versions: dict[str, str | None] = {}
     for name in PACKAGES:
         try:
             versions[name] = metadata.version(name)
@@ -226,8 +226,8 @@ def environment(command: str | None = None) -> dict[str, Any]:
 def git_commit() -> str | None:
     here = Path(__file__).resolve().parent
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=here, capture_output=True, text=True,
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, check=False, capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=here, check=False, capture_output=True, text=True,
                                timeout=5)
     except (OSError, subprocess.SubprocessError):
         return None

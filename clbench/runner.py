@@ -8,6 +8,7 @@ results at once. A unit that diverges (non-finite loss) is recorded as failed an
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -23,8 +24,12 @@ from clbench.checkpoint import CheckpointStore, rng_states, set_rng_states
 from clbench.config import RunConfig, differences, dump_yaml, from_saved, load_yaml, validate
 from clbench.data import BatchPlan, EncodedSplit, Stream, TaskInfo
 from clbench.errors import ClbenchError, RunDirError
-from clbench.evaluators.accuracy import (accuracy, class_incremental_predictions, macro_f1,
-                                         task_aware_predictions)
+from clbench.evaluators.accuracy import (
+    accuracy,
+    class_incremental_predictions,
+    macro_f1,
+    task_aware_predictions,
+)
 from clbench.evaluators.drift import frobenius_drift_norms, functional_drift
 from clbench.evaluators.profile import optimizer_state_mb, parameter_counts, profile
 from clbench.models import build_model, load_tokenizer, model_spec, tokenizer_fingerprint
@@ -288,7 +293,7 @@ def _train_unit(config: RunConfig, prepared: Prepared, method: Hooks, seed: int,
         plan = BatchPlan(data, config.batch_size, shuffle=True, generator=generator)
         total = config.max_steps or config.epochs * len(plan)
         warmup = int(config.warmup_ratio * total)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_schedule(s, total, warmup))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, functools.partial(lr_schedule, total=total, warmup=warmup))
         share_key = None if shared is None or info.index else SharedStart.key(
             method, built, model, data, train_splits[0], params, optimizer, generator, config.eval_every)
         reused = shared.reusable(seed, share_key, model) if shared is not None else None
@@ -379,7 +384,7 @@ def train_step(model: nn.Module, method: Hooks, ctx: RunContext, batch: Any, par
         task_loss = nn.functional.cross_entropy(logits.float(), batch.labels)
         loss = method.loss(model, batch, outputs, task_loss)
     if not method.backward_in_loss:
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]
     value = float(loss.detach())
     if not math.isfinite(value):
         optimizer.zero_grad(set_to_none=True)

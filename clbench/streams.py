@@ -200,11 +200,9 @@ def load_stream_spec(stream: str, *, train_size: int | None = None, test_size: i
                      max_length: int | None = None) -> StreamSpec:
     """Resolve and parse a stream, applying run-level size overrides to every task."""
     spec = parse_stream_file(resolve_stream_file(stream))
-    overrides = {k: v for k, v in (("train_size", train_size), ("test_size", test_size),
-                                   ("max_length", max_length)) if v is not None}
-    if overrides:
-        spec = replace(spec, tasks=tuple(replace(t, **overrides) for t in spec.tasks))
-    return spec
+    tasks = tuple(replace(t, train_size=train_size or t.train_size, test_size=test_size or t.test_size,
+                          max_length=max_length or t.max_length) for t in spec.tasks)
+    return replace(spec, tasks=tasks)
 
 
 def source_builder(source: str) -> Callable[[TaskSpec, SourceContext], Task]:

@@ -80,7 +80,7 @@ def encode_stream(stream: Stream, tokenizer: PreTrainedTokenizerBase, fingerprin
             tensors = load_file(str(path))
             return [(_split_from(tensors, f"{i}.train", pad), _split_from(tensors, f"{i}.test", pad))
                     for i in range(len(stream.tasks))]
-        except Exception:  # a truncated or foreign file: re-tokenise and overwrite it
+        except Exception:  # noqa: BLE001 -- a truncated or foreign cache file: re-tokenise and overwrite it
             path.unlink(missing_ok=True)
     out: list[tuple[EncodedSplit, EncodedSplit]] = []
     tensors = {}

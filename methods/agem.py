@@ -18,12 +18,12 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
-from clbench.methods import Hooks, MethodConfig, RunContext, option
 from torch import Tensor, nn
 
 from clbench.data import EncodedSplit, TaskInfo
 from clbench.episodic import TaskMemory, memory_gradient
 from clbench.errors import ClbenchError
+from clbench.methods import Hooks, MethodConfig, RunContext, option
 from clbench.ops import assign_flat_grad, flat_grad
 
 

@@ -22,11 +22,11 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
-from clbench.methods import Hooks, MethodConfig, option
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
 from clbench.data import Batch, BatchPlan, EncodedSplit, TaskInfo
+from clbench.methods import Hooks, MethodConfig, option
 from clbench.ops import quadratic_penalty, snapshot
 
 ESTIMATORS = ("empirical", "exact", "batched")

@@ -31,11 +31,11 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
-from clbench.methods import Hooks, MethodConfig, RunContext, option
 from torch import Tensor, nn
 
 from clbench.data import Batch, BatchPlan, EncodedSplit, TaskInfo
 from clbench.episodic import TaskMemory
+from clbench.methods import Hooks, MethodConfig, RunContext, option
 
 
 @dataclass(frozen=True)

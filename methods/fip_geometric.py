@@ -35,12 +35,12 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
-from clbench.methods import Hooks, MethodConfig, RunContext, option
-from clbench.methods.fip import sample_replay
 from torch import Tensor, nn
 
 from clbench.data import Batch, EncodedSplit, TaskInfo
 from clbench.episodic import TaskMemory
+from clbench.methods import Hooks, MethodConfig, RunContext, option
+from clbench.methods.fip import sample_replay
 from clbench.ops import assign_flat_grad, flat_grad
 
 

@@ -18,12 +18,12 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
-from clbench.methods import Hooks, MethodConfig, RunContext
-from clbench.methods.fip import FIP, FIPConfig
-from clbench.methods.lora import LoRA, LoRAConfig
 from torch import Tensor, nn
 
 from clbench.data import Batch, EncodedSplit, TaskInfo
+from clbench.methods import Hooks, MethodConfig, RunContext
+from clbench.methods.fip import FIP, FIPConfig
+from clbench.methods.lora import LoRA, LoRAConfig
 
 
 @dataclass(frozen=True)

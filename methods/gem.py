@@ -22,12 +22,12 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from clbench.methods import Hooks, MethodConfig, RunContext, option
 from torch import Tensor, nn
 
 from clbench.data import EncodedSplit, TaskInfo
 from clbench.episodic import TaskMemory, memory_gradient
 from clbench.errors import ClbenchError
+from clbench.methods import Hooks, MethodConfig, RunContext, option
 from clbench.ops import assign_flat_grad, flat_grad
 
 

@@ -15,9 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
-from clbench.methods import Hooks, MethodConfig
-
 from clbench.data import EncodedSplit, TaskInfo
+from clbench.methods import Hooks, MethodConfig
 
 
 @dataclass(frozen=True)

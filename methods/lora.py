@@ -30,10 +30,10 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
-from clbench.methods import Hooks, MethodConfig, RunContext, option
 from torch import nn
 
 from clbench.data import EncodedSplit, TaskInfo
+from clbench.methods import Hooks, MethodConfig, RunContext, option
 
 ADAPTER = "default"  # peft's name for the single adapter slot this method uses
 FIRST_TASK = ("full", "lora")

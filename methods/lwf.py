@@ -25,10 +25,10 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
-from clbench.methods import Hooks, MethodConfig, option
 from torch import Tensor, nn
 
 from clbench.data import Batch, BatchPlan, EncodedSplit, TaskInfo
+from clbench.methods import Hooks, MethodConfig, option
 
 
 @dataclass(frozen=True)

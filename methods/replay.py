@@ -21,11 +21,11 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
-from clbench.methods import Hooks, MethodConfig, RunContext, option
 from torch import Tensor, nn
 
 from clbench.data import Batch, EncodedSplit, TaskInfo
 from clbench.episodic import Reservoir, TaskMemory
+from clbench.methods import Hooks, MethodConfig, RunContext, option
 
 POLICIES = ("reservoir", "balanced")
 

@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
-from clbench.methods import Hooks, MethodConfig, option
 from torch import Tensor, nn
 
 from clbench.data import Batch, EncodedSplit, TaskInfo
+from clbench.methods import Hooks, MethodConfig, option
 from clbench.ops import quadratic_penalty, snapshot
 
 

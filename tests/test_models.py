@@ -28,7 +28,7 @@ def test_unknown_model_alias_suggests() -> None:
 
 
 def _index_reachable() -> bool:
-    proc = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", "/tmp/clbench-probe",
+    proc = subprocess.run(check=False, args=[sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", "/tmp/clbench-probe",
                            "six==1.16.0"], capture_output=True, text=True, timeout=120)
     return proc.returncode == 0
 

@@ -74,7 +74,8 @@ def test_entry_point_package_registers_and_runs(installed_demo_package: Path, mo
     out = tmp_path / "ep"
     proc = subprocess.run([sys.executable, "-m", "clbench.cli", "run", "--methods", "demo-ep", "--stream",
                            "synthetic", "--model", "tiny", "--train-size", "32", "--test-size", "16", "--quiet",
-                           "--out", str(out), "--set", "demo-ep.scale=2.0"], env=env, capture_output=True, text=True)
+                           "--out", str(out), "--set", "demo-ep.scale=2.0"], env=env, capture_output=True, text=True,
+                          check=False)
     assert proc.returncode == 0, proc.stderr
     assert '"method": "demo-ep"' in (out / "results.jsonl").read_text()
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import torch
-from clbench.methods import RunContext
-from clbench.methods.agem import AGEM, AGEMConfig, agem_project
 
 from clbench.data import EncodedSplit, TaskInfo
+from clbench.methods import RunContext
+from clbench.methods.agem import AGEM, AGEMConfig, agem_project
 from clbench.models import build_model
 from clbench.ops import flat_grad
 

@@ -11,10 +11,9 @@ import torch
 
 pytest.importorskip("avalanche")
 
-from clbench.methods import RunContext
-
 from clbench.config import build_config, parse_set
 from clbench.data import EncodedSplit, TaskInfo
+from clbench.methods import RunContext
 from clbench.models import build_model
 from clbench.protocol import LoopSettings
 from clbench.registry import AVALANCHE_ADAPTERS, MethodRegistry

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from clbench.methods import RunContext
-from clbench.methods.ewc import EWC, EWCConfig
 
 from clbench.data import EncodedSplit, TaskInfo
+from clbench.methods import RunContext
+from clbench.methods.ewc import EWC, EWCConfig
 from clbench.models import build_model
 
 TASKS = (TaskInfo(0, "a", ("x", "y", "z"), 0), TaskInfo(1, "b", ("x", "y"), 3))

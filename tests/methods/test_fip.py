@@ -6,11 +6,11 @@ import copy
 from pathlib import Path
 
 import torch
-from clbench.methods.fip import FIP, FIPConfig, bhattacharyya, replay_distance, sample_replay
-from clbench.methods.fip_geometric import OutputMetric
 from torch import nn
 
 from clbench.data import EncodedSplit, TaskInfo
+from clbench.methods.fip import FIP, FIPConfig, bhattacharyya, replay_distance, sample_replay
+from clbench.methods.fip_geometric import OutputMetric
 from clbench.models import build_model
 from clbench.protocol import RunContext
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import torch
-from clbench.methods.fip_geometric import FIPGeometric, FIPGeometricConfig, OutputMetric, conjugate_gradient
 
 from clbench.data import EncodedSplit, TaskInfo
+from clbench.methods.fip_geometric import FIPGeometric, FIPGeometricConfig, OutputMetric, conjugate_gradient
 from clbench.models import build_model
 from clbench.protocol import RunContext
 

@@ -6,11 +6,11 @@ import sys
 
 import pytest
 import torch
-from clbench.methods import RunContext
-from clbench.methods.gem import GEM, GEMConfig, solve_dual_qp
 
 from clbench.data import EncodedSplit, TaskInfo
 from clbench.errors import ClbenchError
+from clbench.methods import RunContext
+from clbench.methods.gem import GEM, GEMConfig, solve_dual_qp
 from clbench.models import build_model
 from clbench.ops import flat_grad
 

@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from clbench.methods.joint import Joint
 
 from clbench.data import EncodedSplit, TaskInfo
+from clbench.methods.joint import Joint
 
 
 def split(task: int, n: int, width: int) -> EncodedSplit:

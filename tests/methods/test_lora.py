@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from clbench.methods.lora import LoRA, LoRAConfig, lora_layers
 from torch import nn
 
 from clbench.data import TaskInfo
+from clbench.methods.lora import LoRA, LoRAConfig, lora_layers
 from clbench.models import build_model
 from clbench.ops import effective_weights
 from clbench.protocol import RunContext

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from clbench.methods import RunContext
-from clbench.methods.lwf import LwF, LwFConfig, distillation_loss
 
 from clbench.data import EncodedSplit, TaskInfo
+from clbench.methods import RunContext
+from clbench.methods.lwf import LwF, LwFConfig, distillation_loss
 from clbench.models import build_model
 
 TASKS = (TaskInfo(0, "a", ("x", "y", "z"), 0), TaskInfo(1, "b", ("x", "y"), 3))

@@ -23,12 +23,12 @@ from typing import Any
 
 import pytest
 import torch
+
+from clbench.data import EncodedSplit, TaskInfo
 from clbench.methods import RunContext
 from clbench.methods.ewc import EWC, EWCConfig
 from clbench.methods.gem import GEM, GEMConfig
 from clbench.methods.si import SI, SIConfig
-
-from clbench.data import EncodedSplit, TaskInfo
 from clbench.models import build_model
 from clbench.ops import flat_grad
 

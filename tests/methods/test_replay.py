@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from clbench.methods import RunContext
-from clbench.methods.replay import Replay, ReplayConfig
 
 from clbench.data import EncodedSplit, TaskInfo
 from clbench.episodic import Reservoir
+from clbench.methods import RunContext
+from clbench.methods.replay import Replay, ReplayConfig
 from clbench.models import build_model
 
 TASKS = (TaskInfo(0, "a", ("x", "y"), 0), TaskInfo(1, "b", ("x", "y"), 2), TaskInfo(2, "c", ("x", "y"), 4))

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from clbench.methods import RunContext
-from clbench.methods.si import SI, SIConfig
 from torch import nn
 
 from clbench.data import TaskInfo
+from clbench.methods import RunContext
+from clbench.methods.si import SI, SIConfig
 
 TASK_A, TASK_B = TaskInfo(0, "a", ("x", "y"), 0), TaskInfo(1, "b", ("x", "y"), 2)
 
