@@ -108,3 +108,23 @@ def test_empty_after_filtering(tmp_path: Path) -> None:
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(StreamError, match="data file 'nope.csv' not found"):
         load_stream(str(one_task(tmp_path, "    classes: [a, b]\n", train="nope.csv")))
+
+
+def test_user_csv_stream_runs_through_clbench_run(tmp_path: Path) -> None:
+    """A user's YAML stream over CSV files, trained and evaluated by the real CLI with the tiny model."""
+    from click.testing import CliRunner
+
+    from clbench.cli import main
+
+    (tmp_path / "data").mkdir()
+    write_csv(tmp_path / "data" / "train.csv", tickets(90))
+    stream = write_stream(tmp_path, "  - name: tickets\n    source: files\n    train: data/train.csv\n"
+                                    "    text: body\n    label: queue\n    label_map: {billing: money, refund: money,"
+                                    " bug: tech}\n    train_size: 40\n    test_size: 20\n    max_length: 32\n")
+    out = tmp_path / "run"
+    result = CliRunner().invoke(main, ["run", "--methods", "naive", "--stream", str(stream), "--model", "tiny",
+                                       "--epochs", "1", "--out", str(out), "--quiet"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert {r["eval_task"] for r in records if r["type"] == "accuracy"} == {"tickets"}
+    assert any(r["type"] == "unit" and r["value"] == "done" for r in records)
