@@ -19,7 +19,6 @@ not even written) unless `keep_checkpoints` is set, which keeps the checkpoint a
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -34,6 +33,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from clbench.errors import ClbenchError, RunDirError
+from clbench.fetch import sha256_file
 
 CHECKPOINTS = "checkpoints"
 MARKER = "checkpoint.json"
@@ -127,14 +127,6 @@ def set_rng_states(states: dict[str, Tensor], runner: torch.Generator, method: t
         torch.cuda.set_rng_state(states["cuda"], device)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _fsync(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -175,7 +167,7 @@ class CheckpointStore:
         hashes = {}
         for path in sorted(folder.iterdir()):
             _fsync(path)
-            hashes[path.name] = _sha256(path)
+            hashes[path.name] = sha256_file(path)
         marker = {"format": FORMAT, "method": method_name, "seed": seed, "row": row, "task": task,
                   "folder": folder.name, "sha256": hashes}
         tmp = unit / (MARKER + ".tmp")
@@ -210,7 +202,7 @@ class CheckpointStore:
         loaded: dict[str, dict[str, Tensor]] = {}
         for name, digest in marker["sha256"].items():
             path = folder / name
-            if not path.is_file() or _sha256(path) != digest:
+            if not path.is_file() or sha256_file(path) != digest:
                 raise RunDirError(f"checkpoint file '{path}' is missing or corrupted (sha256 mismatch){hint}")
             if name.endswith(".safetensors"):
                 try:
