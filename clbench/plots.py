@@ -316,6 +316,8 @@ def forgetting_vs_drift(run: RunData, scores: Mapping[str, Mapping[str, float]],
     points = {unit: s for unit, s in scores.items() if not math.isnan(s.get("forgetting_cil", math.nan))}
     if not points:
         return "forgetting needs at least two tasks and one finished unit"
+    from matplotlib.ticker import MaxNLocator
+
     panels = [("weight_drift", "weight drift ‖θ_T − θ_0‖_F / ‖θ_0‖_F"),
               ("functional_drift", "functional drift: mean Bhattacharyya\ndistance on earlier tasks (nats)")]
     with _style():
@@ -330,6 +332,7 @@ def forgetting_vs_drift(run: RunData, scores: Mapping[str, Mapping[str, float]],
                                s=55, color=colours[method], edgecolor="black", linewidth=0.5, label=method,
                                alpha=0.9)
             ax.set_xlabel(label)
+            ax.xaxis.set_major_locator(MaxNLocator(nbins=5))  # drift values like 0.0115 overlap at default density
             ax.grid(alpha=0.3)
         axes[0].set_ylabel("forgetting, class-incremental\n(accuracy, fraction)")
         handles, labels = axes[0].get_legend_handles_labels()
