@@ -25,6 +25,7 @@ adapters differ only in their strategy class and options, so one shared `fit_tas
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import warnings
 from dataclasses import dataclass
@@ -106,8 +107,11 @@ class AvalancheAdapter(Hooks):
         self.width = 0
 
     def strategy_options(self, ctx: RunContext) -> dict[str, Any]:
-        """Keyword arguments of the strategy beyond model, optimiser, criterion and loop settings."""
-        return {}
+        """Keyword arguments of the strategy beyond model, optimiser, criterion and loop settings.
+
+        By default the config's fields, which adapters name exactly as Avalanche's keyword arguments.
+        """
+        return dataclasses.asdict(self.config)
 
     def setup(self, model: nn.Module, ctx: RunContext) -> nn.Module:
         self.packed = PackedSequenceClassifier(model)
@@ -186,11 +190,6 @@ class AvalancheEWC(AvalancheAdapter):
     citation: ClassVar[str] = "Kirkpatrick et al., PNAS 2017, via Avalanche 0.6 EWC"
     strategy_name: ClassVar[str] = "EWC"
 
-    def strategy_options(self, ctx: RunContext) -> dict[str, Any]:
-        c = self.config
-        assert isinstance(c, AvalancheEWCConfig)
-        return {"ewc_lambda": c.ewc_lambda, "mode": c.mode, "decay_factor": c.decay_factor}
-
 
 @dataclass(frozen=True)
 class AvalancheSIConfig(MethodConfig):
@@ -207,11 +206,6 @@ class AvalancheSI(AvalancheAdapter):
     config_cls: ClassVar[type[MethodConfig]] = AvalancheSIConfig
     citation: ClassVar[str] = "Zenke et al., ICML 2017, via Avalanche 0.6 SynapticIntelligence"
     strategy_name: ClassVar[str] = "SynapticIntelligence"
-
-    def strategy_options(self, ctx: RunContext) -> dict[str, Any]:
-        c = self.config
-        assert isinstance(c, AvalancheSIConfig)
-        return {"si_lambda": c.si_lambda, "eps": c.eps}
 
 
 @dataclass(frozen=True)
@@ -273,11 +267,6 @@ class AvalancheLwF(AvalancheAdapter):
     config_cls: ClassVar[type[MethodConfig]] = AvalancheLwFConfig
     citation: ClassVar[str] = "Li & Hoiem, ECCV 2016, via Avalanche 0.6 LwF"
     strategy_name: ClassVar[str] = "LwF"
-
-    def strategy_options(self, ctx: RunContext) -> dict[str, Any]:
-        c = self.config
-        assert isinstance(c, AvalancheLwFConfig)
-        return {"alpha": c.alpha, "temperature": c.temperature}
 
 
 @dataclass(frozen=True)

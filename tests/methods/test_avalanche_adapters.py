@@ -63,3 +63,14 @@ def test_avalanche_naive_runs_through_the_runner(run_tiny: Callable[..., tuple[P
     steps = [r["value"] for r in records if r["type"] == "profile" and r["phase"] == "train" and r["metric"] == "steps"]
     assert steps == [2, 2, 2]
     assert [r["value"] for r in records if r["type"] == "unit"] == ["done"]
+
+
+def test_adapter_options_are_the_config_fields_under_avalanche_names() -> None:
+    from clbench.interop.avalanche_methods import (AvalancheEWC, AvalancheEWCConfig, AvalancheLwF,
+                                                   AvalancheLwFConfig, AvalancheSI)
+
+    ewc = AvalancheEWC(AvalancheEWCConfig(ewc_lambda=5.0, mode="online", decay_factor=0.9))
+    assert ewc.strategy_options(None) == {"ewc_lambda": 5.0, "mode": "online", "decay_factor": 0.9}  # type: ignore[arg-type]
+    assert AvalancheSI().strategy_options(None) == {"si_lambda": 1.0, "eps": 1e-7}  # type: ignore[arg-type]
+    lwf = AvalancheLwF(AvalancheLwFConfig(alpha=0.5, temperature=3.0))
+    assert lwf.strategy_options(None) == {"alpha": 0.5, "temperature": 3.0}  # type: ignore[arg-type]
