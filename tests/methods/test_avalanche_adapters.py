@@ -66,8 +66,13 @@ def test_avalanche_naive_runs_through_the_runner(run_tiny: Callable[..., tuple[P
 
 
 def test_adapter_options_are_the_config_fields_under_avalanche_names() -> None:
-    from clbench.interop.avalanche_methods import (AvalancheEWC, AvalancheEWCConfig, AvalancheLwF,
-                                                   AvalancheLwFConfig, AvalancheSI)
+    from clbench.interop.avalanche_methods import (
+        AvalancheEWC,
+        AvalancheEWCConfig,
+        AvalancheLwF,
+        AvalancheLwFConfig,
+        AvalancheSI,
+    )
 
     ewc = AvalancheEWC(AvalancheEWCConfig(ewc_lambda=5.0, mode="online", decay_factor=0.9))
     assert ewc.strategy_options(None) == {"ewc_lambda": 5.0, "mode": "online", "decay_factor": 0.9}  # type: ignore[arg-type]
