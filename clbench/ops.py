@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -80,3 +80,14 @@ def assign_flat_grad(params: Iterable[nn.Parameter], vector: Tensor) -> None:
         else:
             p.grad.copy_(chunk)
         offset += n
+
+
+def default_optimizer(params: Sequence[nn.Parameter], lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """AdamW, with its fused kernel wherever every parameter allows it (floating point, on CPU or CUDA).
+
+    The default (per-tensor) AdamW runs a Python loop of small kernels over the ~100 tensors of a BERT-style
+    model; the fused kernel updates them all at once, about 15x faster per step for MiniLM on CPU, which was a
+    fifth of each training step (see benchmarks/README.md). Same update rule, rounding aside.
+    """
+    fused = bool(params) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True if fused else None)

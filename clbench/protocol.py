@@ -31,6 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from clbench.data import Batch, EncodedSplit, TaskInfo
+from clbench.ops import default_optimizer
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,15 @@ class RunContext:
     buffer_size: int  # shared memory budget (examples) for every method that stores old data
     batch_size: int
     head: str = "shared"  # "shared": argmax over all classes; "per-task": logits restricted to the task
+    lr: float = 1e-4  # the run's learning rate (the runner fills it in, as the next field)
+    weight_decay: float = 0.01  # the run's AdamW weight decay
+
+    def adamw(self, params: Sequence[nn.Parameter], lr: float | None = None) -> torch.optim.Optimizer:
+        """The runner's default optimiser (AdamW with the run's weight decay) at `lr`, default the run's.
+
+        For `configure_optimizer` hooks that change only the learning rate, e.g. LoRA's `adapter_lr`.
+        """
+        return default_optimizer(params, self.lr if lr is None else lr, self.weight_decay)
 
     def logits(self, outputs_logits: Tensor, task_ids: Tensor) -> Tensor:
         """Apply the head policy: with per-task heads, other tasks' logits are masked out."""

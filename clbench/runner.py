@@ -33,7 +33,7 @@ from clbench.evaluators.accuracy import (
 from clbench.evaluators.drift import frobenius_drift_norms, functional_drift
 from clbench.evaluators.profile import optimizer_state_mb, parameter_counts, profile
 from clbench.models import build_model, load_tokenizer, model_spec, tokenizer_fingerprint
-from clbench.ops import effective_weights
+from clbench.ops import default_optimizer, effective_weights
 from clbench.progress import Progress
 from clbench.protocol import Hooks, LoopSettings, RunContext
 from clbench.registry import MethodRegistry
@@ -192,17 +192,6 @@ def _record(method: str, seed: int, kind: str, row: int, task: str | None, **fie
             "task": task, **fields}
 
 
-def default_optimizer(params: Sequence[nn.Parameter], lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    """AdamW, with its fused kernel wherever every parameter allows it (floating point, on CPU or CUDA).
-
-    The default (per-tensor) AdamW runs a Python loop of small kernels over the ~100 tensors of a BERT-style
-    model; the fused kernel updates them all at once, about 15x faster per step for MiniLM on CPU, which was a
-    fifth of each training step (see benchmarks/README.md). Same update rule, rounding aside.
-    """
-    fused = bool(params) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
-    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True if fused else None)
-
-
 def lr_schedule(step: int, total: int, warmup: int) -> float:
     """Linear warm-up to 1 over `warmup` steps, then linear decay to 0 at `total`."""
     if step < warmup:
@@ -258,11 +247,11 @@ def _train_unit(config: RunConfig, prepared: Prepared, method: Hooks, seed: int,
     generator = torch.Generator().manual_seed(seed)
     model = build_model(config.model, prepared.stream.num_labels, seed).to(device)
     built = model
+    lr = config.lr if config.lr is not None else model_spec(config.model).default_lr
     ctx = RunContext(tasks=prepared.infos, num_labels=prepared.stream.num_labels, device=device, seed=seed,
                      generator=torch.Generator().manual_seed(seed + 1_000_003), buffer_size=config.buffer_size,
-                     batch_size=config.batch_size, head=prepared.head)
+                     batch_size=config.batch_size, head=prepared.head, lr=lr, weight_decay=config.weight_decay)
     model = method.setup(model, ctx)
-    lr = config.lr if config.lr is not None else model_spec(config.model).default_lr
     weights_start = effective_weights(model)
     checkpoint = checkpoints.load(name, seed, device) if checkpoints is not None and resume else None
     first_row = checkpoint.row if checkpoint is not None else 0

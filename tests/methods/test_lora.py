@@ -96,3 +96,31 @@ def test_runs_on_stream(run_tiny, options: dict[str, str]) -> None:  # type: ign
     assert [r["value"] for r in records if r["type"] == "unit"][-1] == "done"
     drift = [r for r in records if r["type"] == "drift" and r["param"] == "__overall__"]
     assert drift and all(r["value"] > 0 for r in drift)
+
+
+def test_adapter_lr_sets_the_optimiser_only_while_adapters_train() -> None:
+    method, model, ctx = _setup(adapter_lr=5e-4)
+    assert method.configure_optimizer(TASKS[0], list(model.parameters())) is None  # full first task: run's lr
+    method.before_task(TASKS[1], model)
+    params = list(method.trainable_parameters(model))
+    optimizer = method.configure_optimizer(TASKS[1], params)
+    assert isinstance(optimizer, torch.optim.AdamW)
+    group = optimizer.param_groups[0]
+    assert group["lr"] == 5e-4 and group["weight_decay"] == ctx.weight_decay
+    assert [id(p) for p in group["params"]] == [id(p) for p in params]
+    unset, model, _ = _setup()
+    assert unset.configure_optimizer(TASKS[1], list(model.parameters())) is None
+    with pytest.raises(ValueError, match="adapter_lr=0.0"):
+        LoRAConfig(adapter_lr=0.0)
+
+
+def test_adapter_lr_from_set_reaches_the_runner(run_tiny) -> None:  # type: ignore[no-untyped-def]
+    from clbench.config import build_config, method_config, parse_set
+
+    parsed = build_config({"methods": ["lora@fast"]}, parse_set(["lora@fast.adapter_lr=5e-2"]),
+                          method_names=["lora"])
+    assert method_config(LoRAConfig, "lora@fast", parsed.method_options["lora@fast"]).adapter_lr == 0.05
+    _, records = run_tiny(("lora", "lora@fast"), method_options=parsed.method_options)
+    final = {r["method"]: r["value"] for r in records if r["type"] == "drift" and r["param"] == "__overall__"
+             and r["metric"] == "frobenius_total" and r["row"] == 2}
+    assert final["lora@fast"] > 2 * final["lora"]  # same first task, far larger adapter steps on the second
