@@ -366,7 +366,8 @@ def header(run: RunData) -> list[str]:
         f"{', '.join(run.methods)}, seeds {seeds}, device `{config.get('device', '?')}`)"),
         (f"- stream: **{stream.get('name', config.get('stream', '?'))}** version {stream.get('version', '?')}, "
         f"split seed {stream.get('seed', '?')}; tasks in order: {tasks or '?'}"),
-        f"- versions: Python {env.get('python', '?')}, {versions}; git commit `{env.get('git_commit')}`",
+        (f"- versions: Python {env.get('python', '?')}, {versions}; git commit "
+         + (f"`{env['git_commit']}`" if env.get("git_commit") else "not recorded (not run from a git checkout)")),
         (f"- hardware: {env.get('platform', '?')}, {env.get('cpu_count', '?')} CPUs "
         f"({env.get('torch_threads', '?')} torch threads), {gpu}"),
         f"- run date: {_run_date(run)}; report generated {now} from `results.jsonl` by `clbench report`",

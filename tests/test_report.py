@@ -116,6 +116,12 @@ def test_single_seed_without_curves_says_n1_and_skips_the_curve_plot(tiny_run: P
     assert (one / "plots" / "layer_drift.png").is_file()
 
 
+def test_run_outside_a_git_checkout_says_so_instead_of_none(tiny_run: Path, tmp_path: Path) -> None:
+    run = _copy(tiny_run, tmp_path / "nogit", env={"git_commit": None})
+    text = write_report(run).read_text()
+    assert "git commit not recorded (not run from a git checkout)" in text and "`None`" not in text
+
+
 def test_cli_report_and_compare_side_by_side(tiny_run: Path, tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["report", str(tiny_run)], catch_exceptions=False)
     assert result.exit_code == 0 and (tiny_run / "report.md").is_file()
