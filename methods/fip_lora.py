@@ -10,14 +10,17 @@ composition, not a copy: it holds a `LoRA` and an `FIP` instance built from the 
 and forwards each hook to them in order — LoRA decides which parameters train (and merges per-task adapters
 after the task), FIP caches q at the task's start, adds the distance in `loss` and fills its buffer after the
 task. With `first_task=full` (default) the first task is plain fine-tuning of the whole model.
-Hooks: `setup`, `before_task`, `loss`, `after_task`, `state_dict` / `load_state_dict`.
+Hooks: `setup`, `before_task`, `loss`, `configure_optimizer` (LoRA's `adapter_lr`), `after_task`,
+`state_dict` / `load_state_dict`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
+import torch
 from torch import Tensor, nn
 
 from clbench.data import Batch, EncodedSplit, TaskInfo
@@ -66,6 +69,9 @@ class FIPLoRA(Hooks):
 
     def loss(self, model: nn.Module, batch: Batch, outputs: Any, task_loss: Tensor) -> Tensor:
         return self.fip.loss(model, batch, outputs, task_loss)
+
+    def configure_optimizer(self, task: TaskInfo, params: Sequence[nn.Parameter]) -> torch.optim.Optimizer | None:
+        return self.lora.configure_optimizer(task, params)
 
     def after_task(self, task: TaskInfo, model: nn.Module, data: EncodedSplit) -> None:
         self.fip.after_task(task, model, data)

@@ -139,3 +139,18 @@ def test_methods_run_on_stream(run_tiny) -> None:  # type: ignore[no-untyped-def
     _, records = run_tiny(("fip", "fip-lora"), method_options={"fip": {"separate_backward": True},
                                                                "fip-lora": {"replay_batch_size": 4}})
     assert [r["value"] for r in records if r["type"] == "unit"] == ["done", "done"]
+
+
+def test_fip_lora_trains_adapters_at_adapter_lr() -> None:
+    from clbench.methods.fip_lora import FIPLoRA, FIPLoRAConfig
+
+    method = FIPLoRA(FIPLoRAConfig(adapter_lr=3e-4, rank=2))
+    model = method.setup(build_model("tiny", 5, 0), _ctx())
+    assert method.configure_optimizer(TASKS[0], list(model.parameters())) is None  # full first task
+    method.after_task(TASKS[0], model, _split(20, 0, 1))
+    method.before_task(TASKS[1], model)
+    params = list(method.trainable_parameters(model))
+    optimizer = method.configure_optimizer(TASKS[1], params)
+    assert optimizer is not None and optimizer.param_groups[0]["lr"] == 3e-4
+    assert params and all(".lora_" in n or ".modules_to_save." in n
+                          for n, p in model.named_parameters() if p.requires_grad)
