@@ -223,12 +223,14 @@ def environment(command: str | None = None) -> dict[str, Any]:
     }
 
 
-def git_commit() -> str | None:
-    here = Path(__file__).resolve().parent
+def git_commit(where: Path | None = None) -> str | None:
+    """HEAD of the checkout holding `where` (default: this package), '+dirty' when tracked files differ."""
+    here = where or Path(__file__).resolve().parent
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, check=False, capture_output=True, text=True, timeout=5)
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=here, check=False, capture_output=True, text=True,
-                               timeout=5)
+        # tracked changes only: a run directory written inside the checkout must not mark its own commit dirty
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here, check=False,
+                               capture_output=True, text=True, timeout=5)
     except (OSError, subprocess.SubprocessError):
         return None
     if out.returncode != 0:

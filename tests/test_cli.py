@@ -50,6 +50,27 @@ def test_run_writes_config_env_results_and_summary(tmp_path: Path) -> None:
     assert not (out / ".lock").exists()
 
 
+def test_git_commit_is_dirty_for_tracked_changes_only(tmp_path: Path) -> None:
+    import subprocess
+
+    from clbench.results import git_commit
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.org", *args], cwd=tmp_path,
+                              check=True, capture_output=True, text=True).stdout.strip()
+
+    git("init", "-q")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git("add", "code.py")
+    git("commit", "-qm", "first")
+    head = git("rev-parse", "HEAD")
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "results.jsonl").write_text("{}\n")  # a run written inside the checkout
+    assert git_commit(tmp_path) == head
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert git_commit(tmp_path) == head + "+dirty"
+
+
 def test_list_methods_json_lists_naive_with_config_fields() -> None:
     result = invoke("list", "methods", "--json")
     rows = json.loads(result.output)
