@@ -39,15 +39,16 @@ def summary_table(run_dir: Path) -> str:
     for unit, R in accuracy_matrices(records).items():
         if unit not in failed and not np.isnan(R).any():
             by_method[method_of[unit]].append(R)
-    lines = [f"{'method':<16} {'seeds':>5} {'ACC':>7} {'BWT':>7} {'forget':>7}  final accuracy per task (CIL)"]
+    width = max([16, *(len(name) + 1 for name in (*by_method, *failed))])
+    lines = [f"{'method':<{width}} {'seeds':>5} {'ACC':>7} {'BWT':>7} {'forget':>7}  final accuracy per task (CIL)"]
     for method, mats in by_method.items():
         acc = np.mean([average_accuracy(R) for R in mats])
         bwt = np.mean([backward_transfer(R) for R in mats])
         fgt = np.mean([forgetting(R) for R in mats])
         final = np.mean([R[-1] for R in mats], axis=0)
-        lines.append(f"{method:<16} {len(mats):>5} {acc:>7.3f} {bwt:>7.3f} {fgt:>7.3f}  "
+        lines.append(f"{method:<{width}} {len(mats):>5} {acc:>7.3f} {bwt:>7.3f} {fgt:>7.3f}  "
                      + " ".join(f"{v:.3f}" for v in final))
     for unit, error in failed.items():
-        lines.append(f"{unit:<16} FAILED: {error}")
+        lines.append(f"{unit:<{width}} FAILED: {error}")
     lines.append(f"results: {Path(run_dir) / 'results.jsonl'}")
     return "\n".join(lines)

@@ -124,3 +124,14 @@ def test_plugin_file_method_runs(tmp_path: Path) -> None:
     assert {r["method"] for r in records if r["type"] == "unit" and r["value"] == "done"} == {"half-loss", "naive"}
     assert "half-loss.factor: 0.25" in (out / "config.yaml").read_text().replace("'", "") or \
         "factor: 0.25" in (out / "config.yaml").read_text()
+
+
+def test_summary_columns_stay_aligned_for_long_variant_names(tmp_path: Path) -> None:
+    import re
+
+    result = invoke("run", "--methods", "naive,naive@with-a-rather-long-label", *SMALL, "--out", str(tmp_path / "r"))
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.output.splitlines() if line.startswith(("method ", "naive"))]
+    assert len(lines) == 3
+    seeds_end = {re.match(r"(\S+)\s+(\S+)\s+(\S+)", line).end(2) for line in lines}  # type: ignore[union-attr]
+    assert len(seeds_end) == 1, lines
