@@ -56,8 +56,8 @@ class RunContext:
     buffer_size: int  # shared memory budget (examples) for every method that stores old data
     batch_size: int
     head: str = "shared"  # "shared": argmax over all classes; "per-task": logits restricted to the task
-    lr: float = 1e-4  # the run's learning rate (the runner fills it in, as the next field)
-    weight_decay: float = 0.01  # the run's AdamW weight decay
+    lr: float = 1e-4  # the run's learning rate and AdamW weight decay; the runner fills both in
+    weight_decay: float = 0.01
 
     def adamw(self, params: Sequence[nn.Parameter], lr: float | None = None) -> torch.optim.Optimizer:
         """The runner's default optimiser (AdamW with the run's weight decay) at `lr`, default the run's.

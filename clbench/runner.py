@@ -33,7 +33,7 @@ from clbench.evaluators.accuracy import (
 from clbench.evaluators.drift import frobenius_drift_norms, functional_drift
 from clbench.evaluators.profile import optimizer_state_mb, parameter_counts, profile
 from clbench.models import build_model, load_tokenizer, model_spec, tokenizer_fingerprint
-from clbench.ops import default_optimizer, effective_weights
+from clbench.ops import effective_weights
 from clbench.progress import Progress
 from clbench.protocol import Hooks, LoopSettings, RunContext
 from clbench.registry import MethodRegistry
@@ -277,8 +277,7 @@ def _train_unit(config: RunConfig, prepared: Prepared, method: Hooks, seed: int,
             method.before_task(info, model)
             data = method.train_data(info, train_splits[info.index], train_splits[:info.index])
         params = list(method.trainable_parameters(model))
-        optimizer = (method.configure_optimizer(info, params)
-                     or default_optimizer(params, lr, config.weight_decay))
+        optimizer = method.configure_optimizer(info, params) or ctx.adamw(params)
         plan = BatchPlan(data, config.batch_size, shuffle=True, generator=generator)
         total = config.max_steps or config.epochs * len(plan)
         warmup = int(config.warmup_ratio * total)
