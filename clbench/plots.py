@@ -106,6 +106,7 @@ def accuracy_heatmaps(run: RunData, metric: str, colours: Mapping[str, Colour], 
     with _style():
         fig = _figure(width, height)
         axes = fig.subplots(nrows, ncols, squeeze=False)
+        fig.set_layout_engine("none")  # seaborn draws the figure once per heatmap; lay it out once, at the end
         for ax, method in zip(axes.flat, methods):
             mean = np.mean(matrices[method], axis=0)
             sns.heatmap(mean, ax=ax, vmin=0.0, vmax=1.0, cmap="viridis", annot=True, fmt=".2f",
@@ -119,6 +120,7 @@ def accuracy_heatmaps(run: RunData, metric: str, colours: Mapping[str, Colour], 
             ax.tick_params(axis="y", rotation=0)
         for ax in list(axes.flat)[len(methods):]:
             ax.set_visible(False)
+        fig.set_layout_engine("constrained")
         mappable = axes.flat[0].collections[0]
         fig.colorbar(mappable, ax=axes, shrink=0.8, label=f"{kind} accuracy (fraction)")
         fig.suptitle(f"Accuracy matrices, {kind} (mean over seeds)")
