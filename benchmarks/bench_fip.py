@@ -63,14 +63,13 @@ def build_variant(name: str, options: dict[str, Any], args: argparse.Namespace, 
     cls = registry.get(name)
     method = cls(cls.config_cls(**options))
     ctx = RunContext(tasks=TASKS, num_labels=7, device=device, seed=0, generator=torch.Generator().manual_seed(1),
-                     buffer_size=args.buffer, batch_size=args.batch)
+                     buffer_size=args.buffer, batch_size=args.batch, lr=model_spec("minilm").default_lr)
     model = method.setup(build_model("minilm", 7, 0).to(device), ctx)
     method.before_task(TASKS[0], model)
     method.after_task(TASKS[0], model, old)
     method.before_task(TASKS[1], model)
     params = list(method.trainable_parameters(model))
-    optimizer = method.configure_optimizer(TASKS[1], params) or torch.optim.AdamW(
-        params, lr=model_spec("minilm").default_lr, weight_decay=0.01)
+    optimizer = method.configure_optimizer(TASKS[1], params) or ctx.adamw(params)  # the runner's optimiser
     config = build_config({"methods": [name], "model": "minilm", "stream": "synthetic"})
     return lambda batch: train_step(model, method, ctx, batch, params, optimizer, config)
 
