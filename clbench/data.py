@@ -110,6 +110,21 @@ class Batch:
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
+    def concat(self, other: Batch) -> Batch:
+        """This batch's rows followed by `other`'s, right-padded to the wider of the two.
+
+        The added positions have attention mask 0 and id 0; with right padding and the mask, an encoder's
+        outputs at real positions do not depend on the padded ids.
+        """
+        width = max(self.input_ids.shape[1], other.input_ids.shape[1])
+
+        def pad(t: Tensor) -> Tensor:
+            return torch.nn.functional.pad(t, (0, width - t.shape[1]))
+
+        return Batch(torch.cat([pad(self.input_ids), pad(other.input_ids)]),
+                     torch.cat([pad(self.attention_mask), pad(other.attention_mask)]),
+                     torch.cat([self.labels, other.labels]), torch.cat([self.task_ids, other.task_ids]))
+
     @property
     def num_tokens(self) -> int:
         return int(self.attention_mask.sum())

@@ -10,7 +10,8 @@ Call order for each task::
     before_task(task, model)
     data = train_data(task, data, previous)        # e.g. joint training on the union of tasks
     for every step:
-        outputs = model(batch)  -> task_loss
+        extra = extra_inputs(batch)                # e.g. a replay batch to forward together with the new one
+        outputs = model(batch [+ extra])  -> task_loss on the batch's rows only
         loss = loss(model, batch, outputs, task_loss); loss.backward()
         after_backward(model)                      # gradients ready: projections, path integrals
         optimizer.step(); after_step(model)        # optimizer: configure_optimizer(task, params) or AdamW
@@ -159,6 +160,16 @@ class Hooks:
     def train_data(self, task: TaskInfo, data: EncodedSplit, previous: Sequence[EncodedSplit]) -> EncodedSplit:
         """The data to train on for `task`; `previous` holds earlier tasks' training splits."""
         return data
+
+    def extra_inputs(self, batch: Batch) -> Batch | None:
+        """Inputs to run through the model in the same forward pass as the new `batch`, or None.
+
+        When given, the runner forwards `batch.concat(extra)` (one pass, padded to the wider of the two),
+        computes `task_loss` on the first `len(batch)` rows only, and hands the whole output to `loss`, where
+        the extra rows' logits are `outputs.logits[len(batch):]`. One larger pass instead of two small ones
+        saves kernel launches where they dominate (small models on a GPU); on a CPU it saves nothing.
+        """
+        return None
 
     def loss(self, model: nn.Module, batch: Batch, outputs: Any, task_loss: Tensor) -> Tensor:
         """The loss to backpropagate: `task_loss` plus any penalty."""

@@ -29,8 +29,8 @@ from clbench.protocol import Hooks, MethodConfig, config_fields
 
 ENTRY_POINT_GROUP = "clbench.methods"
 VARIANT_LABEL = re.compile(r"[A-Za-z0-9_-]+")
-REQUIRED_HOOKS = ("setup", "before_task", "train_data", "loss", "after_backward", "after_step", "after_task",
-                  "trainable_parameters", "state_dict", "load_state_dict")
+REQUIRED_HOOKS = ("setup", "before_task", "train_data", "extra_inputs", "loss", "after_backward", "after_step",
+                  "after_task", "trainable_parameters", "state_dict", "load_state_dict")
 
 
 @dataclass(frozen=True)

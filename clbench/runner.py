@@ -366,9 +366,11 @@ def train_step(model: nn.Module, method: Hooks, ctx: RunContext, batch: Any, par
     """One optimiser step: forward, the method's loss, backward, hooks, clipping, update."""
     model.train()
     autocast = _autocast(ctx.device, config.precision)
+    extra = method.extra_inputs(batch)
+    inputs = batch if extra is None else batch.concat(extra)
     with autocast:
-        outputs = model(**batch.model_inputs())
-        logits = ctx.logits(outputs.logits, batch.task_ids)  # [batch, num_labels]
+        outputs = model(**inputs.model_inputs())
+        logits = ctx.logits(outputs.logits[:len(batch)], batch.task_ids)  # [batch, num_labels]
         task_loss = nn.functional.cross_entropy(logits.float(), batch.labels)
         loss = method.loss(model, batch, outputs, task_loss)
     if not method.backward_in_loss:

@@ -5,18 +5,19 @@ runner trains task 1 once per seed and hands the trained weights to the others. 
 not names; a unit reuses another's first task only when, right before training it,
 
 - the method's instance says `first_task_is_finetuning`, and the method declares it (its class or `__init__`
-  sets it, rather than inheriting `Hooks`' default) or overrides none of the step hooks `loss`,
-  `after_backward` and `after_step` (as naive); it has no `external_loop`, and `eval_every` is 0;
+  sets it, rather than inheriting `Hooks`' default) or overrides none of the step hooks `extra_inputs`,
+  `loss`, `after_backward` and `after_step` (as naive); it has no `external_loop`, and `eval_every` is 0;
 - `setup` returned the model the runner built (no wrapper such as PEFT's LoRA model);
 - `train_data` returned the task's own training split, and the optimiser has the same type and defaults;
 - the trainable parameters (names, in order), the model's whole state (compared exactly, tensor by tensor),
   the runner's data-order generator and torch's global RNG states are identical to the first unit's.
 
 Each unit still runs its own `setup`, `before_task` and `after_task` (e.g. EWC's Fisher on task 1's data) and
-its own evaluations. The step hooks (`loss`, `after_backward`, `after_step`) of the reusing unit are not called on
-task 1: a method that declares `first_task_is_finetuning` promises they leave training unchanged there (SI's
-path integral, which needs them, must not declare it). Row 0 is shared likewise whenever two units' models are
-identical after `setup`. Only the current seed's entries are kept (a few model copies in memory).
+its own evaluations. The step hooks (`extra_inputs`, `loss`, `after_backward`, `after_step`) of the reusing
+unit are not called on task 1: a method that declares `first_task_is_finetuning` promises they leave training
+unchanged there (SI's path integral, which needs them, must not declare it). Row 0 is shared likewise
+whenever two units' models are identical after `setup`. Only the current seed's entries are kept (a few
+model copies in memory).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def _same_state(model: nn.Module, state: dict[str, Tensor]) -> bool:
                for k, v in state.items())
 
 
-STEP_HOOKS = ("loss", "after_backward", "after_step")
+STEP_HOOKS = ("extra_inputs", "loss", "after_backward", "after_step")
 
 
 def shares_first_task(method: Any) -> bool:

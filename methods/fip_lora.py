@@ -31,7 +31,7 @@ from clbench.methods.lora import LoRA, LoRAConfig
 
 @dataclass(frozen=True)
 class FIPLoRAConfig(FIPConfig, LoRAConfig):
-    """Every FIP option (λ, replay batch, memory-saving mode) and every LoRA option (r, α, policies)."""
+    """Every FIP option (λ, replay batch, memory-saving and fused modes) and every LoRA option (r, α, policies)."""
 
     def __post_init__(self) -> None:
         FIPConfig.__post_init__(self)
@@ -66,6 +66,9 @@ class FIPLoRA(Hooks):
     def before_task(self, task: TaskInfo, model: nn.Module) -> None:
         self.lora.before_task(task, model)
         self.fip.before_task(task, model)
+
+    def extra_inputs(self, batch: Batch) -> Batch | None:
+        return self.fip.extra_inputs(batch)
 
     def loss(self, model: nn.Module, batch: Batch, outputs: Any, task_loss: Tensor) -> Tensor:
         return self.fip.loss(model, batch, outputs, task_loss)

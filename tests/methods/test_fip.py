@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+from typing import Any
 
+import pytest
 import torch
 from torch import nn
 
-from clbench.data import EncodedSplit, TaskInfo
+from clbench.config import build_config
+from clbench.data import Batch, EncodedSplit, TaskInfo
 from clbench.methods.fip import FIP, FIPConfig, bhattacharyya, replay_distance, sample_replay
 from clbench.methods.fip_geometric import OutputMetric
+from clbench.methods.replay import Replay, ReplayConfig
 from clbench.models import build_model
-from clbench.protocol import RunContext
+from clbench.protocol import Hooks, RunContext
+from clbench.runner import train_step
 
 TASKS = (TaskInfo(0, "a", ("x", "y", "z"), 0), TaskInfo(1, "b", ("u", "v"), 3))
 TWO_TASKS = """name: two
@@ -120,6 +125,50 @@ def test_separate_backward_gives_joint_gradients() -> None:
         torch.testing.assert_close(apart, joint, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("name", ["fip", "replay"])
+def test_fused_forward_takes_the_same_step(name: str) -> None:
+    new = EncodedSplit(torch.randint(5, 60, (4, 12), generator=torch.Generator().manual_seed(7)),
+                       torch.full((4,), 12), torch.tensor([3, 4, 3, 4]), torch.ones(4, dtype=torch.long)).batch(
+                           torch.arange(4))  # wider than most replay batches: the concatenation pads them
+    config = build_config({"methods": [name], "model": "tiny", "stream": "synthetic"})
+    steps = []
+    for fused in (False, True):
+        model = build_model("tiny", 5, 0)
+        for module in model.modules():  # no dropout: both modes must then give the same numbers
+            if isinstance(module, nn.Dropout):
+                module.p = 0.0
+        method: Hooks
+        if name == "fip":
+            method = _fip_after_first_task(model, fused_forward=fused, ce_weight=0.7)
+        else:
+            method = Replay(ReplayConfig(fused_forward=fused))
+            method.setup(model, _ctx())
+            method.after_task(TASKS[0], model, _split(20, 0, 1))
+        extra: list[Batch | None] = []
+
+        def recorded(batch: Batch, hook: Any = method.extra_inputs, seen: list[Batch | None] = extra) -> Any:
+            seen.append(hook(batch))
+            return seen[-1]
+
+        method.extra_inputs = recorded  # type: ignore[method-assign]
+        params = [p for p in model.parameters() if p.requires_grad]
+        value = train_step(model, method, method.context, new, params, torch.optim.SGD(params, lr=0.5), config)
+        assert (extra[0] is not None) is fused
+        if fused:
+            assert extra[0] is not None and extra[0].input_ids.shape[1] < 12  # so the concatenation padded it
+        steps.append((value, [p.detach().clone() for p in params]))
+    (separate, before), (joint, after) = steps
+    assert separate > 0
+    assert joint == pytest.approx(separate, rel=1e-5)
+    for a, b in zip(before, after):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+
+
+def test_fused_and_memory_saving_modes_exclude_each_other() -> None:
+    with pytest.raises(ValueError, match="fused_forward and separate_backward"):
+        FIPConfig(fused_forward=True, separate_backward=True)
+
+
 def test_keeps_first_task_where_naive_forgets(run_tiny, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     # Settings checked for seeds 0-4: FIP keeps 0.71-0.84 on task 1 (naive 0.00) and reaches >= 0.89 on task 2.
     stream = tmp_path / "two.yaml"
@@ -137,7 +186,8 @@ def test_keeps_first_task_where_naive_forgets(run_tiny, tmp_path: Path) -> None:
 
 def test_methods_run_on_stream(run_tiny) -> None:  # type: ignore[no-untyped-def]
     _, records = run_tiny(("fip", "fip-lora"), method_options={"fip": {"separate_backward": True},
-                                                               "fip-lora": {"replay_batch_size": 4}})
+                                                               "fip-lora": {"replay_batch_size": 4,
+                                                                            "fused_forward": True}})
     assert [r["value"] for r in records if r["type"] == "unit"] == ["done", "done"]
 
 
