@@ -1,9 +1,19 @@
 """Cost of FIP and its variants per training step, relative to naive fine-tuning, on MiniLM.
 
 Every variant trains the second task of a two-task setup (5 + 2 classes, as Yelp → IMDB) on the same batches,
-through the runner's own `train_step`: naive, fip (joint backward), fip (memory-saving `separate_backward`),
-fip-geometric and fip-lora. Before the timed steps each variant goes through the hooks of a finished first
-task (buffer filled with `--buffer` inputs, anchor softmax cached), so the steps are steady-state task-2 steps.
+through the runner's own `train_step`: naive, fip (joint backward), fip in memory-saving mode
+(`separate_backward`), fip with one fused forward over the new and the replay batch (`fused_forward`), fip with
+half the replay batch (`replay_batch_size` = batch / 2), fip-geometric and fip-lora. Before the timed steps each
+variant goes through the hooks of a finished first task (buffer filled with `--buffer` old inputs, anchor
+softmax cached), so the steps are steady-state task-2 steps.
+
+Inputs (`--data`):
+- `fixed` (default): random token ids, every old and new input `--seq-len` tokens long. The worst case for FIP:
+  a replay batch costs as much as a new one.
+- `reviews`: the `reviews` stream's own training texts, tokenised for the model (the pinned archives must be
+  in the cache: `clbench fetch reviews`). Old inputs are the stars task's (short: 22 tokens on average, at most
+  64), new batches the movie task's (128), drawn as the runner draws them (length-bucketed). This is the seed
+  comparison's workload; `--seq-len` does not apply.
 
 - Step time: all variants are built first and timed interleaved (A B C …, then reversed) for `--repeats`
   repeats of `--steps` steps; the figure is the median over repeats of the paired ratio to naive
@@ -15,9 +25,11 @@ task (buffer filled with `--buffer` inputs, anchor softmax cached), so the steps
   charged to the first). RSS counts what the allocator holds, so CPU figures are coarser than CUDA's.
 
 Targets (issue 5): fip ≤ 1.6× naive step time; fip in memory-saving mode ≤ 1.3× naive peak memory.
-Inputs are random token ids of a fixed length (cost does not depend on the text).
+`--model tiny` (a small random BERT) shows a step dominated by per-operation overhead rather than arithmetic,
+the regime of a small model on a GPU, where `fused_forward` is meant to help.
 
-    python benchmarks/bench_fip.py [--steps 2] [--repeats 3] [--batch 16] [--seq-len 128] [--buffer 200]
+    python -m clbench.benchmarks.bench_fip [--data fixed|reviews] [--model minilm|tiny] [--steps 2]
+        [--repeats 3] [--batch 16] [--seq-len 128] [--buffer 200]
 """
 
 from __future__ import annotations
@@ -32,46 +44,69 @@ import torch
 
 from clbench.benchmarks._timing import interleaved, machine, median_ratio, verdict
 from clbench.config import build_config
-from clbench.data import EncodedSplit, TaskInfo
+from clbench.data import Batch, BatchPlan, EncodedSplit, TaskInfo
 from clbench.evaluators.profile import profile
 from clbench.models import build_model, model_spec
 from clbench.protocol import RunContext
 from clbench.registry import MethodRegistry
-from clbench.runner import train_step
+from clbench.runner import prepare, train_step
 
 TASKS = (TaskInfo(0, "yelp", tuple("12345"), 0), TaskInfo(1, "imdb", ("neg", "pos"), 5))
-VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
-    "naive": ("naive", {}),
-    "fip": ("fip", {}),
-    "fip (memory-saving)": ("fip", {"separate_backward": True}),
-    "fip-geometric": ("fip-geometric", {}),
-    "fip-lora": ("fip-lora", {}),
-}
+
+
+def variants(batch: int) -> dict[str, tuple[str, dict[str, Any]]]:
+    """Row label -> (method, options)."""
+    return {
+        "naive": ("naive", {}),
+        "fip": ("fip", {}),
+        "fip (memory-saving)": ("fip", {"separate_backward": True}),
+        "fip (fused forward)": ("fip", {"fused_forward": True}),
+        f"fip (replay {max(batch // 2, 1)})": ("fip", {"replay_batch_size": max(batch // 2, 1)}),
+        "fip-geometric": ("fip-geometric", {}),
+        "fip-lora": ("fip-lora", {}),
+    }
 
 
 def random_split(n: int, seq_len: int, task: TaskInfo, vocab: int, seed: int) -> EncodedSplit:
     g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(1000, vocab, (n, seq_len), generator=g)  # [n, seq]
+    ids = torch.randint(min(1000, vocab // 2), vocab, (n, seq_len), generator=g)  # [n, seq], no special ids
     labels = task.label_offset + torch.randint(0, task.num_classes, (n,), generator=g)
     return EncodedSplit(ids, torch.full((n,), seq_len), labels, torch.full((n,), task.index))
 
 
+def reviews_data(args: argparse.Namespace) -> tuple[tuple[TaskInfo, ...], EncodedSplit, list[Batch]]:
+    """The `reviews` stream's tasks, its stars training split and the runner's first movie batches."""
+    config = build_config({"methods": ["naive"], "model": args.model, "stream": "reviews"})
+    prepared = prepare(config)
+    infos = tuple(prepared.infos)
+    (old, _), (new, _) = prepared.splits[:2]
+    plan = BatchPlan(new, args.batch, shuffle=True, generator=torch.Generator().manual_seed(2))
+    return infos, old, [new.batch(index) for index in plan.indices()[:args.steps]]
+
+
 def build_variant(name: str, options: dict[str, Any], args: argparse.Namespace, device: torch.device,
-                  old: EncodedSplit) -> Callable[[Any], float]:
+                  tasks: tuple[TaskInfo, ...], old: EncodedSplit) -> Callable[[Any], float]:
     """A closure doing one task-2 training step of `name` with `options` on a given batch."""
     registry = MethodRegistry.default()
     cls = registry.get(name)
     method = cls(cls.config_cls(**options))
-    ctx = RunContext(tasks=TASKS, num_labels=7, device=device, seed=0, generator=torch.Generator().manual_seed(1),
-                     buffer_size=args.buffer, batch_size=args.batch, lr=model_spec("minilm").default_lr)
-    model = method.setup(build_model("minilm", 7, 0).to(device), ctx)
-    method.before_task(TASKS[0], model)
-    method.after_task(TASKS[0], model, old)
-    method.before_task(TASKS[1], model)
+    num_labels = sum(info.num_classes for info in tasks)
+    ctx = RunContext(tasks=tasks, num_labels=num_labels, device=device, seed=0,
+                     generator=torch.Generator().manual_seed(1), buffer_size=args.buffer, batch_size=args.batch,
+                     lr=model_spec(args.model).default_lr)
+    model = method.setup(build_model(args.model, num_labels, 0).to(device), ctx)
+    method.before_task(tasks[0], model)
+    method.after_task(tasks[0], model, old)
+    method.before_task(tasks[1], model)
     params = list(method.trainable_parameters(model))
-    optimizer = method.configure_optimizer(TASKS[1], params) or ctx.adamw(params)  # the runner's optimiser
-    config = build_config({"methods": [name], "model": "minilm", "stream": "synthetic"})
+    optimizer = method.configure_optimizer(tasks[1], params) or ctx.adamw(params)  # the runner's optimiser
+    config = build_config({"methods": [name], "model": args.model, "stream": "synthetic"})
     return lambda batch: train_step(model, method, ctx, batch, params, optimizer, config)
+
+
+def old_lengths(split: EncodedSplit) -> str:
+    lengths = split.lengths.float()
+    return f"old inputs {lengths.mean():.0f} tokens on average (max {int(lengths.max())})"
 
 
 def release_memory() -> None:
@@ -97,24 +132,36 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--buffer", type=int, default=200, help="old-task inputs in the FIP buffers")
+    parser.add_argument("--data", choices=("fixed", "reviews"), default="fixed",
+                        help="fixed: random ids of --seq-len tokens; reviews: the reviews stream's own texts")
+    parser.add_argument("--model", choices=("minilm", "tiny"), default="minilm")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    vocab = 30522  # MiniLM's WordPiece vocabulary
-    old = random_split(args.buffer, args.seq_len, TASKS[0], vocab, 1)
-    new = random_split(args.batch * args.steps, args.seq_len, TASKS[1], vocab, 2)
-    batches = [new.batch(torch.arange(i * args.batch, (i + 1) * args.batch)).to(device) for i in range(args.steps)]
+    if args.data == "reviews":
+        tasks, old, cpu_batches = reviews_data(args)
+        shape = f"reviews stream: {args.steps} movie batches of {args.batch}, {old_lengths(old)}"
+    else:
+        tasks = TASKS
+        model_config: Any = build_model(args.model, 7, 0).config
+        vocab = int(model_config.vocab_size)
+        old = random_split(args.buffer, args.seq_len, TASKS[0], vocab, 1)
+        new = random_split(args.batch * args.steps, args.seq_len, TASKS[1], vocab, 2)
+        cpu_batches = [new.batch(torch.arange(i * args.batch, (i + 1) * args.batch)) for i in range(args.steps)]
+        shape = f"batch {args.batch} × {args.seq_len} tokens (old and new inputs alike)"
+    batches = [batch.to(device) for batch in cpu_batches]
+    rows = variants(args.batch)
     print(f"machine: {machine()}")
-    print(f"MiniLM, batch {args.batch} × {args.seq_len} tokens, buffer {args.buffer}, {args.steps} steps × "
-          f"{args.repeats} repeats, torch threads {torch.get_num_threads()}")
+    print(f"{args.model}, {shape}, buffer {args.buffer}, {args.steps} steps × {args.repeats} repeats, "
+          f"torch threads {torch.get_num_threads()}")
 
-    warm = build_variant("naive", {}, args, device, old)
+    warm = build_variant("naive", {}, args, device, tasks, old)
     warm(batches[0])  # one-time allocations (library caches, thread pools) before any baseline is taken
     del warm
     peaks: dict[str, float] = {}
-    for label, (name, options) in VARIANTS.items():
+    for label, (name, options) in rows.items():
         release_memory()
         baseline = rss_mb()
-        step = build_variant(name, options, args, device, old)
+        step = build_variant(name, options, args, device, tasks, old)
         step(batches[0])  # optimiser state is allocated on the first step
         with profile(device) as rec:
             for batch in batches:
@@ -123,7 +170,8 @@ def main() -> None:
         del step
     release_memory()
 
-    steps = {label: build_variant(name, options, args, device, old) for label, (name, options) in VARIANTS.items()}
+    steps = {label: build_variant(name, options, args, device, tasks, old)
+             for label, (name, options) in rows.items()}
     for step in steps.values():
         step(batches[0])  # warm-up
     runs = {label: (lambda s=step: [s(b) for b in batches]) for label, step in steps.items()}
@@ -131,7 +179,7 @@ def main() -> None:
 
     unit = "CUDA max_memory_allocated" if device.type == "cuda" else "peak RSS above the pre-build baseline"
     print(f"\n{'variant':<22} {'s/step':>8} {'time ×':>7} {'peak MiB':>9} {'memory ×':>9}   ({unit})")
-    for label in VARIANTS:
+    for label in rows:
         time_ratio = median_ratio(times[label], times["naive"])
         print(f"{label:<22} {min(times[label]) / args.steps:>8.3f} {time_ratio:>7.2f} {peaks[label]:>9.0f} "
               f"{peaks[label] / peaks['naive']:>9.2f}")
