@@ -364,6 +364,7 @@ def cost_bars(run: RunData, samples: Mapping[str, Mapping[str, list[float]]], co
         return "no profile records of finished units"
     memory = "peak GPU memory (MiB)" if run.on_cuda else "CPU run: peak RSS of the process (MiB)"
     panels = [("train_time_s", "train time, all tasks (s)"), ("peak_memory_mb", memory)]
+    crowded = len(methods) > 4 or max(len(m) for m in methods) > 8  # labels would overlap under their bars
     with _style():
         fig = _figure(max(8.0, 0.8 * len(methods) * 2 + 2), 4.2)
         axes = fig.subplots(1, 2)
@@ -379,8 +380,7 @@ def cost_bars(run: RunData, samples: Mapping[str, Mapping[str, list[float]]], co
                 values = samples[m].get(key, [])
                 ax.scatter(np.full(len(values), i) + np.linspace(-0.12, 0.12, len(values)), values, s=14,
                            color="black", zorder=3)
-            ax.set_xticks(x, methods, rotation=30 if len(methods) > 4 else 0, ha="right" if len(methods) > 4
-                          else "center")
+            ax.set_xticks(x, methods, rotation=30 if crowded else 0, ha="right" if crowded else "center")
             ax.set_ylabel(label)
             ax.set_xlabel("method")
             ax.grid(axis="y", alpha=0.3)
