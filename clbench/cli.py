@@ -151,8 +151,10 @@ def list_methods(as_json: bool, plugins: tuple[str, ...]) -> None:
         click.echo(f"{row['name']:<16} {row['summary']}")
         if row["citation"]:
             click.echo(f"{'':<16} cite: {row['citation']}")
-        for f in row["config"]:
-            click.echo(f"{'':<16} --set {row['name']}.{f['name']}={f['default']!s:<10} {f['help']}")
+        options = [f"--set {row['name']}.{f['name']}={f['default']!s}" for f in row["config"]]
+        width = max(map(len, options), default=0)  # one help column per method
+        for option, f in zip(options, row["config"]):
+            click.echo(f"{'':<16} {option:<{width}}  {f['help']}")
 
 
 @list_.command(name="models")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -79,6 +80,14 @@ def test_list_methods_json_lists_naive_with_config_fields() -> None:
     plugin = json.loads(invoke("list", "methods", "--json", "--plugin", str(FIXTURES / "plugin_method.py")).output)
     half = next(r for r in plugin if r["name"] == "half-loss")
     assert half["config"][0]["name"] == "factor" and half["config"][0]["default"] == 0.5
+
+
+def test_list_methods_text_aligns_each_methods_help_column() -> None:
+    lines = invoke("list", "methods").output.splitlines()
+    fip = [line for line in lines if line.lstrip().startswith("--set fip.")]
+    assert len(fip) >= 4 and any("fip.fused_forward=False" in line for line in fip)
+    starts = {re.match(r"\s*--set \S+\s+", line).end() for line in fip}  # type: ignore[union-attr]
+    assert len(starts) == 1
 
 
 def test_list_streams_and_models() -> None:
