@@ -22,11 +22,12 @@ buffer and is plain fine-tuning (L = CE). Memory-saving mode (`separate_backward
 is the larger of the two graphs, not their sum; the gradients are the same. Fused mode (`fused_forward`) does
 the opposite: the replay batch travels through the runner's forward with the new batch (`extra_inputs`), one
 pass over both padded to the longer, so a launch-bound GPU runs one set of kernels per step instead of two. The
-loss is the same (dropout masks aside); the FLOPs are not fewer, and they grow when the replay inputs are
-shorter than the new ones (the concatenation pads them to the new batch's width), so on a CPU it is slower.
+loss is the same (dropout masks aside). The FLOPs are not fewer, and they grow when the replay inputs are
+shorter than the new ones (the concatenation pads them to the new batch's width), so a CPU, where time
+follows FLOPs, gains nothing and may lose.
 
-Hooks: `before_task` (cache q), `extra_inputs` (fused mode), `loss`, `after_task` (buffer). `cache_log_probs`, `sample_replay`,
-`bhattacharyya` and `replay_distance` are reused by `fip-geometric` and `fip-lora`.
+Hooks: `before_task` (cache q), `extra_inputs` (fused mode), `loss`, `after_task` (buffer). `cache_log_probs`,
+`sample_replay`, `bhattacharyya` and `replay_distance` are reused by `fip-geometric` and `fip-lora`.
 """
 
 from __future__ import annotations
