@@ -90,10 +90,14 @@ def sample_replay(split: EncodedSplit, size: int, generator: torch.Generator) ->
     return torch.randperm(len(split), generator=generator)[:size]
 
 
+def summed_distance(logits: Tensor, log_q: Tensor) -> Tensor:
+    """Σ_batch D(p, q) between softmax(logits) [batch, C] (after the head policy) and the cached log q."""
+    return bhattacharyya(torch.log_softmax(logits.float(), dim=-1), log_q).sum()
+
+
 def replay_distance(model: nn.Module, ctx: RunContext, batch: Batch, log_q: Tensor) -> Tensor:
     """Σ_batch D(p, q) between the model's current softmax on `batch` and the cached log q [batch, C]."""
-    log_p = torch.log_softmax(ctx.forward(model, batch).float(), dim=-1)  # [batch, num_labels]
-    return bhattacharyya(log_p, log_q).sum()
+    return summed_distance(ctx.forward(model, batch), log_q)
 
 
 class FIP(Hooks):
@@ -138,10 +142,9 @@ class FIP(Hooks):
 
     def loss(self, model: nn.Module, batch: Batch, outputs: Any, task_loss: Tensor) -> Tensor:
         if self.fused is not None:  # the replay rows came through the runner's forward, after the batch's
-            old, log_q = self.fused
-            self.fused = None
-            log_p = torch.log_softmax(self.context.logits(outputs.logits[len(batch):], old.task_ids).float(), -1)
-            return bhattacharyya(log_p, log_q).sum() + self.cfg.ce_weight * task_loss
+            (old, log_q), self.fused = self.fused, None
+            logits = self.context.logits(outputs.logits[len(batch):], old.task_ids)  # [replay, num_labels]
+            return summed_distance(logits, log_q) + self.cfg.ce_weight * task_loss
         replay = self.replay_batch()
         if replay is None:  # first task: plain fine-tuning
             if self.backward_in_loss:
