@@ -84,6 +84,11 @@ class RunContext:
         """Logits of `model` on `batch` under the head policy (for replay and distillation terms)."""
         return self.logits(model(**batch.model_inputs()).logits, batch.task_ids)
 
+    def extra_logits(self, outputs: Any, batch: Batch, extra: Batch) -> Tensor:
+        """Logits [len(extra), num_labels] of the rows `Hooks.extra_inputs` added to `batch`'s forward pass,
+        under the head policy (the runner puts them after the batch's own rows)."""
+        return self.logits(outputs.logits[len(batch):], extra.task_ids)
+
 
 @dataclass
 class LoopSettings:
@@ -166,8 +171,8 @@ class Hooks:
 
         When given, the runner forwards `batch.concat(extra)` (one pass, padded to the wider of the two),
         computes `task_loss` on the first `len(batch)` rows only, and hands the whole output to `loss`, where
-        the extra rows' logits are `outputs.logits[len(batch):]`. One larger pass instead of two small ones
-        saves kernel launches where they dominate (small models on a GPU); on a CPU it saves nothing.
+        `ctx.extra_logits(outputs, batch, extra)` gives the extra rows' logits. One larger pass instead of two
+        small ones saves kernel launches where they dominate (small models on a GPU); on a CPU it saves nothing.
         """
         return None
 

@@ -143,8 +143,8 @@ class FIP(Hooks):
     def loss(self, model: nn.Module, batch: Batch, outputs: Any, task_loss: Tensor) -> Tensor:
         if self.fused is not None:  # the replay rows came through the runner's forward, after the batch's
             (old, log_q), self.fused = self.fused, None
-            logits = self.context.logits(outputs.logits[len(batch):], old.task_ids)  # [replay, num_labels]
-            return summed_distance(logits, log_q) + self.cfg.ce_weight * task_loss
+            return (summed_distance(self.context.extra_logits(outputs, batch, old), log_q)
+                    + self.cfg.ce_weight * task_loss)
         replay = self.replay_batch()
         if replay is None:  # first task: plain fine-tuning
             if self.backward_in_loss:

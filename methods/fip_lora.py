@@ -10,8 +10,8 @@ composition, not a copy: it holds a `LoRA` and an `FIP` instance built from the 
 and forwards each hook to them in order — LoRA decides which parameters train (and merges per-task adapters
 after the task), FIP caches q at the task's start, adds the distance in `loss` and fills its buffer after the
 task. With `first_task=full` (default) the first task is plain fine-tuning of the whole model.
-Hooks: `setup`, `before_task`, `loss`, `configure_optimizer` (LoRA's `adapter_lr`), `after_task`,
-`state_dict` / `load_state_dict`.
+Hooks: `setup`, `before_task`, `extra_inputs` (FIP's fused mode), `loss`, `configure_optimizer` (LoRA's
+`adapter_lr`), `after_task`, `state_dict` / `load_state_dict`.
 """
 
 from __future__ import annotations

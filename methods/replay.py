@@ -95,7 +95,7 @@ class Replay(Hooks):
         ctx = self.context
         if self.fused is not None:  # the memory rows came through the runner's forward, after the batch's
             old, self.fused = self.fused, None
-            logits = ctx.logits(outputs.logits[len(batch):], old.task_ids)  # [replay, num_labels]
+            logits = ctx.extra_logits(outputs, batch, old)  # [replay, num_labels]
         else:
             fresh = None if self.config.fused_forward else self.memory_batch()
             if fresh is None:
