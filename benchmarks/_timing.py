@@ -87,8 +87,8 @@ def _cuda_sync() -> Callable[[], None]:
 def encoded_stream(name: str = "reviews", model: str = "minilm", **sizes: int | None) -> Any:
     """(Stream, [(train, test) EncodedSplit per task]) through clbench's cached tokenisation."""
     from clbench.models import load_tokenizer, tokenizer_fingerprint
-    from clbench.streams import cache_dir, load_stream
-    from clbench.tokenize import encode_stream
+    from clbench.data.streams import cache_dir, load_stream
+    from clbench.data.tokenize import encode_stream
 
     stream = load_stream(name, **sizes)
     splits = encode_stream(stream, load_tokenizer(model), tokenizer_fingerprint(model), cache_dir())

@@ -50,7 +50,7 @@ from clbench.evaluators.profile import profile
 from clbench.models import build_model, model_spec
 from clbench.protocol import RunContext
 from clbench.registry import MethodRegistry
-from clbench.runner import prepare, train_step
+from clbench.training.runner import prepare, train_step
 
 TASKS = (TaskInfo(0, "yelp", tuple("12345"), 0), TaskInfo(1, "imdb", ("neg", "pos"), 5))
 

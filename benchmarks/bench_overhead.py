@@ -4,7 +4,7 @@ Both sides do exactly the same work on `reviews` with MiniLM: build the model fr
 every test split (row 0), then per task train a fixed number of steps on the same batches in the same order
 (the runner's seeded length-bucketed plan), with fused AdamW, the same learning rate, weight decay, linear warm-up
 and decay, gradient clipping at 1.0 and fp32, and evaluate every test split again. The clbench side is the
-real `clbench.runner.run` (results file, drift and functional records, profiling, the checkpoint after each
+real `clbench.training.runner.run` (results file, drift and functional records, profiling, the checkpoint after each
 non-final task); the bare side is ~40 lines of PyTorch. Variants alternate in one process; the figure is the
 median of paired ratios. The bare loop also checks it saw the same losses, so the comparison is like for like.
 
@@ -26,8 +26,8 @@ from clbench.benchmarks._timing import encoded_stream, machine, median_ratio, ti
 from clbench.config import build_config
 from clbench.data import BatchPlan, EncodedSplit
 from clbench.models import build_model, model_spec
-from clbench.progress import Progress
-from clbench.runner import run
+from clbench.training.progress import Progress
+from clbench.training.runner import run
 
 BATCH, EVAL_BATCH, WEIGHT_DECAY, WARMUP, CLIP, SEED = 16, 64, 0.01, 0.1, 1.0, 0
 
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
 def _same_losses(splits: list[tuple[EncodedSplit, EncodedSplit]], num_labels: int, lr: float,
                  test_size: int | None) -> bool:
     """Run 3 steps per task through the runner's train_step and the bare loop; compare the losses."""
-    from clbench import runner
+    from clbench.training import runner
 
     seen: list[float] = []
     original = runner.train_step

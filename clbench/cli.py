@@ -77,10 +77,10 @@ def main() -> None:
 def run(**kwargs: Any) -> None:
     """Train each method through the stream's tasks and write results, summary and report to --out."""
     from clbench.config import build_config, load_yaml, parse_set
-    from clbench.progress import Progress
+    from clbench.training.progress import Progress
     from clbench.registry import MethodRegistry
-    from clbench.runner import run as run_experiment
-    from clbench.summary import summary_table
+    from clbench.training.runner import run as run_experiment
+    from clbench.reporting.summary import summary_table
 
     quiet = kwargs.pop("quiet")
     resume = kwargs.pop("resume")
@@ -100,7 +100,7 @@ def run(**kwargs: Any) -> None:
     out = run_experiment(config, registry=registry, progress=Progress("quiet" if quiet else None),
                          command=" ".join(["clbench", *sys.argv[1:]]), resume=resume)
     click.echo(summary_table(out))
-    from clbench.report import write_report_or_warn
+    from clbench.reporting.report import write_report_or_warn
 
     report_file = write_report_or_warn(out, lambda message: click.echo(message, err=True))
     if report_file is not None:
@@ -176,7 +176,7 @@ def list_models(as_json: bool) -> None:
 @friendly
 def list_streams(as_json: bool) -> None:
     """Built-in streams: tasks, classes, sizes, source and whether they run offline."""
-    from clbench.catalog import stream_summaries
+    from clbench.data.catalog import stream_summaries
 
     rows = stream_summaries()
     if as_json:
@@ -195,7 +195,7 @@ def list_streams(as_json: bool) -> None:
 @friendly
 def fetch(streams: tuple[str, ...]) -> None:
     """Pre-fetch the pinned archives of STREAMS (or `all`, the MiniLM weights included) into the cache."""
-    from clbench.catalog import fetch_streams
+    from clbench.data.catalog import fetch_streams
 
     where = fetch_streams(list(streams))
     click.echo(f"cached under {where} (set CLBENCH_CACHE to this folder on an air-gapped machine)")
@@ -208,7 +208,7 @@ def report(run_dir: str) -> None:
     """Regenerate RUN_DIR/report.md and RUN_DIR/plots/*.png from the run's results."""
     from pathlib import Path
 
-    from clbench.report import write_report
+    from clbench.reporting.report import write_report
 
     click.echo(write_report(Path(run_dir)))
 
@@ -221,7 +221,7 @@ def compare(run_dirs: tuple[str, ...], out: str | None) -> None:
     """Put the summary tables of RUN_DIRS (runs of the same stream) side by side."""
     from pathlib import Path
 
-    from clbench.report import compare_runs
+    from clbench.reporting.report import compare_runs
 
     click.echo(compare_runs([Path(d) for d in run_dirs], Path(out) if out else None))
 

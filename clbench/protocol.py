@@ -129,7 +129,7 @@ class Hooks:
     `first_task_is_finetuning` and `backward_in_loss` may depend on the config: a method sets them per instance
     in `__init__`, so the runner reads them from the method instance, not the class.
 
-    Sharing the first task (`clbench.sharing`): a method that overrides `loss`, `after_backward` or
+    Sharing the first task (`clbench.training.sharing`): a method that overrides `loss`, `after_backward` or
     `after_step` is shared only when it declares `first_task_is_finetuning = True` itself (the inherited
     default counts only for methods without step hooks). A unit that starts from the shared task 1 runs its
     own `setup`, `before_task` and `after_task`, but its step hooks are not called on task 1, so a method that

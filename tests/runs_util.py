@@ -16,10 +16,10 @@ def tiny_run(out: Path, methods: tuple[str, ...], *, plugins: tuple[str, ...] = 
              **overrides: Any) -> list[dict[str, Any]]:
     """Run `methods` on the synthetic stream with the tiny model into `out`; returns its records."""
     from clbench.config import build_config
-    from clbench.progress import Progress
+    from clbench.training.progress import Progress
     from clbench.registry import MethodRegistry
     from clbench.results import read_records
-    from clbench.runner import run
+    from clbench.training.runner import run
 
     values: dict[str, Any] = {"methods": list(methods), "stream": "synthetic", "model": "tiny", "out": str(out),
                               "train_size": 32, "test_size": 16, "batch_size": 8, "eval_batch_size": 32,

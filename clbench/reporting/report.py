@@ -41,7 +41,7 @@ from clbench.errors import ClbenchError, RunDirError
 from clbench.evaluators.accuracy import average_accuracy, backward_transfer, forgetting, forward_transfer
 from clbench.evaluators.stats import significantly_different, summarize
 from clbench.results import RESULTS, read_records
-from clbench.summary import accuracy_matrices
+from clbench.reporting.summary import accuracy_matrices
 
 REPORT = "report.md"
 PLOTS = "plots"
@@ -104,7 +104,7 @@ def load_run(run_dir: Path) -> RunData:
     """Read a run directory.
 
     Args:
-        run_dir: A directory written by `clbench.runner.run`.
+        run_dir: A directory written by `clbench.training.runner.run`.
 
     Returns:
         The run's records, config and environment.
@@ -429,7 +429,7 @@ def write_report(run_dir: Path) -> Path:
     Raises:
         RunDirError: If the directory holds no results.
     """
-    from clbench import plots
+    from clbench.reporting import plots
 
     run = load_run(Path(run_dir))
     samples = method_samples(run)

@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 import torch
 
-from clbench import tokenize
+from clbench.data import tokenize
 from clbench.data import Stream
 from clbench.models import load_tokenizer, tokenizer_fingerprint
-from clbench.streams import load_stream
-from clbench.tokenize import cache_key, encode_stream
+from clbench.data.streams import load_stream
+from clbench.data.tokenize import cache_key, encode_stream
 
 
 @pytest.fixture

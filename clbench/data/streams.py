@@ -33,10 +33,10 @@ from clbench.errors import StreamError, suggest
 
 # Source name -> "module:function" building one Task from a TaskSpec; imported only when used.
 SOURCES: dict[str, str] = {
-    "synthetic": "clbench.sources.synthetic:build_task",
-    "pypi": "clbench.sources.pypi:build_task",
-    "hf": "clbench.sources.hf:build_task",
-    "files": "clbench.sources.files:build_task",
+    "synthetic": "clbench.data.sources.synthetic:build_task",
+    "pypi": "clbench.data.sources.pypi:build_task",
+    "hf": "clbench.data.sources.hf:build_task",
+    "files": "clbench.data.sources.files:build_task",
 }
 COMMON_KEYS = ("name", "source", "classes", "train_size", "test_size", "max_length", "truncation",
                "description")

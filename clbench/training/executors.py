@@ -3,7 +3,7 @@
 `clbench run --executor ray [--ray-address ADDR]` connects to a running cluster (or starts a local one when no
 address is given) and submits every unit as a task asking for 1 CPU, plus 1 GPU when the run's device is CUDA.
 The tokenised stream is put into the object store once. A worker trains its unit with the same
-`clbench.runner.train_unit` as the local executor, keeps its records in memory and returns them; the driver
+`clbench.training.runner.train_unit` as the local executor, keeps its records in memory and returns them; the driver
 appends each unit's records to `results.jsonl` as soon as that unit finishes, so the run directory looks the
 same as after a local run and the results are identical.
 
@@ -23,7 +23,7 @@ from typing import Any
 
 from clbench.config import RunConfig, method_config
 from clbench.errors import ClbenchError, ConfigError
-from clbench.progress import Progress
+from clbench.training.progress import Progress
 from clbench.results import MemoryRecords, RunDir, unit_id
 
 FORWARDED_ENV = ("CLBENCH_CACHE", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HF_HOME")
@@ -35,7 +35,7 @@ def unit_records(config: RunConfig, prepared: Any, name: str, seed: int, threads
     import torch
 
     from clbench.registry import MethodRegistry
-    from clbench.runner import UnitFailed, failed_record, train_unit
+    from clbench.training.runner import UnitFailed, failed_record, train_unit
 
     torch.set_num_threads(threads)
     registry = MethodRegistry.default(config.plugins)
@@ -61,7 +61,7 @@ def run_ray(config: RunConfig, prepared: Any, units: Sequence[tuple[str, int]], 
         import ray
     except ImportError:
         raise ConfigError("--executor ray needs Ray; install the extra: pip install 'clbench[ray]'") from None
-    from clbench.runner import _record, failed_record, resolve_device
+    from clbench.training.runner import _record, failed_record, resolve_device
 
     # plugin files are imported again on the workers, whose working directory differs from ours
     config = replace(config, plugins=tuple(str(Path(p).resolve()) for p in config.plugins))

@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from clbench.cli import main
-from clbench.report import compare_runs, write_report, write_report_or_warn
+from clbench.reporting.report import compare_runs, write_report, write_report_or_warn
 from clbench.results import read_records
 
 SECTIONS = ("# clbench report: ", "## Setup", "## Summary: class-incremental", "## Summary: task-aware",
@@ -31,9 +31,9 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """One run shared by this module's tests (what `run_tiny` does, once): 3 tasks, 2 seeds, curves."""
     from conftest import tiny_config
 
-    from clbench.progress import Progress
+    from clbench.training.progress import Progress
     from clbench.registry import MethodRegistry
-    from clbench.runner import run
+    from clbench.training.runner import run
 
     base = tmp_path_factory.mktemp("report")
     with pytest.MonkeyPatch.context() as mp:
@@ -159,7 +159,7 @@ def test_report_failure_only_warns(tmp_path: Path) -> None:
 
 
 def test_reused_first_task_is_charged_to_the_unit_that_reused_it(tiny_run: Path, tmp_path: Path) -> None:
-    from clbench.report import load_run, unit_scores
+    from clbench.reporting.report import load_run, unit_scores
 
     before = unit_scores(load_run(tiny_run))
     copy = _copy(tiny_run, tmp_path / "shared")

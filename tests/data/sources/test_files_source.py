@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from clbench.errors import StreamError
-from clbench.streams import load_stream
+from clbench.data.streams import load_stream
 
 
 def write_csv(path: Path, rows: list[tuple[str, str]], header: str = "body,queue") -> None:

@@ -15,7 +15,7 @@ import zlib
 
 from clbench.data import Task
 from clbench.errors import StreamError
-from clbench.streams import SourceContext, TaskSpec
+from clbench.data.streams import SourceContext, TaskSpec
 
 FILLER = ("the", "a", "of", "and", "to", "in", "is", "it", "that", "was", "for", "on", "with", "as", "this",
           "at", "by", "from", "or", "an", "but", "not", "what", "all", "were", "when", "we", "there", "can",

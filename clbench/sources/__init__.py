@@ -1,1 +1,0 @@
-"""Data sources: each module exposes `build_task(spec, ctx) -> Task` (see `clbench.streams.SOURCES`)."""
