@@ -86,9 +86,9 @@ def _cuda_sync() -> Callable[[], None]:
 
 def encoded_stream(name: str = "reviews", model: str = "minilm", **sizes: int | None) -> Any:
     """(Stream, [(train, test) EncodedSplit per task]) through clbench's cached tokenisation."""
-    from clbench.models import load_tokenizer, tokenizer_fingerprint
     from clbench.data.streams import cache_dir, load_stream
     from clbench.data.tokenize import encode_stream
+    from clbench.models import load_tokenizer, tokenizer_fingerprint
 
     stream = load_stream(name, **sizes)
     splits = encode_stream(stream, load_tokenizer(model), tokenizer_fingerprint(model), cache_dir())

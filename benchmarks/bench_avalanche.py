@@ -35,8 +35,8 @@ TIMED_PHASES = ("train", "method_before", "method_after")
 def one_run(method: str, out: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
     """Run `method` alone on the small reviews setup; returns its result records."""
     from clbench.config import build_config
-    from clbench.training.progress import Progress
     from clbench.results import read_records
+    from clbench.training.progress import Progress
     from clbench.training.runner import run
 
     config = build_config({"methods": [method], "stream": "reviews", "model": "minilm", "seeds": [0],

@@ -21,9 +21,9 @@ from typing import Any
 
 from clbench.benchmarks._timing import machine, median_ratio, timed, verdict
 from clbench.config import build_config
-from clbench.training.progress import Progress
 from clbench.registry import MethodRegistry
 from clbench.results import read_records
+from clbench.training.progress import Progress
 from clbench.training.runner import run
 
 NOT_COMPARED = {"profile", "note", "resume"}

@@ -77,10 +77,10 @@ def main() -> None:
 def run(**kwargs: Any) -> None:
     """Train each method through the stream's tasks and write results, summary and report to --out."""
     from clbench.config import build_config, load_yaml, parse_set
-    from clbench.training.progress import Progress
     from clbench.registry import MethodRegistry
-    from clbench.training.runner import run as run_experiment
     from clbench.reporting.summary import summary_table
+    from clbench.training.progress import Progress
+    from clbench.training.runner import run as run_experiment
 
     quiet = kwargs.pop("quiet")
     resume = kwargs.pop("resume")

@@ -235,8 +235,8 @@ def method_config(cls_config: type, name: str, raw: Mapping[str, Any]) -> Any:
 
 def validate(config: RunConfig, registry: Any) -> dict[str, Any]:
     """Check the whole config; return {method name: config instance}. Raises one ConfigError listing all."""
-    from clbench.models import model_spec
     from clbench.data.streams import load_stream_spec
+    from clbench.models import model_spec
 
     errors: list[str] = []
 

@@ -47,8 +47,8 @@ def tiny_config(tmp_path: Path, methods: tuple[str, ...] = ("naive",), **overrid
 @pytest.fixture
 def run_tiny(tmp_path: Path) -> Callable[..., tuple[Path, list[dict[str, Any]]]]:
     """Run methods on the tiny synthetic setup; returns (run dir, result records)."""
-    from clbench.training.progress import Progress
     from clbench.results import read_records
+    from clbench.training.progress import Progress
     from clbench.training.runner import run
 
     def _run(methods: tuple[str, ...] = ("naive",), plugins: tuple[str, ...] = (), **overrides: Any,

@@ -16,9 +16,9 @@ def tiny_run(out: Path, methods: tuple[str, ...], *, plugins: tuple[str, ...] = 
              **overrides: Any) -> list[dict[str, Any]]:
     """Run `methods` on the synthetic stream with the tiny model into `out`; returns its records."""
     from clbench.config import build_config
-    from clbench.training.progress import Progress
     from clbench.registry import MethodRegistry
     from clbench.results import read_records
+    from clbench.training.progress import Progress
     from clbench.training.runner import run
 
     values: dict[str, Any] = {"methods": list(methods), "stream": "synthetic", "model": "tiny", "out": str(out),

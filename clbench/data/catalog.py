@@ -10,23 +10,19 @@ from pathlib import Path
 from typing import Any
 
 from clbench.data import fetch
-from clbench.errors import StreamError, suggest
 from clbench.data.streams import (
+    OFFLINE_SOURCES,
     SourceContext,
     StreamSpec,
     TaskSpec,
-    builtin_stream_files,
+    builtin_specs,
     cache_dir,
-    parse_stream_file,
+    offline_stream_names,
 )
+from clbench.errors import StreamError, suggest
 
-OFFLINE_SOURCES = ("synthetic", "pypi", "files")
-
-
-def builtin_specs() -> dict[str, StreamSpec]:
-    """Every built-in stream, parsed, by name."""
-    return {name: parse_stream_file(path) for name, path in sorted(builtin_stream_files().items())}
-
+__all__ = ["builtin_specs", "fetch_streams", "is_offline", "offline_stream_names", "stream_archives",
+           "stream_summaries", "task_archives"]
 
 def task_archives(task: TaskSpec) -> tuple[str, ...]:
     """Pinned archive keys (see `clbench.data.fetch.PINNED`) a task reads."""
@@ -56,12 +52,6 @@ def is_offline(spec: StreamSpec, data_dir: Path | None = None) -> bool:
     """True when the stream can be built with no network (once its pinned archives are fetched)."""
     return all(task.source in OFFLINE_SOURCES or (task.source == "hf" and hf_local_copy(task, data_dir))
                for task in spec.tasks)
-
-
-def offline_stream_names() -> list[str]:
-    """Built-in streams that need no network: the sources are synthetic, pinned archives or local files."""
-    return [name for name, spec in builtin_specs().items()
-            if all(task.source in OFFLINE_SOURCES for task in spec.tasks)]
 
 
 def stream_summaries(data_dir: Path | None = None) -> list[dict[str, Any]]:

@@ -98,6 +98,20 @@ def builtin_stream_files() -> dict[str, Path]:
     return {Path(str(p)).stem: Path(str(p)) for p in folder.iterdir() if str(p).endswith(".yaml")}
 
 
+OFFLINE_SOURCES = ("synthetic", "pypi", "files")
+
+
+def builtin_specs() -> dict[str, StreamSpec]:
+    """Every built-in stream, parsed, by name."""
+    return {name: parse_stream_file(path) for name, path in sorted(builtin_stream_files().items())}
+
+
+def offline_stream_names() -> list[str]:
+    """Built-in streams that need no network: the sources are synthetic, pinned archives or local files."""
+    return [name for name, spec in builtin_specs().items()
+            if all(task.source in OFFLINE_SOURCES for task in spec.tasks)]
+
+
 def resolve_stream_file(stream: str) -> Path:
     """A built-in stream name or a path to a YAML file -> the file; unknown names get suggestions."""
     builtins = builtin_stream_files()

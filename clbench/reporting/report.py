@@ -40,8 +40,8 @@ import numpy as np
 from clbench.errors import ClbenchError, RunDirError
 from clbench.evaluators.accuracy import average_accuracy, backward_transfer, forgetting, forward_transfer
 from clbench.evaluators.stats import significantly_different, summarize
-from clbench.results import RESULTS, read_records
 from clbench.reporting.summary import accuracy_matrices
+from clbench.results import RESULTS, read_records
 
 REPORT = "report.md"
 PLOTS = "plots"

@@ -32,8 +32,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from clbench.errors import ClbenchError, RunDirError
 from clbench.data.fetch import sha256_file
+from clbench.errors import ClbenchError, RunDirError
 
 CHECKPOINTS = "checkpoints"
 MARKER = "checkpoint.json"

@@ -23,8 +23,8 @@ from typing import Any
 
 from clbench.config import RunConfig, method_config
 from clbench.errors import ClbenchError, ConfigError
-from clbench.training.progress import Progress
 from clbench.results import MemoryRecords, RunDir, unit_id
+from clbench.training.progress import Progress
 
 FORWARDED_ENV = ("CLBENCH_CACHE", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HF_HOME")
 

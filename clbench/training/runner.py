@@ -20,9 +20,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from clbench.training.checkpoint import CheckpointStore, rng_states, set_rng_states
 from clbench.config import RunConfig, differences, dump_yaml, from_saved, load_yaml, validate
 from clbench.data import BatchPlan, EncodedSplit, Stream, TaskInfo
+from clbench.data.streams import cache_dir, load_stream
+from clbench.data.tokenize import encode_stream
 from clbench.errors import ClbenchError, RunDirError
 from clbench.evaluators.accuracy import (
     accuracy,
@@ -34,13 +35,12 @@ from clbench.evaluators.drift import frobenius_drift_norms, functional_drift
 from clbench.evaluators.profile import optimizer_state_mb, parameter_counts, profile
 from clbench.models import build_model, load_tokenizer, model_spec, tokenizer_fingerprint
 from clbench.ops import effective_weights
-from clbench.training.progress import Progress
 from clbench.protocol import Hooks, LoopSettings, RunContext
 from clbench.registry import MethodRegistry
 from clbench.results import RESULTS, RecordSink, RunDir, environment, read_records, unit_id
+from clbench.training.checkpoint import CheckpointStore, rng_states, set_rng_states
+from clbench.training.progress import Progress
 from clbench.training.sharing import SharedStart
-from clbench.data.streams import cache_dir, load_stream
-from clbench.data.tokenize import encode_stream
 
 
 class UnitFailed(ClbenchError):

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from clbench.data.catalog import fetch_streams, offline_stream_names, stream_archives, stream_summaries
-from clbench.errors import StreamError
 from clbench.data.streams import builtin_stream_files, parse_stream_file
+from clbench.errors import StreamError
 
 STREAMS_DIR = Path(__file__).resolve().parents[2] / "benchmarks" / "streams"
 EXPECTED = {"synthetic", "reviews", "sentiment-domains", "mixed-5", "yelp-imdb"}

@@ -14,11 +14,10 @@ from typing import Any
 import pytest
 import torch
 
-from clbench.data import tokenize
-from clbench.data import Stream
-from clbench.models import load_tokenizer, tokenizer_fingerprint
+from clbench.data import Stream, tokenize
 from clbench.data.streams import load_stream
 from clbench.data.tokenize import cache_key, encode_stream
+from clbench.models import load_tokenizer, tokenizer_fingerprint
 
 
 @pytest.fixture

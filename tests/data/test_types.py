@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 
 from clbench.data import BatchPlan, EncodedSplit
-from clbench.models import load_tokenizer, tokenizer_fingerprint
 from clbench.data.streams import load_stream
 from clbench.data.tokenize import encode_stream, truncate
+from clbench.models import load_tokenizer, tokenizer_fingerprint
 
 
 def make_split(lengths: list[int]) -> EncodedSplit:

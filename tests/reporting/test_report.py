@@ -31,8 +31,8 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """One run shared by this module's tests (what `run_tiny` does, once): 3 tasks, 2 seeds, curves."""
     from conftest import tiny_config
 
-    from clbench.training.progress import Progress
     from clbench.registry import MethodRegistry
+    from clbench.training.progress import Progress
     from clbench.training.runner import run
 
     base = tmp_path_factory.mktemp("report")

@@ -17,8 +17,8 @@ from runs_util import FAULTS, comparable, tiny_run
 
 from clbench.cli import main
 from clbench.errors import RunDirError
-from clbench.results import read_records
 from clbench.reporting.summary import accuracy_matrices
+from clbench.results import read_records
 
 
 def test_same_seed_gives_the_same_accuracy_matrix(tmp_path: Path) -> None:

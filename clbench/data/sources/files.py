@@ -30,9 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from clbench.data import Task
-from clbench.errors import StreamError, suggest
 from clbench.data.splits import Record, sample_records, split_records, task_rng
 from clbench.data.streams import SourceContext, TaskSpec
+from clbench.errors import StreamError, suggest
 
 OPTIONS = ("train", "test", "text", "label", "group", "label_map", "format")
 FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}

@@ -32,10 +32,10 @@ from typing import Any, Protocol
 import numpy as np
 
 from clbench.data import Task
-from clbench.errors import StreamError, suggest
 from clbench.data.sources.files import LabelMapper
 from clbench.data.splits import Record, sample_records, task_rng
-from clbench.data.streams import SourceContext, TaskSpec
+from clbench.data.streams import SourceContext, TaskSpec, offline_stream_names
+from clbench.errors import StreamError, suggest
 
 OPTIONS = ("dataset", "config", "text", "label", "train_split", "test_split", "label_map")
 CANDIDATE_FACTOR = 3  # rows read per requested example, leaving room for duplicates and stratification
@@ -127,8 +127,6 @@ def load_hub_split(dataset: str, config: str | None, split: str) -> SplitReader:
 
 
 def offline_error(spec: TaskSpec, dataset: str, roots: Sequence[Path], reason: str) -> StreamError:
-    from clbench.data.catalog import offline_stream_names
-
     where = ", ".join(str(r) for r in roots) or "no --data-dir or $CLBENCH_DATA_DIR set"
     return StreamError(
         f"task '{spec.name}': Hugging Face dataset '{dataset}' has no local copy ({where}) and the Hub is "

@@ -36,11 +36,10 @@ import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from clbench.data import fetch
-from clbench.data import Task
-from clbench.errors import StreamError, suggest
+from clbench.data import Task, fetch
 from clbench.data.splits import Record, normalise, split_records
 from clbench.data.streams import SourceContext, TaskSpec
+from clbench.errors import StreamError, suggest
 
 VADER_TAR = "vaderSentiment-3.3.2/additional_resources/hutto_ICWSM_2014.tar.gz"
 VADER_FILES = {"vader-movie": "movieReviewSnippets", "vader-amazon": "amazonReviewSnippets",

@@ -14,8 +14,8 @@ import random
 import zlib
 
 from clbench.data import Task
-from clbench.errors import StreamError
 from clbench.data.streams import SourceContext, TaskSpec
+from clbench.errors import StreamError
 
 FILLER = ("the", "a", "of", "and", "to", "in", "is", "it", "that", "was", "for", "on", "with", "as", "this",
           "at", "by", "from", "or", "an", "but", "not", "what", "all", "were", "when", "we", "there", "can",

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from clbench.errors import StreamError
 from clbench.data.streams import load_stream
+from clbench.errors import StreamError
 
 
 def write_csv(path: Path, rows: list[tuple[str, str]], header: str = "body,queue") -> None:

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from clbench.errors import StreamError
 from clbench.data.sources import hf
 from clbench.data.streams import load_stream
+from clbench.errors import StreamError
 
 WORDS = ("alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet")
 

@@ -9,7 +9,6 @@ from typing import Any
 
 import pytest
 
-from clbench.errors import FetchError, StreamError
 from clbench.data.sources.pypi import (
     Rated,
     bbc_text,
@@ -20,6 +19,7 @@ from clbench.data.sources.pypi import (
     vader_label,
 )
 from clbench.data.streams import TaskSpec
+from clbench.errors import FetchError, StreamError
 
 
 def spec(**options: Any) -> TaskSpec:
