@@ -221,7 +221,7 @@ def compare(run_dirs: tuple[str, ...], out: str | None) -> None:
     """Put the summary tables of RUN_DIRS (runs of the same stream) side by side."""
     from pathlib import Path
 
-    from clbench.reporting.report import compare_runs
+    from clbench.reporting.compare import compare_runs
 
     click.echo(compare_runs([Path(d) for d in run_dirs], Path(out) if out else None))
 

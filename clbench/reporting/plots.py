@@ -21,7 +21,7 @@ from clbench.evaluators.drift import layer_key
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from clbench.reporting.report import RunData
+    from clbench.reporting.rundata import RunData
 
 FONT: dict[str, Any] = {"font.size": 11, "axes.titlesize": 12, "axes.labelsize": 11, "xtick.labelsize": 10,
         "ytick.labelsize": 10, "legend.fontsize": 10}
@@ -88,7 +88,7 @@ def accuracy_heatmaps(run: RunData, metric: str, colours: Mapping[str, Colour], 
     """
     import seaborn as sns
 
-    from clbench.reporting.report import complete_matrices
+    from clbench.reporting.rundata import complete_matrices
 
     matrices: dict[str, list[np.ndarray]] = defaultdict(list)
     for unit, R in complete_matrices(run, metric).items():
@@ -308,7 +308,7 @@ def forgetting_vs_drift(run: RunData, scores: Mapping[str, Mapping[str, float]],
 
     Args:
         run: The loaded run.
-        scores: `clbench.reporting.report.unit_scores` of the run.
+        scores: `clbench.reporting.rundata.unit_scores` of the run.
         colours: The method palette.
         path: The PNG to write.
 
@@ -350,7 +350,7 @@ def cost_bars(run: RunData, samples: Mapping[str, Mapping[str, list[float]]], co
 
     Args:
         run: The loaded run.
-        samples: `clbench.reporting.report.method_samples` of the run.
+        samples: `clbench.reporting.rundata.method_samples` of the run.
         colours: The method palette.
         path: The PNG to write.
 

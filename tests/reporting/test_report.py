@@ -15,7 +15,8 @@ import pytest
 from click.testing import CliRunner
 
 from clbench.cli import main
-from clbench.reporting.report import compare_runs, write_report, write_report_or_warn
+from clbench.reporting.compare import compare_runs
+from clbench.reporting.report import write_report, write_report_or_warn
 from clbench.results import read_records
 
 SECTIONS = ("# clbench report: ", "## Setup", "## Summary: class-incremental", "## Summary: task-aware",
@@ -159,7 +160,7 @@ def test_report_failure_only_warns(tmp_path: Path) -> None:
 
 
 def test_reused_first_task_is_charged_to_the_unit_that_reused_it(tiny_run: Path, tmp_path: Path) -> None:
-    from clbench.reporting.report import load_run, unit_scores
+    from clbench.reporting.rundata import load_run, unit_scores
 
     before = unit_scores(load_run(tiny_run))
     copy = _copy(tiny_run, tmp_path / "shared")

@@ -17,7 +17,7 @@ from runs_util import FAULTS, comparable, tiny_run
 
 from clbench.cli import main
 from clbench.errors import RunDirError
-from clbench.reporting.summary import accuracy_matrices
+from clbench.reporting.rundata import accuracy_matrices
 from clbench.results import read_records
 
 
