@@ -1,6 +1,6 @@
 """clbench's `naive` and `ewc` vs Avalanche 0.6's own Naive and EWC strategies (time target <= 0.8x).
 
-Both sides are trained by `clbench.training.runner.run` on the same `reviews` tasks, MiniLM weights, seed, batch size,
+Both sides are trained by `clbench.training.run.run` on the same `reviews` tasks, MiniLM weights, seed, batch size,
 epochs, AdamW, warm-up/decay schedule and clipping; the Avalanche side is the `avalanche:<strategy>` reference
 adapter, which hands each task to Avalanche's `strategy.train()` (its data loader, its training loop, its
 EWC importance pass) and keeps everything else (evaluation, records) identical. The time compared is the
@@ -37,7 +37,7 @@ def one_run(method: str, out: Path, args: argparse.Namespace) -> list[dict[str, 
     from clbench.config import build_config
     from clbench.results import read_records
     from clbench.training.progress import Progress
-    from clbench.training.runner import run
+    from clbench.training.run import run
 
     config = build_config({"methods": [method], "stream": "reviews", "model": "minilm", "seeds": [0],
                            "train_size": args.train_size, "test_size": args.test_size, "epochs": 1,

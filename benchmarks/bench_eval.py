@@ -26,7 +26,7 @@ from clbench.benchmarks._timing import (
 )
 from clbench.data import EncodedSplit
 from clbench.models import build_model
-from clbench.training.runner import predict
+from clbench.training.evaluation import predict
 
 
 def predict_padded(model: nn.Module, split: EncodedSplit, num_labels: int, batch_size: int, width: int,

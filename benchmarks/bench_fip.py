@@ -46,11 +46,12 @@ import torch
 from clbench.benchmarks._timing import interleaved, machine, median_ratio, verdict
 from clbench.config import build_config
 from clbench.data import Batch, BatchPlan, EncodedSplit, TaskInfo
+from clbench.data.prepare import prepare
 from clbench.evaluators.profile import profile
 from clbench.models import build_model, model_spec
 from clbench.protocol import RunContext
 from clbench.registry import MethodRegistry
-from clbench.training.runner import prepare, train_step
+from clbench.training.runner import train_step
 
 TASKS = (TaskInfo(0, "yelp", tuple("12345"), 0), TaskInfo(1, "imdb", ("neg", "pos"), 5))
 

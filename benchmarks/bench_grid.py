@@ -1,7 +1,7 @@
 """A grid in one run vs one run per method (target <= 0.75x).
 
 Wall time of one `clbench run` of several methods together (default naive, ewc, gem, lora, fip) versus the
-sum of the same methods run one at a time, each a full `clbench.training.runner.run` into its own directory. In the
+sum of the same methods run one at a time, each a full `clbench.training.run.run` into its own directory. In the
 grid the runner tokenises once and lets the units of a seed share work: row 0 when the models are identical
 after `setup`, and task 1's training for the methods that declare their first task plain fine-tuning (LoRA
 wraps the model and trains its own). Both sides run in this process, interleaved, and the figure is the median
@@ -24,7 +24,7 @@ from clbench.config import build_config
 from clbench.registry import MethodRegistry
 from clbench.results import read_records
 from clbench.training.progress import Progress
-from clbench.training.runner import run
+from clbench.training.run import run
 
 NOT_COMPARED = {"profile", "note", "resume"}
 

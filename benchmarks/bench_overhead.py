@@ -4,7 +4,7 @@ Both sides do exactly the same work on `reviews` with MiniLM: build the model fr
 every test split (row 0), then per task train a fixed number of steps on the same batches in the same order
 (the runner's seeded length-bucketed plan), with fused AdamW, the same learning rate, weight decay, linear warm-up
 and decay, gradient clipping at 1.0 and fp32, and evaluate every test split again. The clbench side is the
-real `clbench.training.runner.run` (results file, drift and functional records, profiling, the checkpoint after each
+real `clbench.training.run.run` (results file, drift and functional records, profiling, the checkpoint after each
 non-final task); the bare side is ~40 lines of PyTorch. Variants alternate in one process; the figure is the
 median of paired ratios. The bare loop also checks it saw the same losses, so the comparison is like for like.
 
@@ -27,7 +27,7 @@ from clbench.config import build_config
 from clbench.data import BatchPlan, EncodedSplit
 from clbench.models import build_model, model_spec
 from clbench.training.progress import Progress
-from clbench.training.runner import run
+from clbench.training.run import run
 
 BATCH, EVAL_BATCH, WEIGHT_DECAY, WARMUP, CLIP, SEED = 16, 64, 0.01, 0.1, 1.0, 0
 

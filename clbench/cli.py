@@ -80,7 +80,7 @@ def run(**kwargs: Any) -> None:
     from clbench.registry import MethodRegistry
     from clbench.reporting.summary import summary_table
     from clbench.training.progress import Progress
-    from clbench.training.runner import run as run_experiment
+    from clbench.training.run import run as run_experiment
 
     quiet = kwargs.pop("quiet")
     resume = kwargs.pop("resume")

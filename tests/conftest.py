@@ -49,7 +49,7 @@ def run_tiny(tmp_path: Path) -> Callable[..., tuple[Path, list[dict[str, Any]]]]
     """Run methods on the tiny synthetic setup; returns (run dir, result records)."""
     from clbench.results import read_records
     from clbench.training.progress import Progress
-    from clbench.training.runner import run
+    from clbench.training.run import run
 
     def _run(methods: tuple[str, ...] = ("naive",), plugins: tuple[str, ...] = (), **overrides: Any,
              ) -> tuple[Path, list[dict[str, Any]]]:

@@ -19,7 +19,7 @@ def tiny_run(out: Path, methods: tuple[str, ...], *, plugins: tuple[str, ...] = 
     from clbench.registry import MethodRegistry
     from clbench.results import read_records
     from clbench.training.progress import Progress
-    from clbench.training.runner import run
+    from clbench.training.run import run
 
     values: dict[str, Any] = {"methods": list(methods), "stream": "synthetic", "model": "tiny", "out": str(out),
                               "train_size": 32, "test_size": 16, "batch_size": 8, "eval_batch_size": 32,

@@ -93,7 +93,7 @@ def load_run(run_dir: Path) -> RunData:
     """Read a run directory.
 
     Args:
-        run_dir: A directory written by `clbench.training.runner.run`.
+        run_dir: A directory written by `clbench.training.run.run`.
 
     Returns:
         The run's records, config and environment.

@@ -1,41 +1,65 @@
-"""The Ray executor: one Ray task per unit, results gathered by the driver into the run directory.
+"""Executors: how the units of a run are dispatched — in this process, or one Ray task per unit.
 
-`clbench run --executor ray [--ray-address ADDR]` connects to a running cluster (or starts a local one when no
-address is given) and submits every unit as a task asking for 1 CPU, plus 1 GPU when the run's device is CUDA.
-The tokenised stream is put into the object store once. A worker trains its unit with the same
-`clbench.training.runner.train_unit` as the local executor, keeps its records in memory and returns them; the driver
-appends each unit's records to `results.jsonl` as soon as that unit finishes, so the run directory looks the
-same as after a local run and the results are identical.
+`run_local` trains the units one after another in this process, sharing row 0 and the first task between
+identical units of a seed (`clbench.training.sharing`) and saving checkpoints for `--resume`.
 
-Differences from the local executor: workers write no checkpoints (the driver's run directory need not be
-on a shared file system), so `--resume` restarts an interrupted unit from its first task; and units do not
-share row 0 or the first task, because each runs in its own worker.
+`run_ray` (`clbench run --executor ray [--ray-address ADDR]`) connects to a running cluster (or starts a local
+one when no address is given) and submits every unit as a task asking for 1 CPU, plus 1 GPU when the run's
+device is CUDA. The tokenised stream is put into the object store once. A worker trains its unit with the
+same `clbench.training.runner.train_unit`, keeps its records in memory and returns them; the driver appends
+each unit's records to `results.jsonl` as soon as that unit finishes, so the run directory looks the same as
+after a local run and the results are identical. Differences: workers write no checkpoints (the driver's run
+directory need not be on a shared file system), so `--resume` restarts an interrupted unit from its first
+task; and units do not share row 0 or the first task, because each runs in its own worker.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from clbench.config import RunConfig, method_config
+from clbench.data.prepare import Prepared
 from clbench.errors import ClbenchError, ConfigError
+from clbench.protocol import Hooks
+from clbench.registry import MethodRegistry
 from clbench.results import MemoryRecords, RunDir, unit_id
+from clbench.training.checkpoint import CheckpointStore
 from clbench.training.progress import Progress
+from clbench.training.records import UnitRecorder
+from clbench.training.runner import UnitFailed, resolve_device, train_unit
+from clbench.training.sharing import SharedStart
 
 FORWARDED_ENV = ("CLBENCH_CACHE", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HF_HOME")
 
 
-def unit_records(config: RunConfig, prepared: Any, name: str, seed: int, threads: int
-                 ) -> list[dict[str, Any]]:
+def failed_record(name: str, seed: int, error: str) -> dict[str, Any]:
+    """The status record of a unit that failed with `error` (one line)."""
+    return UnitRecorder(name, seed, MemoryRecords([])).status("failed", 0, error)
+
+
+def run_local(config: RunConfig, prepared: Prepared, units: Sequence[tuple[str, int]], run_dir: RunDir,
+              progress: Progress, make_method: Callable[[str], Hooks], checkpoints: CheckpointStore,
+              started: set[str]) -> None:
+    """Train `units` one after another in this process; a failed unit is recorded and the others go on."""
+    shared = SharedStart()
+    for name, seed in units:
+        try:
+            train_unit(config, prepared, make_method(name), seed, run_dir, progress, checkpoints=checkpoints,
+                       shared=shared, resume=unit_id(name, seed) in started)
+        except UnitFailed as exc:
+            run_dir.append([failed_record(name, seed, str(exc))])
+            checkpoints.finish(name, seed)
+            progress.message(f"{unit_id(name, seed)} failed: {exc}")
+
+
+def unit_records(config: RunConfig, prepared: Prepared, name: str, seed: int, threads: int) -> list[dict[str, Any]]:
     """Train one unit in this process and return its records (the body of one Ray task)."""
     import torch
-
-    from clbench.registry import MethodRegistry
-    from clbench.training.runner import UnitFailed, failed_record, train_unit
 
     torch.set_num_threads(threads)
     registry = MethodRegistry.default(config.plugins)
@@ -45,11 +69,11 @@ def unit_records(config: RunConfig, prepared: Any, name: str, seed: int, threads
     try:
         train_unit(config, prepared, method, seed, sink, Progress("quiet"))
     except UnitFailed as exc:
-        sink.append([failed_record(name, seed, exc)])
+        sink.append([failed_record(name, seed, str(exc))])
     return sink.records
 
 
-def run_ray(config: RunConfig, prepared: Any, units: Sequence[tuple[str, int]], run_dir: RunDir,
+def run_ray(config: RunConfig, prepared: Prepared, units: Sequence[tuple[str, int]], run_dir: RunDir,
             progress: Progress, started: set[str]) -> None:
     """Run `units` as Ray tasks and append their records to `run_dir` as they finish.
 
@@ -61,7 +85,6 @@ def run_ray(config: RunConfig, prepared: Any, units: Sequence[tuple[str, int]], 
         import ray
     except ImportError:
         raise ConfigError("--executor ray needs Ray; install the extra: pip install 'clbench[ray]'") from None
-    from clbench.training.runner import _record, failed_record, resolve_device
 
     # plugin files are imported again on the workers, whose working directory differs from ours
     config = replace(config, plugins=tuple(str(Path(p).resolve()) for p in config.plugins))
@@ -95,12 +118,11 @@ def run_ray(config: RunConfig, prepared: Any, units: Sequence[tuple[str, int]], 
                     cause = getattr(exc, "cause", None)
                     if isinstance(cause, ClbenchError):
                         raise cause from None
-                    records = [failed_record(name, seed, RuntimeError(_first_line(cause or exc)))]
+                    records = [failed_record(name, seed, _first_line(cause or exc))]
                 except ray.exceptions.RayError as exc:  # worker died (e.g. killed for memory)
-                    records = [failed_record(name, seed, RuntimeError(_first_line(exc)))]
+                    records = [failed_record(name, seed, _first_line(exc))]
                 if unit_id(name, seed) in started:
-                    run_dir.append([_record(name, seed, "resume", -1, None, metric="resume_from_row",
-                                            value=-1)])
+                    run_dir.append([UnitRecorder(name, seed, run_dir).resume(-1)])
                 run_dir.append(records)
                 progress.message(f"{unit_id(name, seed)} finished on Ray")
     finally:

@@ -34,7 +34,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
     from clbench.registry import MethodRegistry
     from clbench.training.progress import Progress
-    from clbench.training.runner import run
+    from clbench.training.run import run
 
     base = tmp_path_factory.mktemp("report")
     with pytest.MonkeyPatch.context() as mp:

@@ -1,0 +1,92 @@
+"""Evaluation inside a unit: every task's test split after each task, and the drift records beside it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from clbench.data import BatchPlan, EncodedSplit, TaskInfo
+from clbench.data.prepare import Prepared
+from clbench.evaluators.accuracy import (
+    accuracy,
+    class_incremental_predictions,
+    macro_f1,
+    task_aware_predictions,
+)
+from clbench.evaluators.drift import frobenius_drift_norms, functional_drift
+from clbench.protocol import RunContext
+from clbench.training.records import UnitRecorder
+
+
+def autocast(device: torch.device, precision: str) -> Any:
+    """bf16/fp16 autocast on CUDA; a disabled context elsewhere (CPU runs stay fp32)."""
+    if device.type == "cuda" and precision in ("bf16", "fp16"):
+        return torch.autocast("cuda", dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+    return torch.autocast(device.type, enabled=False)
+
+
+def predict(model: nn.Module, split: EncodedSplit, ctx: RunContext, batch_size: int,
+            precision: str = "fp32") -> Tensor:
+    """Raw logits [n, num_labels] for every example of `split`, in the split's order."""
+    model.eval()
+    logits = torch.empty(len(split), ctx.num_labels)
+    with torch.inference_mode(), autocast(ctx.device, precision):
+        plan = BatchPlan(split, batch_size, shuffle=False)
+        for index in plan.indices():
+            batch = split.batch(index).to(ctx.device)
+            logits[index] = model(**batch.model_inputs()).logits.float().cpu()
+    return logits
+
+
+def evaluate_all(model: nn.Module, prepared: Prepared, ctx: RunContext, records: UnitRecorder, row: int,
+                 task: str | None, *, batch_size: int, precision: str, step: int | None = None,
+                 kind: str = "accuracy", cached: list[Tensor] | None = None) -> list[Tensor]:
+    """Evaluate every task's test split; append class-incremental and task-aware accuracy and macro-F1.
+
+    Returns the logits (one [n_test, num_labels] tensor per task). `cached` logits skip the forward passes,
+    e.g. for row 0 of a model identical to one already evaluated.
+    """
+    out = []
+    all_logits = []
+    for info, (_, test) in zip(prepared.infos, prepared.splits):
+        logits = cached[info.index] if cached is not None else predict(model, test, ctx, batch_size, precision)
+        all_logits.append(logits)
+        target = test.labels
+        cil = class_incremental_predictions(logits)
+        til = task_aware_predictions(logits, info.label_offset, info.num_classes)
+        labels = list(info.label_range)
+        for metric, value in (("acc_cil", accuracy(cil, target)), ("acc_til", accuracy(til, target)),
+                              ("f1_cil", macro_f1(cil, target, labels)), ("f1_til", macro_f1(til, target, labels))):
+            out.append(records.record(kind, row, task, eval_task=info.name, eval_index=info.index, step=step,
+                                      metric=metric, value=value))
+    records.append(out)
+    return all_logits
+
+
+def drift_records(records: UnitRecorder, info: TaskInfo, before: dict[str, Tensor], start: dict[str, Tensor],
+                  after: dict[str, Tensor]) -> list[dict[str, Any]]:
+    """Fractional Frobenius change of the effective weights over this task and since the start."""
+    out = []
+    row = info.index + 1
+    for metric, reference in (("frobenius_task", before), ("frobenius_total", start)):
+        per_tensor, overall, norms = frobenius_drift_norms(reference, after, strict=False)
+        out.append(records.record("drift", row, info.name, param="__overall__", metric=metric, value=overall))
+        out += [records.record("drift", row, info.name, param=p, metric=metric, value=v, norm_before=norms[p][0],
+                               norm_change=norms[p][1])
+                for p, v in per_tensor.items()]
+    return out
+
+
+def functional_records(records: UnitRecorder, info: TaskInfo, before: list[Tensor], after: list[Tensor],
+                       infos: Sequence[TaskInfo]) -> list[dict[str, Any]]:
+    """Distance in function space on previous tasks' test inputs, before vs after training `info`."""
+    out = []
+    for old in infos[:info.index]:
+        drift = functional_drift(before[old.index], after[old.index])
+        for metric, value in drift._asdict().items():
+            out.append(records.record("functional", info.index + 1, info.name, eval_task=old.name,
+                                      eval_index=old.index, metric=metric, value=value))
+    return out
