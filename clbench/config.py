@@ -266,6 +266,7 @@ def validate(config: RunConfig, registry: Any) -> dict[str, Any]:
         if cls is not None:
             configs[name] = check(lambda c=cls, n=name: method_config(c.config_cls, n,
                                                                        config.method_options.get(n, {})))
+            errors += method_requirements(name, cls, config)
     if not config.seeds:
         errors.append("no seeds given; pass e.g. --seeds 0,1,2")
     if any(s < 0 for s in config.seeds):
@@ -322,6 +323,18 @@ def validate(config: RunConfig, registry: Any) -> dict[str, Any]:
     if errors:
         raise ConfigError("; ".join(errors))
     return configs
+
+
+def method_requirements(name: str, cls: Any, config: RunConfig) -> list[str]:
+    """What method class `cls` declares it needs (`requires_buffer`, `requires_packages`) and the run lacks."""
+    errors = []
+    if getattr(cls, "requires_buffer", False) and config.buffer_size <= 0:
+        errors.append(f"{name} needs an episodic memory but buffer_size={config.buffer_size}; set --buffer-size "
+                      "to a positive number of examples or drop the method")
+    for package, install in getattr(cls, "requires_packages", ()):
+        if importlib.util.find_spec(package) is None:
+            errors.append(f"{name} needs the package '{package}', which is not installed; {install}")
+    return errors
 
 
 def dump_yaml(config: RunConfig) -> str:

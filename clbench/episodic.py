@@ -59,15 +59,18 @@ class TaskMemory:
         """Every stored example, tasks in stream order."""
         return EncodedSplit.concat([self.splits[t] for t in self.task_indices])
 
-    def state_dict(self) -> dict[str, Any]:
+    def state_dict(self, prefix: str = "") -> dict[str, Any]:
+        """Tensors and plain values of the memory, keys prefixed with `prefix` (for a method's `state_dict`)."""
         out: dict[str, Any] = {"budget": self.budget, "tasks": self.task_indices}
         for t, s in self.splits.items():
             for field in ("ids", "lengths", "labels", "task_ids"):
                 out[f"{t}.{field}"] = getattr(s, field)
             out[f"{t}.pad_id"] = s.pad_id
-        return out
+        return {prefix + k: v for k, v in out.items()}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any], prefix: str = "") -> None:
+        """Restore what `state_dict(prefix)` returned; keys without the prefix are ignored."""
+        state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
         self.budget = int(state["budget"])
         # memory lives on the CPU like the training data, whatever device a checkpoint was loaded to
         self.splits = {int(t): EncodedSplit(state[f"{t}.ids"].cpu(), state[f"{t}.lengths"].cpu(),

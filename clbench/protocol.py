@@ -129,18 +129,22 @@ class Hooks:
     `first_task_is_finetuning` and `backward_in_loss` may depend on the config: a method sets them per instance
     in `__init__`, so the runner reads them from the method instance, not the class.
 
-    Sharing the first task (`clbench.training.sharing`): a method that overrides `loss`, `after_backward` or
-    `after_step` is shared only when it declares `first_task_is_finetuning = True` itself (the inherited
-    default counts only for methods without step hooks). A unit that starts from the shared task 1 runs its
-    own `setup`, `before_task` and `after_task`, but its step hooks are not called on task 1, so a method that
-    needs them there (SI's path integral) must set `first_task_is_finetuning = False`.
+    Sharing the first task (`clbench.training.sharing`) happens only for a method that sets
+    `first_task_is_finetuning = True` itself; the default is False, so nothing is shared by accident. A unit
+    that starts from the shared task 1 runs its own `setup`, `before_task` and `after_task`, but its step hooks
+    are not called on task 1: a method that needs them there (SI's path integral) must not declare it.
+
+    Requirements, checked with the rest of the configuration before any unit trains: `requires_buffer` (the
+    method cannot run with `buffer_size` 0) and `requires_packages` ((import name, how to install) pairs).
     """
 
     name: ClassVar[str] = ""
     config_cls: ClassVar[type[MethodConfig]] = MethodConfig
     citation: ClassVar[str] = ""
-    first_task_is_finetuning: bool = True
+    first_task_is_finetuning: bool = False
     uses_buffer: ClassVar[bool] = False
+    requires_buffer: ClassVar[bool] = False
+    requires_packages: ClassVar[tuple[tuple[str, str], ...]] = ()
     backward_in_loss: bool = False
     external_loop: ClassVar[bool] = False  # True only for reference adapters that train through `fit_task`
 

@@ -22,7 +22,6 @@ from torch import Tensor, nn
 
 from clbench.data import EncodedSplit, TaskInfo
 from clbench.episodic import TaskMemory, memory_gradient
-from clbench.errors import ClbenchError
 from clbench.methods import Hooks, MethodConfig, RunContext, option
 from clbench.ops import assign_flat_grad, flat_grad
 
@@ -54,6 +53,7 @@ class AGEM(Hooks):
     config_cls: ClassVar[type[MethodConfig]] = AGEMConfig
     citation: ClassVar[str] = "Chaudhry et al. 2019 (ICLR)"
     uses_buffer: ClassVar[bool] = True
+    requires_buffer: ClassVar[bool] = True
     config: AGEMConfig
 
     def __init__(self, config: AGEMConfig | None = None) -> None:
@@ -62,9 +62,6 @@ class AGEM(Hooks):
         self.projections = 0  # steps whose gradient was projected (for inspection)
 
     def setup(self, model: nn.Module, ctx: RunContext) -> nn.Module:
-        if ctx.buffer_size <= 0:
-            raise ClbenchError(f"agem needs an episodic memory but buffer_size={ctx.buffer_size}; "
-                               "set --buffer-size to a positive number of examples")
         self.memory = TaskMemory(ctx.buffer_size)
         return super().setup(model, ctx)
 
@@ -89,7 +86,7 @@ class AGEM(Hooks):
         self.memory.add(task.index, data, self.context.generator)
 
     def state_dict(self) -> dict[str, Any]:
-        return {f"memory.{k}": v for k, v in self.memory.state_dict().items()}
+        return self.memory.state_dict(prefix="memory.")
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.memory.load_state_dict({k[len("memory."):]: v for k, v in state.items() if k.startswith("memory.")})
+        self.memory.load_state_dict(state, prefix="memory.")

@@ -84,6 +84,9 @@ class GEM(Hooks):
     config_cls: ClassVar[type[MethodConfig]] = GEMConfig
     citation: ClassVar[str] = "Lopez-Paz & Ranzato 2017 (NeurIPS)"
     uses_buffer: ClassVar[bool] = True
+    requires_buffer: ClassVar[bool] = True
+    requires_packages: ClassVar[tuple[tuple[str, str], ...]] = (
+        ("quadprog", "pip install quadprog (or pip install 'clbench[avalanche]')"),)
     first_task_is_finetuning: bool = True  # empty memory on task 1: the runner may share it
     config: GEMConfig
 
@@ -93,14 +96,6 @@ class GEM(Hooks):
         self.projections = 0  # steps whose gradient was projected (for inspection)
 
     def setup(self, model: nn.Module, ctx: RunContext) -> nn.Module:
-        try:
-            import quadprog  # noqa: F401
-        except ImportError:
-            raise ClbenchError("gem needs the quadprog QP solver; install it with `pip install quadprog` or "
-                               "`pip install 'clbench[avalanche]'`") from None
-        if ctx.buffer_size <= 0:
-            raise ClbenchError(f"gem needs an episodic memory but buffer_size={ctx.buffer_size}; "
-                               "set --buffer-size to a positive number of examples")
         self.memory = TaskMemory(ctx.buffer_size)
         return super().setup(model, ctx)
 
@@ -125,7 +120,7 @@ class GEM(Hooks):
         self.memory.add(task.index, data, self.context.generator)
 
     def state_dict(self) -> dict[str, Any]:
-        return {f"memory.{k}": v for k, v in self.memory.state_dict().items()}
+        return self.memory.state_dict(prefix="memory.")
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.memory.load_state_dict({k[len("memory."):]: v for k, v in state.items() if k.startswith("memory.")})
+        self.memory.load_state_dict(state, prefix="memory.")

@@ -22,4 +22,5 @@ class Naive(Hooks):
 
     name: ClassVar[str] = "naive"
     config_cls: ClassVar[type[MethodConfig]] = NaiveConfig
+    first_task_is_finetuning = True  # task 1 is plain fine-tuning: the runner may share it
     citation: ClassVar[str] = "Lopez-Paz & Ranzato 2017 (baseline 'single')"

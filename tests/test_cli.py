@@ -144,3 +144,11 @@ def test_summary_columns_stay_aligned_for_long_variant_names(tmp_path: Path) -> 
     assert len(lines) == 3
     seeds_end = {re.match(r"(\S+)\s+(\S+)\s+(\S+)", line).end(2) for line in lines}  # type: ignore[union-attr]
     assert len(seeds_end) == 1, lines
+
+
+def test_a_methods_requirement_is_refused_before_any_unit_trains(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    result = CliRunner().invoke(main, ["run", "--methods", "naive,gem", "--buffer-size", "0", *SMALL,
+                                       "--out", str(out)])
+    assert_one_line_error(result, "gem needs an episodic memory", "buffer_size=0", "--buffer-size")
+    assert not out.exists()  # naive did not train first

@@ -49,3 +49,24 @@ def test_malformed_yaml_is_a_config_error(tmp_path: Path) -> None:
     path.write_text("methods: [naive\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_yaml(path)
+
+
+def test_method_requirements_are_checked_with_the_config_before_any_unit(tmp_path: Path) -> None:
+    registry = MethodRegistry.default([])
+    config = build_config({"methods": ["naive", "gem", "agem"], "stream": "synthetic", "model": "tiny",
+                           "buffer_size": 0, "out": str(tmp_path / "r")})
+    with pytest.raises(ConfigError) as info:
+        validate(config, registry)
+    message = str(info.value)
+    assert "gem needs an episodic memory but buffer_size=0" in message
+    assert "agem needs an episodic memory" in message and "naive" not in message.replace("methods", "")
+
+
+def test_a_missing_package_is_named_with_its_install_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "quadprog" else real(name, *a))
+    config = build_config({"methods": ["gem"], "stream": "synthetic", "model": "tiny"})
+    with pytest.raises(ConfigError, match="gem needs the package 'quadprog'.*pip install quadprog"):
+        validate(config, MethodRegistry.default([]))

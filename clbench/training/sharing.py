@@ -4,9 +4,8 @@ Methods whose first task is plain fine-tuning (`first_task_is_finetuning`) start
 runner trains task 1 once per seed and hands the trained weights to the others. Sharing is decided from facts,
 not names; a unit reuses another's first task only when, right before training it,
 
-- the method's instance says `first_task_is_finetuning`, and the method declares it (its class or `__init__`
-  sets it, rather than inheriting `Hooks`' default) or overrides none of the step hooks `extra_inputs`,
-  `loss`, `after_backward` and `after_step` (as naive); it has no `external_loop`, and `eval_every` is 0;
+- the method declares `first_task_is_finetuning` (its class or `__init__` sets it True; `Hooks`' default is
+  False), it has no `external_loop`, and `eval_every` is 0;
 - `setup` returned the model the runner built (no wrapper such as PEFT's LoRA model);
 - `train_data` returned the task's own training split, and the optimiser has the same type and defaults;
 - the trainable parameters (names, in order), the model's whole state (compared exactly, tensor by tensor),
@@ -29,7 +28,6 @@ import torch
 from torch import Tensor, nn
 
 from clbench.data import EncodedSplit
-from clbench.protocol import Hooks
 
 
 def _state(model: nn.Module) -> dict[str, Tensor]:
@@ -42,19 +40,6 @@ def _same_state(model: nn.Module, state: dict[str, Tensor]) -> bool:
         return False
     return all(now[k].shape == v.shape and now[k].dtype == v.dtype and torch.equal(now[k], v)
                for k, v in state.items())
-
-
-STEP_HOOKS = ("extra_inputs", "loss", "after_backward", "after_step")
-
-
-def shares_first_task(method: Any) -> bool:
-    """True when `method` may start from another unit's first task: it says so explicitly, or it is plain."""
-    if not method.first_task_is_finetuning:
-        return False
-    declared = "first_task_is_finetuning" in vars(method) or any(
-        "first_task_is_finetuning" in vars(cls) for cls in type(method).__mro__ if cls is not Hooks)
-    plain = all(getattr(type(method), hook) is getattr(Hooks, hook) for hook in STEP_HOOKS)
-    return declared or plain
 
 
 @dataclass
@@ -101,7 +86,7 @@ class SharedStart:
             params: list[nn.Parameter], optimizer: torch.optim.Optimizer, generator: torch.Generator,
             eval_every: int) -> tuple[Any, ...] | None:
         """What must match for two units to share task 1's training, or None when this unit cannot share."""
-        if (not shares_first_task(method) or method.external_loop or eval_every or model is not built
+        if (not method.first_task_is_finetuning or method.external_loop or eval_every or model is not built
                 or data is not base):
             return None
         names = {id(p): n for n, p in model.named_parameters()}

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import sys
-
 import pytest
 import torch
 
 from clbench.data import EncodedSplit, TaskInfo
-from clbench.errors import ClbenchError
 from clbench.methods import RunContext
 from clbench.methods.gem import GEM, GEMConfig, solve_dual_qp
 from clbench.models import build_model
@@ -116,12 +113,6 @@ def test_memory_splits_the_shared_budget_over_tasks_seen() -> None:
     gem.after_task(TASKS[2], model, split(TASKS[2], 12))
     assert [len(gem.memory.splits[t]) for t in (0, 1, 2)] == [6, 5, 5]
     assert all(bool((gem.memory.splits[t].task_ids == t).all()) for t in (0, 1, 2))
-
-
-def test_missing_quadprog_is_a_clbench_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "quadprog", None)
-    with pytest.raises(ClbenchError, match="pip install quadprog"):
-        GEM().setup(build_model("tiny", 6, 0), context())
 
 
 def test_runs_through_the_synthetic_stream(run_tiny) -> None:  # type: ignore[no-untyped-def]
