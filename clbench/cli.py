@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+import typing
 from collections.abc import Callable
 from functools import wraps
 from typing import Any, TypeVar
@@ -44,34 +45,39 @@ def main() -> None:
     """clbench: compare continual-learning methods on NLP task streams with pretrained transformers."""
 
 
+def run_field_options(fn: F) -> F:
+    """One `--field-name` option per run field declared with `flag=True`, its help taken from `RunConfig`."""
+    from clbench.config import CHOICES, RUN_FIELDS, RunConfig, field_types
+
+    types = field_types(RunConfig)
+    for name in reversed(list(RUN_FIELDS)):
+        spec = RUN_FIELDS[name]
+        if not spec.metadata.get("flag"):
+            continue
+        flag = "--" + name.replace("_", "-")
+        helptext = spec.metadata["help"] + "."
+        kind = types[name]
+        if kind is bool:
+            fn = click.option(flag, is_flag=True, default=None, help=helptext)(fn)
+            continue
+        if typing.get_origin(kind) is tuple:  # comma-separated; RunConfig's coercion splits it
+            base: Any = str
+        else:  # X | None -> X
+            base = next((a for a in typing.get_args(kind) if a is not type(None)), kind)
+        choices = CHOICES.get(name)
+        click_type: Any = click.Choice([c for c in choices if c]) if choices else base
+        fn = click.option(flag, type=click_type, help=helptext)(fn)
+    return fn
+
+
 @main.command()
-@click.option("--methods", help="Comma-separated method names, e.g. naive,ewc,lora (see `clbench list methods`).")
-@click.option("--stream", help="Built-in stream name or a stream YAML file (see `clbench list streams`).")
-@click.option("--model", help="Model alias (tiny, minilm, bert-base), HF model id or local directory.")
-@click.option("--seeds", help="Comma-separated seeds, e.g. 0,1,2; one unit per method and seed.")
-@click.option("--out", help="Run directory (default runs/<stream>-<model>-<time>).")
+@run_field_options
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML run configuration.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a config value, e.g. --set epochs=2 --set ewc.penalty_weight=1000.")
 @click.option("--plugin", "plugins", multiple=True, metavar="FILE.py", help="Register methods from a Python file.")
-@click.option("--epochs", type=int, help="Passes over each task's training data.")
-@click.option("--max-steps", type=int, help="Optimiser steps per task (overrides --epochs).")
-@click.option("--batch-size", type=int, help="Training batch size.")
-@click.option("--lr", type=float, help="Learning rate (default: the model's).")
-@click.option("--train-size", type=int, help="Override every task's training-set size.")
-@click.option("--test-size", type=int, help="Override every task's test-set size.")
-@click.option("--max-length", type=int, help="Override every task's max tokens per example.")
-@click.option("--buffer-size", type=int, help="Replay/memory budget in examples, the same for every method.")
-@click.option("--head", type=click.Choice(["shared", "per-task"]), help="Classification head policy.")
-@click.option("--data-dir", help="Local copies of Hub datasets for hf streams.")
-@click.option("--device", help="auto, cpu, cuda or cuda:N.")
-@click.option("--eval-every", type=int, help="Also evaluate every task every N training steps.")
 @click.option("--resume", is_flag=True,
               help="Continue the run in --out: skip finished units, restart others from their last checkpoint.")
-@click.option("--keep-checkpoints", is_flag=True, default=None,
-              help="Keep each unit's checkpoint after it finishes (default: delete it).")
-@click.option("--executor", type=click.Choice(["local", "ray"]), help="Run units in this process or as Ray tasks.")
-@click.option("--ray-address", help="Ray cluster address for --executor ray (default: start a local cluster).")
 @click.option("--quiet", is_flag=True, help="Print nothing but errors and the final summary.")
 @friendly
 def run(**kwargs: Any) -> None:

@@ -15,11 +15,12 @@ ConfigError, before any data is read or any model trained.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import types
 import typing
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -28,43 +29,59 @@ import yaml
 from clbench.errors import ClbenchError, ConfigError, suggest
 
 
-def _f(default: Any, help: str) -> Any:
-    return field(default=default, metadata={"help": help})
+def option(default: Any = MISSING, help: str = "", *, default_factory: Any = MISSING, **metadata: Any) -> Any:
+    """A config field with its help text, written once and reused by the CLI, `clbench list` and the docs.
+
+    Extra keyword arguments go into the field's metadata, e.g. `flag=True` gives a run field its own
+    `clbench run --field-name` option.
+    """
+    if default_factory is not MISSING:
+        return field(default_factory=default_factory, metadata={"help": help, **metadata})
+    return field(default=default, metadata={"help": help, **metadata})
 
 
 @dataclass(frozen=True)
 class RunConfig:
     """Everything that defines a run. Method hyperparameters live in `method_options` (name -> mapping)."""
 
-    methods: tuple[str, ...] = _f(("naive",), "methods to compare, by registry name")
-    stream: str = _f("reviews", "built-in stream name or path to a stream YAML file")
-    model: str = _f("minilm", "model alias (tiny, minilm, bert-base), HF model id or local directory")
-    seeds: tuple[int, ...] = _f((0,), "one unit per method and seed")
-    out: str | None = _f(None, "run directory (default runs/<stream>-<model>)")
-    epochs: int = _f(3, "passes over each task's training data (3: MiniLM learns both `reviews` tasks; 1 did not)")
-    max_steps: int | None = _f(None, "optimiser steps per task; overrides epochs when set")
-    batch_size: int = _f(16, "training batch size")
-    eval_batch_size: int = _f(64, "evaluation batch size")
-    lr: float | None = _f(None, "AdamW learning rate (default: the model's, e.g. 5e-5 for minilm)")
-    weight_decay: float = _f(0.01, "AdamW weight decay")
-    warmup_ratio: float = _f(0.1, "fraction of each task's steps with linear warm-up")
-    grad_clip: float = _f(1.0, "max gradient norm (0 disables clipping)")
-    head: str | None = _f(None, "shared (argmax over all classes) or per-task; default: the stream's")
-    buffer_size: int = _f(200, "examples of old tasks any replay-style method may keep (same for all)")
-    train_size: int | None = _f(None, "override every task's training-set size")
-    test_size: int | None = _f(None, "override every task's test-set size")
-    max_length: int | None = _f(None, "override every task's max tokens per example")
-    data_dir: str | None = _f(None, "local copies of Hub datasets (save_to_disk folders or parquet)")
-    device: str = _f("auto", "auto, cpu, cuda or cuda:N")
-    precision: str = _f("fp32", "fp32, bf16 or fp16 (autocast on CUDA; fp32 on CPU)")
-    eval_every: int = _f(0, "also evaluate every task every N training steps (0: only after tasks)")
-    plugins: tuple[str, ...] = _f((), "extra method files to register")
-    executor: str = _f("local", "local (in process) or ray (one Ray task per unit)")
-    ray_address: str | None = _f(None, "address of an existing Ray cluster (default: start a local one)")
-    keep_checkpoints: bool = _f(False, "keep each unit's checkpoint after it finishes (default: delete it; "
-                                "about 90 MB per unit for minilm)")
-    method_options: Mapping[str, Mapping[str, Any]] = field(
-        default_factory=dict, metadata={"help": "per-method config values, e.g. {ewc: {penalty_weight: 1000}}"})
+    methods: tuple[str, ...] = option(("naive",), "comma-separated methods to compare, e.g. naive,ewc,lora "
+                                      "(`clbench list methods`)", flag=True)
+    stream: str = option("reviews", "built-in stream name or a stream YAML file (`clbench list streams`)",
+                         flag=True)
+    model: str = option("minilm", "model alias (tiny, minilm, bert-base), HF model id or local directory",
+                        flag=True)
+    seeds: tuple[int, ...] = option((0,), "comma-separated random seeds, e.g. 0,1,2; one unit per method and "
+                                    "seed", flag=True)
+    out: str | None = option(None, "run directory (default runs/<stream>-<model>-<time>)", flag=True)
+    epochs: int = option(3, "passes over each task's training data", flag=True)
+    max_steps: int | None = option(None, "optimiser steps per task; overrides epochs when set", flag=True)
+    batch_size: int = option(16, "training batch size", flag=True)
+    eval_batch_size: int = option(64, "evaluation batch size")
+    lr: float | None = option(None, "AdamW learning rate (default: the model's; `clbench list models`)", flag=True)
+    weight_decay: float = option(0.01, "AdamW weight decay")
+    warmup_ratio: float = option(0.1, "fraction of each task's steps with linear warm-up")
+    grad_clip: float = option(1.0, "max gradient norm (0 disables clipping)")
+    head: str | None = option(None, "shared (argmax over all classes) or per-task; default: the stream's",
+                              flag=True)
+    buffer_size: int = option(200, "examples of old tasks that any method keeping old data may store (the same "
+                              "budget for every method)", flag=True)
+    train_size: int | None = option(None, "override every task's training-set size", flag=True)
+    test_size: int | None = option(None, "override every task's test-set size", flag=True)
+    max_length: int | None = option(None, "override every task's max tokens per example", flag=True)
+    data_dir: str | None = option(None, "local copies of Hub datasets for hf streams (save_to_disk folders or "
+                                  "parquet)", flag=True)
+    device: str = option("auto", "auto, cpu, cuda or cuda:N", flag=True)
+    precision: str = option("fp32", "fp32, bf16 or fp16 (autocast on CUDA; fp32 on CPU)")
+    eval_every: int = option(0, "also evaluate every task every N training steps (0: only after tasks)",
+                             flag=True)
+    plugins: tuple[str, ...] = option((), "extra method files to register")
+    executor: str = option("local", "local (in process) or ray (one Ray task per unit)", flag=True)
+    ray_address: str | None = option(None, "address of a Ray cluster for --executor ray (default: start a local "
+                                     "one)", flag=True)
+    keep_checkpoints: bool = option(False, "keep each unit's checkpoint after it finishes (default: delete it)",
+                                    flag=True)
+    method_options: Mapping[str, Mapping[str, Any]] = option(
+        default_factory=dict, help="per-method config values, e.g. {ewc: {penalty_weight: 1000}}")
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -79,6 +96,12 @@ class RunConfig:
 
 
 RUN_FIELDS = {f.name: f for f in fields(RunConfig)}
+
+
+@functools.cache
+def field_types(cls: type) -> dict[str, Any]:
+    """The resolved annotations of a config dataclass (its module uses `from __future__ import annotations`)."""
+    return typing.get_type_hints(cls)
 CHOICES = {"head": (None, "shared", "per-task"), "device": None, "precision": ("fp32", "bf16", "fp16"),
            "executor": ("local", "ray")}
 
@@ -89,8 +112,6 @@ def field_help() -> dict[str, str]:
 
 def coerce(value: Any, annotation: Any, where: str) -> Any:
     """Convert `value` (from YAML or a `--set` string) to the field type `annotation`, or raise ConfigError."""
-    if isinstance(annotation, str):
-        annotation = _resolve(annotation)
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
     if origin in (typing.Union, types.UnionType):
@@ -132,11 +153,6 @@ def coerce(value: Any, annotation: Any, where: str) -> Any:
     if annotation is Any:
         return value
     return value
-
-
-def _resolve(name: str) -> Any:
-    namespace = {"Any": Any, "Mapping": Mapping, "Sequence": Sequence, "tuple": tuple, "Path": Path}
-    return eval(name, namespace)  # annotations of our own dataclasses (from __future__ import annotations)
 
 
 def _scalar(text: str) -> Any:
@@ -194,7 +210,7 @@ def build_config(*layers: Mapping[str, Any], method_names: Sequence[str] = ()) -
             key = str(key)
             if key in RUN_FIELDS and key != "method_options":
                 try:
-                    values[key] = coerce(value, RUN_FIELDS[key].type, key)
+                    values[key] = coerce(value, field_types(RunConfig)[key], key)
                 except ConfigError as exc:
                     errors.append(str(exc))
             elif "." in key:
@@ -222,7 +238,7 @@ def method_config(cls_config: type, name: str, raw: Mapping[str, Any]) -> Any:
             errors.append(f"unknown option '{name}.{key}'{hint}")
             continue
         try:
-            kwargs[key] = coerce(value, known[key].type, f"{name}.{key}")
+            kwargs[key] = coerce(value, field_types(cls_config)[key], f"{name}.{key}")
         except ConfigError as exc:
             errors.append(str(exc))
     if errors:

@@ -25,24 +25,22 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
+from clbench.config import option
 from clbench.data import Batch, EncodedSplit, TaskInfo
 from clbench.ops import default_optimizer
+
+__all__ = ["FitResult", "Hooks", "LoopSettings", "MethodConfig", "RunContext", "config_fields", "option"]
 
 
 @dataclass(frozen=True)
 class MethodConfig:
     """Base of every method config; subclasses add frozen fields with `metadata={"help": ...}`."""
-
-
-def option(default: Any, help: str, **kwargs: Any) -> Any:
-    """A config field with its help text, written once and reused by the CLI and `clbench list`."""
-    return field(default=default, metadata={"help": help, **kwargs})
 
 
 @dataclass

@@ -152,3 +152,14 @@ def test_a_methods_requirement_is_refused_before_any_unit_trains(tmp_path: Path)
                                        "--out", str(out)])
     assert_one_line_error(result, "gem needs an episodic memory", "buffer_size=0", "--buffer-size")
     assert not out.exists()  # naive did not train first
+
+
+def test_run_flags_and_their_help_come_from_the_config_fields() -> None:
+    from clbench.config import RUN_FIELDS
+
+    text = " ".join(invoke("run", "--help").output.split())
+    flagged = [f for f in RUN_FIELDS.values() if f.metadata.get("flag")]
+    assert len(flagged) >= 15
+    for f in flagged:
+        assert f"--{f.name.replace('_', '-')}" in text
+        assert " ".join(f.metadata["help"].split())[:40] in text, f.name
