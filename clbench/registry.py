@@ -142,20 +142,19 @@ def _import_attr(target: str) -> Any:
     return getattr(importlib.import_module(module_name), attr)
 
 
-AVALANCHE_ADAPTERS = {  # registry name -> class in clbench.interop.avalanche_methods (imported on lookup)
-    "avalanche:naive": "AvalancheNaive", "avalanche:ewc": "AvalancheEWC", "avalanche:si": "AvalancheSI",
-    "avalanche:gem": "AvalancheGEM", "avalanche:agem": "AvalancheAGEM", "avalanche:lwf": "AvalancheLwF",
-    "avalanche:replay": "AvalancheReplay",
-}
-
-
 def avalanche_entries() -> list[Entry]:
     """Reference adapters `avalanche:<strategy>`, listed only when avalanche-lib is installed (not imported here)."""
     if importlib.util.find_spec("avalanche") is None:
         return []
-    return [Entry(name, f"avalanche adapter clbench.interop.avalanche_methods:{cls}",
-                  functools.partial(_import_attr, f"clbench.interop.avalanche_methods:{cls}"))
-            for name, cls in AVALANCHE_ADAPTERS.items()]
+    names = ("naive", "ewc", "si", "gem", "agem", "lwf", "replay")  # rows of avalanche_methods.ADAPTERS
+    return [Entry(f"avalanche:{name}", f"avalanche adapter clbench.interop.avalanche_methods:ADAPTERS['{name}']",
+                  functools.partial(_avalanche_adapter, f"avalanche:{name}")) for name in names]
+
+
+def _avalanche_adapter(name: str) -> Any:
+    from clbench.interop.avalanche_methods import adapter
+
+    return adapter(name)
 
 
 def builtin_entries() -> list[Entry]:

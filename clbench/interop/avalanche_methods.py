@@ -19,8 +19,9 @@ Inputs reach Avalanche as `(x, y, t)` tensor batches with `x = [ids; mask]` pack
 tasks (A-GEM, Replay) collate; `PackedSequenceClassifier` trims each batch back to its longest example.
 
 Avalanche itself is imported only inside `fit_task` (and the plugin class built there), so describing the
-adapters (`clbench list methods`) costs no Avalanche import (about 20 s on a loaded 2-core CPU). Each adapter subclasses `AvalancheAdapter` (two levels below `Hooks`): the seven
-adapters differ only in their strategy class and options, so one shared `fit_task` is clearer than seven.
+adapters (`clbench list methods`) imports no Avalanche. The seven adapters differ only in their strategy class,
+options and memory, so they are generated from one table (`ADAPTERS`): each is `AvalancheAdapter` (two levels
+below `Hooks`) with a config dataclass built from its row.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -160,128 +162,68 @@ def _per_task(ctx: RunContext) -> int:
 
 
 @dataclass(frozen=True)
-class AvalancheNaiveConfig(MethodConfig):
-    """Avalanche's Naive strategy has no options."""
+class AdapterSpec:
+    """One row of the adapter table: an Avalanche strategy, its options and how it takes the shared memory."""
+
+    strategy: str  # class in avalanche.training.supervised; the registry name is avalanche:<lower-case>
+    summary: str
+    citation: str
+    options: tuple[tuple[str, Any, Any, str], ...] = ()  # (field, type, default, help), named as Avalanche's kwargs
+    memory: Callable[[RunContext, Any], dict[str, Any]] | None = None  # strategy kwargs from the shared budget
 
 
-class AvalancheNaive(AvalancheAdapter):
-    """[avalanche] Naive fine-tuning through Avalanche's own training loop (reference for `naive`)."""
-
-    name: ClassVar[str] = "avalanche:naive"
-    config_cls: ClassVar[type[MethodConfig]] = AvalancheNaiveConfig
-    citation: ClassVar[str] = "Avalanche 0.6 Naive (Lomonaco et al., CVPR-W 2021)"
-    strategy_name: ClassVar[str] = "Naive"
-
-
-@dataclass(frozen=True)
-class AvalancheEWCConfig(MethodConfig):
-    """Options of Avalanche's EWC strategy."""
-
-    ewc_lambda: float = option(1000.0, "λ: weight of the EWC penalty (Avalanche's ewc_lambda)")
-    mode: str = option("separate", "separate (one penalty per task) or online (decayed running Fisher)")
-    decay_factor: float | None = option(None, "γ for mode=online")
-
-
-class AvalancheEWC(AvalancheAdapter):
-    """[avalanche] EWC (Kirkpatrick et al. 2017) with Avalanche's batched Fisher (reference for `ewc`)."""
-
-    name: ClassVar[str] = "avalanche:ewc"
-    config_cls: ClassVar[type[MethodConfig]] = AvalancheEWCConfig
-    citation: ClassVar[str] = "Kirkpatrick et al., PNAS 2017, via Avalanche 0.6 EWC"
-    strategy_name: ClassVar[str] = "EWC"
-
-
-@dataclass(frozen=True)
-class AvalancheSIConfig(MethodConfig):
-    """Options of Avalanche's SynapticIntelligence strategy."""
-
-    si_lambda: float = option(1.0, "c: strength of the SI penalty (Avalanche's si_lambda)")
-    eps: float = option(1e-7, "ξ: damping of the importance denominator")
-
-
-class AvalancheSI(AvalancheAdapter):
-    """[avalanche] Synaptic Intelligence (Zenke et al. 2017) via Avalanche (reference for `si`)."""
-
-    name: ClassVar[str] = "avalanche:si"
-    config_cls: ClassVar[type[MethodConfig]] = AvalancheSIConfig
-    citation: ClassVar[str] = "Zenke et al., ICML 2017, via Avalanche 0.6 SynapticIntelligence"
-    strategy_name: ClassVar[str] = "SynapticIntelligence"
+ADAPTERS: dict[str, AdapterSpec] = {
+    "avalanche:naive": AdapterSpec(
+        "Naive", "[avalanche] Naive fine-tuning through Avalanche's own training loop (reference for `naive`).",
+        "Avalanche 0.6 Naive (Lomonaco et al., CVPR-W 2021)"),
+    "avalanche:ewc": AdapterSpec(
+        "EWC", "[avalanche] EWC (Kirkpatrick et al. 2017) with Avalanche's batched Fisher (reference for `ewc`).",
+        "Kirkpatrick et al., PNAS 2017, via Avalanche 0.6 EWC",
+        (("ewc_lambda", float, 1000.0, "λ: weight of the EWC penalty (Avalanche's ewc_lambda)"),
+         ("mode", str, "separate", "separate (one penalty per task) or online (decayed running Fisher)"),
+         ("decay_factor", float | None, None, "γ for mode=online"))),
+    "avalanche:si": AdapterSpec(
+        "SynapticIntelligence", "[avalanche] Synaptic Intelligence (Zenke et al. 2017) via Avalanche (reference "
+        "for `si`).", "Zenke et al., ICML 2017, via Avalanche 0.6 SynapticIntelligence",
+        (("si_lambda", float, 1.0, "c: strength of the SI penalty (Avalanche's si_lambda)"),
+         ("eps", float, 1e-7, "ξ: damping of the importance denominator"))),
+    "avalanche:gem": AdapterSpec(
+        "GEM", "[avalanche] GEM (Lopez-Paz & Ranzato 2017) via Avalanche, memory from the shared budget "
+        "(reference for `gem`).", "Lopez-Paz & Ranzato, NeurIPS 2017, via Avalanche 0.6 GEM",
+        (("memory_strength", float, 0.5, "γ: margin added to the projected gradient (memory_strength)"),),
+        lambda ctx, c: {"patterns_per_exp": _per_task(ctx), "memory_strength": c.memory_strength}),
+    "avalanche:agem": AdapterSpec(
+        "AGEM", "[avalanche] A-GEM (Chaudhry et al. 2019) via Avalanche, memory from the shared budget "
+        "(reference for `agem`).", "Chaudhry et al., ICLR 2019, via Avalanche 0.6 AGEM",
+        (("sample_size", int | None, None, "memory examples per reference gradient (default: the batch size)"),),
+        lambda ctx, c: {"patterns_per_exp": _per_task(ctx), "sample_size": c.sample_size or ctx.batch_size}),
+    "avalanche:lwf": AdapterSpec(
+        "LwF", "[avalanche] Learning without Forgetting (Li & Hoiem 2017) via Avalanche (reference for `lwf`).",
+        "Li & Hoiem, ECCV 2016, via Avalanche 0.6 LwF",
+        (("alpha", float, 1.0, "λ_o: weight of the distillation loss (Avalanche's alpha)"),
+         ("temperature", float, 2.0, "T: softmax temperature of the distillation"))),
+    "avalanche:replay": AdapterSpec(
+        "Replay", "[avalanche] Experience replay with Avalanche's task-balanced buffer of buffer_size (reference "
+        "for `replay`).", "Chaudhry et al. 2019 / Rolnick et al. 2019, via Avalanche 0.6 Replay",
+        memory=lambda ctx, c: {"mem_size": ctx.buffer_size}),
+}
 
 
-@dataclass(frozen=True)
-class AvalancheGEMConfig(MethodConfig):
-    """Options of Avalanche's GEM strategy (memory per task: ⌊buffer_size / tasks⌋)."""
+@functools.cache
+def adapter(name: str) -> type[AvalancheAdapter]:
+    """The method class of table row `name`, with a frozen config dataclass built from its options."""
+    spec = ADAPTERS[name]
+    title = "Avalanche" + spec.strategy
+    config_cls = dataclasses.make_dataclass(
+        title + "Config", [(field, kind, option(default, help)) for field, kind, default, help in spec.options],
+        bases=(MethodConfig,), frozen=True)
+    config_cls.__doc__ = f"Options of Avalanche's {spec.strategy} strategy."
+    memory = spec.memory
 
-    memory_strength: float = option(0.5, "γ: margin added to the projected gradient (Avalanche's memory_strength)")
+    def strategy_options(self: AvalancheAdapter, ctx: RunContext) -> dict[str, Any]:
+        return memory(ctx, self.config) if memory is not None else dataclasses.asdict(self.config)
 
-
-class AvalancheGEM(AvalancheAdapter):
-    """[avalanche] GEM (Lopez-Paz & Ranzato 2017) via Avalanche, memory from the shared budget (reference for `gem`)."""
-
-    name: ClassVar[str] = "avalanche:gem"
-    config_cls: ClassVar[type[MethodConfig]] = AvalancheGEMConfig
-    citation: ClassVar[str] = "Lopez-Paz & Ranzato, NeurIPS 2017, via Avalanche 0.6 GEM"
-    strategy_name: ClassVar[str] = "GEM"
-    uses_buffer: ClassVar[bool] = True
-
-    def strategy_options(self, ctx: RunContext) -> dict[str, Any]:
-        c = self.config
-        assert isinstance(c, AvalancheGEMConfig)
-        return {"patterns_per_exp": _per_task(ctx), "memory_strength": c.memory_strength}
-
-
-@dataclass(frozen=True)
-class AvalancheAGEMConfig(MethodConfig):
-    """Options of Avalanche's AGEM strategy (memory per task: ⌊buffer_size / tasks⌋)."""
-
-    sample_size: int | None = option(None, "memory examples per reference gradient (default: the batch size)")
-
-
-class AvalancheAGEM(AvalancheAdapter):
-    """[avalanche] A-GEM (Chaudhry et al. 2019) via Avalanche, memory from the shared budget (reference for `agem`)."""
-
-    name: ClassVar[str] = "avalanche:agem"
-    config_cls: ClassVar[type[MethodConfig]] = AvalancheAGEMConfig
-    citation: ClassVar[str] = "Chaudhry et al., ICLR 2019, via Avalanche 0.6 AGEM"
-    strategy_name: ClassVar[str] = "AGEM"
-    uses_buffer: ClassVar[bool] = True
-
-    def strategy_options(self, ctx: RunContext) -> dict[str, Any]:
-        c = self.config
-        assert isinstance(c, AvalancheAGEMConfig)
-        return {"patterns_per_exp": _per_task(ctx), "sample_size": c.sample_size or ctx.batch_size}
-
-
-@dataclass(frozen=True)
-class AvalancheLwFConfig(MethodConfig):
-    """Options of Avalanche's LwF strategy."""
-
-    alpha: float = option(1.0, "λ_o: weight of the distillation loss (Avalanche's alpha)")
-    temperature: float = option(2.0, "T: softmax temperature of the distillation")
-
-
-class AvalancheLwF(AvalancheAdapter):
-    """[avalanche] Learning without Forgetting (Li & Hoiem 2017) via Avalanche (reference for `lwf`)."""
-
-    name: ClassVar[str] = "avalanche:lwf"
-    config_cls: ClassVar[type[MethodConfig]] = AvalancheLwFConfig
-    citation: ClassVar[str] = "Li & Hoiem, ECCV 2016, via Avalanche 0.6 LwF"
-    strategy_name: ClassVar[str] = "LwF"
-
-
-@dataclass(frozen=True)
-class AvalancheReplayConfig(MethodConfig):
-    """Avalanche's Replay strategy; its memory is the run's shared buffer_size."""
-
-
-class AvalancheReplay(AvalancheAdapter):
-    """[avalanche] Experience replay with Avalanche's task-balanced buffer of buffer_size (reference for `replay`)."""
-
-    name: ClassVar[str] = "avalanche:replay"
-    config_cls: ClassVar[type[MethodConfig]] = AvalancheReplayConfig
-    citation: ClassVar[str] = "Chaudhry et al. 2019 / Rolnick et al. 2019, via Avalanche 0.6 Replay"
-    strategy_name: ClassVar[str] = "Replay"
-    uses_buffer: ClassVar[bool] = True
-
-    def strategy_options(self, ctx: RunContext) -> dict[str, Any]:
-        return {"mem_size": ctx.buffer_size}
+    return type(title, (AvalancheAdapter,), {
+        "__doc__": spec.summary, "__module__": __name__, "name": name, "config_cls": config_cls,
+        "citation": spec.citation, "strategy_name": spec.strategy, "uses_buffer": memory is not None,
+        "strategy_options": strategy_options})

@@ -13,17 +13,19 @@ pytest.importorskip("avalanche")
 
 from clbench.config import build_config, parse_set
 from clbench.data import EncodedSplit, TaskInfo
+from clbench.interop.avalanche_methods import ADAPTERS, adapter
 from clbench.methods import RunContext
 from clbench.models import build_model
 from clbench.protocol import LoopSettings
-from clbench.registry import AVALANCHE_ADAPTERS, MethodRegistry
+from clbench.registry import MethodRegistry
 
 TASKS = (TaskInfo(0, "a", ("x", "y"), 0), TaskInfo(1, "b", ("x", "y"), 2))
 
 
 def test_adapters_are_registered_and_marked() -> None:
     registry = MethodRegistry.default()
-    for name in AVALANCHE_ADAPTERS:
+    assert sorted(ADAPTERS) == sorted(n for n in registry.names() if n.startswith("avalanche:"))
+    for name in ADAPTERS:
         info = registry.describe(name)
         assert info["origin"].startswith("avalanche adapter")
         assert info["summary"].startswith("[avalanche]")
@@ -66,16 +68,9 @@ def test_avalanche_naive_runs_through_the_runner(run_tiny: Callable[..., tuple[P
 
 
 def test_adapter_options_are_the_config_fields_under_avalanche_names() -> None:
-    from clbench.interop.avalanche_methods import (
-        AvalancheEWC,
-        AvalancheEWCConfig,
-        AvalancheLwF,
-        AvalancheLwFConfig,
-        AvalancheSI,
-    )
-
-    ewc = AvalancheEWC(AvalancheEWCConfig(ewc_lambda=5.0, mode="online", decay_factor=0.9))
+    ewc_cls, si_cls, lwf_cls = adapter("avalanche:ewc"), adapter("avalanche:si"), adapter("avalanche:lwf")
+    ewc = ewc_cls(ewc_cls.config_cls(ewc_lambda=5.0, mode="online", decay_factor=0.9))
     assert ewc.strategy_options(None) == {"ewc_lambda": 5.0, "mode": "online", "decay_factor": 0.9}  # type: ignore[arg-type]
-    assert AvalancheSI().strategy_options(None) == {"si_lambda": 1.0, "eps": 1e-7}  # type: ignore[arg-type]
-    lwf = AvalancheLwF(AvalancheLwFConfig(alpha=0.5, temperature=3.0))
+    assert si_cls().strategy_options(None) == {"si_lambda": 1.0, "eps": 1e-7}  # type: ignore[arg-type]
+    lwf = lwf_cls(lwf_cls.config_cls(alpha=0.5, temperature=3.0))
     assert lwf.strategy_options(None) == {"alpha": 0.5, "temperature": 3.0}  # type: ignore[arg-type]
