@@ -1,6 +1,6 @@
 """Episodic memory shared by the gradient-projection methods (GEM, A-GEM): per-task samples within one budget.
 
-Every method that keeps old examples draws on the run's single `buffer_size` (DESIGN.md, fair comparison).
+Every method that keeps old examples draws on the run's single `buffer_size` (docs/protocol.md, fair comparison).
 `TaskMemory` splits that budget evenly over the tasks seen so far: after task t each of the t tasks keeps
 ⌊budget / t⌋ examples (the remainder goes to the earliest tasks). Examples are chosen uniformly at random
 with the method's generator when a task ends, and a task's share only ever shrinks by dropping the tail of

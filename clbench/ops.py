@@ -86,8 +86,8 @@ def default_optimizer(params: Sequence[nn.Parameter], lr: float, weight_decay: f
     """AdamW, with its fused kernel wherever every parameter allows it (floating point, on CPU or CUDA).
 
     The default (per-tensor) AdamW runs a Python loop of small kernels over the ~100 tensors of a BERT-style
-    model; the fused kernel updates them all at once, about 15x faster per step for MiniLM on CPU, which was a
-    fifth of each training step (see benchmarks/README.md). Same update rule, rounding aside.
+    model; the fused kernel updates them all at once (benchmarks/README.md has the measurement). Same update
+    rule, rounding aside.
     """
     fused = bool(params) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True if fused else None)

@@ -173,8 +173,8 @@ class Hooks:
 
         When given, the runner forwards `batch.concat(extra)` (one pass, padded to the wider of the two),
         computes `task_loss` on the first `len(batch)` rows only, and hands the whole output to `loss`, where
-        `ctx.extra_logits(outputs, batch, extra)` gives the extra rows' logits. One larger pass instead of two
-        small ones saves kernel launches where they dominate (small models on a GPU); on a CPU it saves nothing.
+        `ctx.extra_logits(outputs, batch, extra)` gives the extra rows' logits: one larger pass instead of two
+        small ones, for devices where kernel launches dominate a step.
         """
         return None
 

@@ -19,12 +19,9 @@ Buffer: after each task, inputs drawn from its training split (from `ctx.generat
 `ctx.buffer_size` across the tasks seen so far (`clbench.episodic.TaskMemory`; older shares shrink). The first task has no
 buffer and is plain fine-tuning (L = CE). Memory-saving mode (`separate_backward`): `loss` backpropagates
 λ·CE first (freeing the new batch's activations) and then D on the replay batch, so peak activation memory
-is the larger of the two graphs, not their sum; the gradients are the same. Fused mode (`fused_forward`) does
-the opposite: the replay batch travels through the runner's forward with the new batch (`extra_inputs`), one
-pass over both padded to the longer, so a launch-bound GPU runs one set of kernels per step instead of two. The
-loss is the same (dropout masks aside). The FLOPs are not fewer, and they grow when the replay inputs are
-shorter than the new ones (the concatenation pads them to the new batch's width), so a CPU, where time
-follows FLOPs, gains nothing and may lose.
+is the larger of the two graphs, not their sum; the gradients are the same. Fused mode (`fused_forward`) sends
+the replay batch through the runner's forward with the new batch (`extra_inputs`): one pass over both, padded
+to the longer, with the same loss (dropout masks aside) and fewer kernel launches per step.
 
 Hooks: `before_task` (cache q), `extra_inputs` (fused mode), `loss`, `after_task` (buffer). `cache_log_probs`,
 `sample_replay`, `bhattacharyya` and `replay_distance` are reused by `fip-geometric` and `fip-lora`.

@@ -3,7 +3,7 @@
 Combines Raghavan & Thomson, "Engineering flexible machine learning systems by traversing functionally
 invariant paths" (Nature Machine Intelligence 2024) with Hu et al., "LoRA" (ICLR 2022).
 
-The seed asked whether FIP's retention survives a much smaller trainable footprint: the path is searched only
+The FIP blog post asked whether FIP's retention survives a much smaller trainable footprint: the path is searched only
 in the span of the low-rank adapters (and the head, unless frozen), so optimiser state and weight gradients
 shrink to the adapters' size while the distance term still protects the old tasks' outputs. The method is a
 composition, not a copy: it holds a `LoRA` and an `FIP` instance built from the matching fields of its config

@@ -8,7 +8,7 @@ are installed with peft (`LoraConfig`, sequence-classification task type) once i
 one model object for the whole stream; the policies decide which parameters train in each task:
 
 - `first_task`: `full` fine-tunes every weight on the first task (the adapters are zero there because B = 0)
-  and trains adapters from the second task on, as in the seed's Yelp → IMDB experiment; `lora` trains
+  and trains adapters from the second task on, as in the FIP paper's Yelp → IMDB experiment; `lora` trains
   adapters from the first task on.
 - `adapter_policy`: `continue` trains one adapter through all tasks; `per_task` merges the finished adapter
   into the base weights after its task (W ← W + (α/r)·B·A) and starts the next task from a fresh adapter.
@@ -51,7 +51,8 @@ class LoRAConfig(MethodConfig):
     dropout: float = option(0.1, "dropout on the adapter's input (peft lora_dropout)")
     target_modules: tuple[str, ...] = option(("query", "value"), "linear layers that get adapters "
                                              "(W_q, W_v as in Hu et al. for BERT)")
-    first_task: str = option("full", "full: fine-tune every weight on task 1, adapters from task 2 (the seed); "
+    first_task: str = option("full", "full: fine-tune every weight on task 1, adapters from task 2 (the FIP paper's "
+                             "protocol); "
                              "lora: adapters from task 1")
     adapter_policy: str = option("continue", "continue: one adapter through all tasks; per_task: a fresh "
                                  "adapter per task, merged into the base weights after its task")

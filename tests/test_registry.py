@@ -91,3 +91,37 @@ def test_variant_names_compare_two_configurations_of_one_method(run_tiny) -> Non
     _, records = run_tiny(("naive", "naive@second"))
     done = {r["method"] for r in records if r["type"] == "unit" and r["value"] == "done"}
     assert done == {"naive", "naive@second"}
+
+
+def test_builtin_keys_follow_the_naming_rule_in_docs_protocol() -> None:
+    """Key = file name with '_' as '-'; class = CamelCase of the key; config = class name + 'Config'."""
+    from clbench.methods import BUILTIN
+
+    for key, target in BUILTIN.items():
+        module, cls_name = target.split(":")
+        assert module == "clbench.methods." + key.replace("-", "_"), key
+        assert cls_name.lower() == key.replace("-", ""), key
+        cls = MethodRegistry.default().get(key)
+        assert cls.name == key and cls.config_cls.__name__ == cls_name + "Config", key
+
+
+def test_the_documented_example_plugin_is_one_short_file_that_pulls_towards_the_last_task(tmp_path: Path) -> None:
+    import torch
+
+    from clbench.data import TaskInfo
+    from clbench.models import build_model
+
+    example = Path(__file__).resolve().parents[1] / "docs" / "examples" / "l2_previous.py"
+    assert len(example.read_text().splitlines()) <= 60
+    cls = MethodRegistry.default([example]).get("l2-previous")
+    method = cls(cls.config_cls(penalty_weight=2.0))
+    model = build_model("tiny", 3, 0)
+    task_loss = torch.tensor(1.0)
+    assert method.loss(model, None, None, task_loss) is task_loss  # no penalty on the first task
+    method.after_task(TaskInfo(0, "a", ("x",), 0), model, None)
+    assert float(method.loss(model, None, None, task_loss)) == 1.0  # at the anchor
+    weight = model.classifier.weight
+    with torch.no_grad():
+        weight.add_(0.5)
+    expected = 1.0 + 0.5 * 2.0 * 0.25 * weight.numel()
+    assert abs(float(method.loss(model, None, None, task_loss)) - expected) < 1e-4

