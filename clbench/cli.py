@@ -160,7 +160,8 @@ def list_methods(as_json: bool, plugins: tuple[str, ...]) -> None:
         options = [f"--set {row['name']}.{f['name']}={f['default']!s}" for f in row["config"]]
         width = max(map(len, options), default=0)  # one help column per method
         for option, f in zip(options, row["config"]):
-            click.echo(f"{'':<16} {option:<{width}}  {f['help']}")
+            searched = f"  [tune: {f['search']}]" if f.get("search") else ""
+            click.echo(f"{'':<16} {option:<{width}}  {f['help']}{searched}")
 
 
 @list_.command(name="models")

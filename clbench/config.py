@@ -27,6 +27,7 @@ from typing import Any
 import yaml
 
 from clbench.errors import ClbenchError, ConfigError, suggest
+from clbench.search import Choice, IntRange
 
 
 def option(default: Any = MISSING, help: str = "", *, default_factory: Any = MISSING, **metadata: Any) -> Any:
@@ -53,11 +54,12 @@ class RunConfig:
     seeds: tuple[int, ...] = option((0,), "comma-separated random seeds, e.g. 0,1,2; one unit per method and "
                                     "seed", flag=True)
     out: str | None = option(None, "run directory (default runs/<stream>-<model>-<time>)", flag=True)
-    epochs: int = option(3, "passes over each task's training data", flag=True)
+    epochs: int = option(3, "passes over each task's training data", flag=True, search=IntRange(1, 5))
     max_steps: int | None = option(None, "optimiser steps per task; overrides epochs when set", flag=True)
     batch_size: int = option(16, "training batch size", flag=True)
     eval_batch_size: int = option(64, "evaluation batch size")
-    lr: float | None = option(None, "AdamW learning rate (default: the model's; `clbench list models`)", flag=True)
+    lr: float | None = option(None, "AdamW learning rate (default: the model's; `clbench list models`)", flag=True,
+                              search=Choice((1e-5, 3e-5, 1e-4, 3e-4, 1e-3)))
     weight_decay: float = option(0.01, "AdamW weight decay")
     warmup_ratio: float = option(0.1, "fraction of each task's steps with linear warm-up")
     grad_clip: float = option(1.0, "max gradient norm (0 disables clipping)")

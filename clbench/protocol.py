@@ -225,6 +225,7 @@ def config_fields(config_cls: type[MethodConfig]) -> list[dict[str, Any]]:
     out = []
     for f in dataclasses.fields(config_cls):
         default = f.default if f.default is not dataclasses.MISSING else None
+        space = f.metadata.get("search")
         out.append({"name": f.name, "type": getattr(f.type, "__name__", str(f.type)), "default": default,
-                    "help": f.metadata.get("help", "")})
+                    "help": f.metadata.get("help", ""), "search": space.describe() if space is not None else None})
     return out

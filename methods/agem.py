@@ -24,6 +24,7 @@ from clbench.data import EncodedSplit, TaskInfo
 from clbench.episodic import TaskMemory, memory_gradient
 from clbench.methods import Hooks, MethodConfig, RunContext, option
 from clbench.ops import assign_flat_grad, flat_grad
+from clbench.search import Choice
 
 
 def agem_project(grad: Tensor, ref: Tensor) -> Tensor:
@@ -39,7 +40,8 @@ class AGEMConfig(MethodConfig):
     """Hyperparameters of A-GEM; symbols follow Chaudhry et al. 2019."""
 
     sample_size: int = option(0, "examples drawn uniformly from the episodic memory each step to compute the "
-                              "reference gradient g_ref in Eq. 11 (0: the run's batch size)")
+                              "reference gradient g_ref in Eq. 11 (0: the run's batch size)",
+                              search=Choice((16, 64, 256)))
 
     def __post_init__(self) -> None:
         if self.sample_size < 0:

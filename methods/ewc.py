@@ -28,6 +28,7 @@ from torch.func import functional_call, grad, vmap
 from clbench.data import Batch, BatchPlan, EncodedSplit, TaskInfo
 from clbench.methods import Hooks, MethodConfig, option
 from clbench.ops import quadratic_penalty, snapshot
+from clbench.search import LogUniform
 
 ESTIMATORS = ("empirical", "exact", "batched")
 
@@ -36,7 +37,8 @@ ESTIMATORS = ("empirical", "exact", "batched")
 class EWCConfig(MethodConfig):
     """Hyperparameters of EWC; symbols follow Kirkpatrick et al. 2017 and Schwarz et al. 2018."""
 
-    penalty_weight: float = option(1000.0, "λ in Eq. 3: weight of the penalty λ/2·Σ F_i (θ_i − θ*_i)²")
+    penalty_weight: float = option(1000.0, "λ in Eq. 3: weight of the penalty λ/2·Σ F_i (θ_i − θ*_i)²",
+                                    search=LogUniform(1.0, 1e7))
     estimator: str = option("empirical", "diagonal Fisher estimator: empirical (per-example gradients of the "
                             "true label's log-likelihood), exact (expectation over the model's predicted "
                             "classes) or batched (squared mini-batch gradients, as Avalanche)")

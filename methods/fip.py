@@ -38,6 +38,7 @@ from torch import Tensor, nn
 from clbench.data import Batch, BatchPlan, EncodedSplit, TaskInfo
 from clbench.episodic import TaskMemory
 from clbench.methods import Hooks, MethodConfig, RunContext, option
+from clbench.search import Choice, LogUniform
 
 
 @dataclass(frozen=True)
@@ -45,9 +46,9 @@ class FIPConfig(MethodConfig):
     """FIP loss weights and replay settings."""
 
     ce_weight: float = option(1.0, "λ: weight of the new task's mean cross-entropy against the summed "
-                              "Bhattacharyya distance")
+                              "Bhattacharyya distance", search=LogUniform(0.1, 10.0))
     replay_batch_size: int | None = option(None, "old-task inputs per step for the distance term "
-                                           "(default: the training batch size)")
+                                           "(default: the training batch size)", search=Choice((8, 16, 32)))
     separate_backward: bool = option(False, "memory-saving mode: backpropagate the CE and the distance "
                                      "separately (peak activations = max, not sum)")
     fused_forward: bool = option(False, "one forward pass over the new and the replay batch together "

@@ -42,6 +42,7 @@ from clbench.episodic import TaskMemory
 from clbench.methods import Hooks, MethodConfig, RunContext, option
 from clbench.methods.fip import sample_replay
 from clbench.ops import assign_flat_grad, flat_grad
+from clbench.search import LogUniform
 
 
 @dataclass(frozen=True)
@@ -49,9 +50,9 @@ class FIPGeometricConfig(MethodConfig):
     """Step length, damping and solver settings of the geometric FIP step."""
 
     step_length: float = option(0.05, "ε: Euclidean length of each weight step (the SGD learning rate; the "
-                                "runner's warm-up/decay schedule scales it)")
+                                "runner's warm-up/decay schedule scales it)", search=LogUniform(1e-3, 0.3))
     damping: float = option(0.1, "μ relative to g's Rayleigh quotient along ∇L: large = gradient descent, "
-                            "small = stay on the functionally invariant subspace")
+                            "small = stay on the functionally invariant subspace", search=LogUniform(1e-3, 10.0))
     cg_iterations: int = option(4, "conjugate-gradient iterations on (g + μI)δ = −∇L")
     replay_batch_size: int | None = option(None, "old-task inputs per step for the metric g "
                                            "(default: the training batch size)")

@@ -29,6 +29,7 @@ from clbench.episodic import TaskMemory, memory_gradient
 from clbench.errors import ClbenchError
 from clbench.methods import Hooks, MethodConfig, RunContext, option
 from clbench.ops import assign_flat_grad, flat_grad
+from clbench.search import Uniform
 
 
 def solve_dual_qp(memory_grads: Tensor, grad: Tensor, margin: float, ridge: float) -> Tensor:
@@ -63,7 +64,7 @@ class GEMConfig(MethodConfig):
     """Hyperparameters of GEM; symbols follow Lopez-Paz & Ranzato 2017 and the authors' code."""
 
     margin: float = option(0.5, "γ in §3: lower bound on the dual variables v (memory_strength in the "
-                           "authors' code); larger values favour backward transfer")
+                           "authors' code); larger values favour backward transfer", search=Uniform(0.0, 1.0))
     ridge: float = option(1e-3, "ε added to the diagonal of G Gᵀ in the dual QP (the authors' code uses 1e-3)")
     memory_batch_size: int = option(0, "examples per forward pass when computing memory gradients "
                                     "(0: the run's batch size)")

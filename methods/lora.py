@@ -35,6 +35,7 @@ from torch import nn
 
 from clbench.data import EncodedSplit, TaskInfo
 from clbench.methods import Hooks, MethodConfig, RunContext, option
+from clbench.search import Choice, LogUniform
 
 ADAPTER = "default"  # peft's name for the single adapter slot this method uses
 FIRST_TASK = ("full", "lora")
@@ -46,21 +47,20 @@ HEAD = ("trainable", "frozen")
 class LoRAConfig(MethodConfig):
     """LoRA hyperparameters (Hu et al. 2022, Sec. 4) and the continual-learning policies."""
 
-    rank: int = option(8, "r: rank of the adapter factors B [d_out, r] and A [r, d_in]")
+    rank: int = option(8, "r: rank of the adapter factors B [d_out, r] and A [r, d_in]", search=Choice((4, 8, 16)))
     alpha: float = option(16.0, "α: scaling numerator; the layer adds ΔW = (α/r)·B·A")
     dropout: float = option(0.1, "dropout on the adapter's input (peft lora_dropout)")
     target_modules: tuple[str, ...] = option(("query", "value"), "linear layers that get adapters "
                                              "(W_q, W_v as in Hu et al. for BERT)")
-    first_task: str = option("full", "full: fine-tune every weight on task 1, adapters from task 2 (the FIP paper's "
-                             "protocol); "
-                             "lora: adapters from task 1")
+    first_task: str = option("full", "full: fine-tune every weight on task 1, adapters from task 2 (the FIP "
+                             "paper's protocol); lora: adapters from task 1")
     adapter_policy: str = option("continue", "continue: one adapter through all tasks; per_task: a fresh "
                                  "adapter per task, merged into the base weights after its task")
     head: str = option("trainable", "trainable: peft's default (modules_to_save); frozen: the head does not "
                        "train while adapters do")
     adapter_lr: float | None = option(None, "learning rate while adapters train (default: the run's); adapters "
                                       "often need more than full fine-tuning: Hu et al. used 4e-4 to 5e-4 "
-                                      "for RoBERTa-base (Table 9)")
+                                      "for RoBERTa-base (Table 9)", search=LogUniform(1e-5, 1e-2))
 
     def __post_init__(self) -> None:
         for key, allowed in (("first_task", FIRST_TASK), ("adapter_policy", ADAPTER_POLICY), ("head", HEAD)):

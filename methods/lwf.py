@@ -29,14 +29,17 @@ from torch import Tensor, nn
 
 from clbench.data import Batch, BatchPlan, EncodedSplit, TaskInfo
 from clbench.methods import Hooks, MethodConfig, option
+from clbench.search import Choice, LogUniform
 
 
 @dataclass(frozen=True)
 class LwFConfig(MethodConfig):
     """Hyperparameters of LwF."""
 
-    distill_weight: float = option(1.0, "λ_o in Eq. 2 of Li & Hoiem: weight of the distillation loss")
-    temperature: float = option(2.0, "T in Eq. 2 of Li & Hoiem: softmax temperature of teacher and student")
+    distill_weight: float = option(1.0, "λ_o in Eq. 2 of Li & Hoiem: weight of the distillation loss",
+                                    search=LogUniform(0.1, 10.0))
+    temperature: float = option(2.0, "T in Eq. 2 of Li & Hoiem: softmax temperature of teacher and student",
+                                 search=Choice((1.0, 2.0, 4.0)))
 
     def __post_init__(self) -> None:
         if self.temperature <= 0:

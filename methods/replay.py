@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from clbench.data import Batch, EncodedSplit, TaskInfo
 from clbench.episodic import Reservoir, TaskMemory
 from clbench.methods import Hooks, MethodConfig, RunContext, option
+from clbench.search import LogUniform
 
 POLICIES = ("reservoir", "balanced")
 
@@ -39,7 +40,8 @@ class ReplayConfig(MethodConfig):
     policy: str = option("reservoir", "memory policy: reservoir (uniform over all examples seen) or balanced "
                          "(equal share per task)")
     replay_batch_size: int | None = option(None, "examples replayed per step (default: the run's batch size)")
-    replay_weight: float = option(1.0, "w: weight of the replay cross-entropy added to the task loss")
+    replay_weight: float = option(1.0, "w: weight of the replay cross-entropy added to the task loss",
+                                   search=LogUniform(0.1, 10.0))
     fused_forward: bool = option(False, "one forward pass over the new and the memory batch together "
                                  "(fewer kernel launches on a GPU; same loss)")
 

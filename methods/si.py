@@ -25,13 +25,15 @@ from torch import Tensor, nn
 from clbench.data import Batch, EncodedSplit, TaskInfo
 from clbench.methods import Hooks, MethodConfig, option
 from clbench.ops import quadratic_penalty, snapshot
+from clbench.search import LogUniform
 
 
 @dataclass(frozen=True)
 class SIConfig(MethodConfig):
     """Hyperparameters of SI; symbols follow Zenke et al. 2017."""
 
-    strength: float = option(1.0, "c in Eq. 4: weight of the surrogate loss c·Σ Ω_k (θ̃_k − θ_k)²")
+    strength: float = option(1.0, "c in Eq. 4: weight of the surrogate loss c·Σ Ω_k (θ̃_k − θ_k)²",
+                             search=LogUniform(1e-2, 1e4))
     damping: float = option(1e-3, "ξ in Eq. 5: damping in Ω_k = Σ ω_k / ((Δ_k)² + ξ)")
     task_gradient_only: bool = option(True, "accumulate ω with the gradient of the task loss only (Zenke et al.'s "
                                       "code); false uses the gradient including the penalty (Avalanche)")
