@@ -20,7 +20,7 @@ import importlib.util
 import types
 import typing
 from collections.abc import Mapping, Sequence
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -83,7 +83,16 @@ class RunConfig:
     keep_checkpoints: bool = option(False, "keep each unit's checkpoint after it finishes (default: delete it)",
                                     flag=True)
     method_options: Mapping[str, Mapping[str, Any]] = option(
-        default_factory=dict, help="per-method config values, e.g. {ewc: {penalty_weight: 1000}}")
+        default_factory=dict, help="per-method config values, e.g. {ewc: {penalty_weight: 1000}}; a method section "
+        "may also set the training fields in TRAINING_FIELDS for that method only, e.g. {lora: {lr: 3e-4}}")
+
+    def for_method(self, name: str) -> RunConfig:
+        """This config with `name`'s training overrides (e.g. `--set lora.lr=3e-4`) applied to the run fields."""
+        _, training = split_options(self.method_options.get(name, {}))
+        if not training:
+            return self
+        types = field_types(RunConfig)
+        return replace(self, **{k: coerce(v, types[k], f"{name}.{k}") for k, v in training.items()})
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -98,6 +107,14 @@ class RunConfig:
 
 
 RUN_FIELDS = {f.name: f for f in fields(RunConfig)}
+# Run fields a method section may override for that method alone (each method's own learning rate and budget).
+TRAINING_FIELDS = ("lr", "epochs", "max_steps", "warmup_ratio", "weight_decay", "grad_clip")
+
+
+def split_options(raw: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A method section -> (the method's own config values, its training overrides of run fields)."""
+    own = {k: v for k, v in raw.items() if k not in TRAINING_FIELDS}
+    return own, {k: v for k, v in raw.items() if k in TRAINING_FIELDS}
 
 
 @functools.cache
@@ -282,30 +299,29 @@ def validate(config: RunConfig, registry: Any) -> dict[str, Any]:
                               f"{suggest(name, list(known) + list(RUN_FIELDS))}")
     for name, cls in classes.items():
         if cls is not None:
-            configs[name] = check(lambda c=cls, n=name: method_config(c.config_cls, n,
-                                                                       config.method_options.get(n, {})))
+            configs[name] = check(lambda c=cls, n=name: method_config(c.config_cls, n, method_own_options(config, n)))
             errors += method_requirements(name, cls, config)
+    errors += training_errors(config)
+    for name in config.methods:
+        if split_options(config.method_options.get(name, {}))[1]:
+            unit_config = check(lambda n=name: config.for_method(n))
+            if unit_config is not None:
+                errors += training_errors(unit_config, f"{name}.")
     if not config.seeds:
         errors.append("no seeds given; pass e.g. --seeds 0,1,2")
     if any(s < 0 for s in config.seeds):
         errors.append(f"seeds {list(config.seeds)} must be non-negative")
     if len(set(config.seeds)) != len(config.seeds):
         errors.append(f"seeds {list(config.seeds)} repeat a seed; list each once")
-    for name in ("epochs", "batch_size", "eval_batch_size"):
+    for name in ("batch_size", "eval_batch_size"):
         if getattr(config, name) <= 0:
             errors.append(f"{name}={getattr(config, name)} must be a positive integer")
-    for name in ("max_steps", "train_size", "test_size", "max_length"):
+    for name in ("train_size", "test_size", "max_length"):
         value = getattr(config, name)
         if value is not None and value <= 0:
             errors.append(f"{name}={value} must be a positive integer")
     if config.max_length is not None and config.max_length < 8:
         errors.append(f"max_length={config.max_length} is too short; use at least 8 tokens")
-    if config.lr is not None and not 0 < config.lr < 1:
-        errors.append(f"lr={config.lr} must be in (0, 1), e.g. 5e-5")
-    if config.weight_decay < 0 or config.grad_clip < 0:
-        errors.append("weight_decay and grad_clip must be non-negative")
-    if not 0 <= config.warmup_ratio < 1:
-        errors.append(f"warmup_ratio={config.warmup_ratio} must be in [0, 1)")
     if config.buffer_size < 0:
         errors.append(f"buffer_size={config.buffer_size} must be non-negative")
     if config.eval_every < 0:
@@ -341,6 +357,27 @@ def validate(config: RunConfig, registry: Any) -> dict[str, Any]:
     if errors:
         raise ConfigError("; ".join(errors))
     return configs
+
+
+def training_errors(config: RunConfig, prefix: str = "") -> list[str]:
+    """Range checks of the training fields (a method's overrides are named `method.field`)."""
+    errors = []
+    if config.epochs <= 0:
+        errors.append(f"{prefix}epochs={config.epochs} must be a positive integer")
+    if config.max_steps is not None and config.max_steps <= 0:
+        errors.append(f"{prefix}max_steps={config.max_steps} must be a positive integer")
+    if config.lr is not None and not 0 < config.lr < 1:
+        errors.append(f"{prefix}lr={config.lr} must be in (0, 1), e.g. 5e-5")
+    if config.weight_decay < 0 or config.grad_clip < 0:
+        errors.append(f"{prefix}weight_decay and {prefix}grad_clip must be non-negative")
+    if not 0 <= config.warmup_ratio < 1:
+        errors.append(f"{prefix}warmup_ratio={config.warmup_ratio} must be in [0, 1)")
+    return errors
+
+
+def method_own_options(config: RunConfig, name: str) -> dict[str, Any]:
+    """The values of method `name`'s own config dataclass (its section without training overrides)."""
+    return split_options(config.method_options.get(name, {}))[0]
 
 
 def method_requirements(name: str, cls: Any, config: RunConfig) -> list[str]:
@@ -382,9 +419,11 @@ def differences(saved: RunConfig, new: RunConfig, registry: Any) -> list[str]:
         return keys
     for name in new.methods:
         cls = registry.get(name).config_cls
-        old = method_config(cls, name, saved.method_options.get(name, {}))
-        now = method_config(cls, name, new.method_options.get(name, {}))
+        old = method_config(cls, name, method_own_options(saved, name))
+        now = method_config(cls, name, method_own_options(new, name))
         keys += [f"{name}.{f.name}" for f in fields(cls) if getattr(old, f.name) != getattr(now, f.name)]
+        old_run, new_run = saved.for_method(name), new.for_method(name)
+        keys += [f"{name}.{k}" for k in TRAINING_FIELDS if getattr(old_run, k) != getattr(new_run, k)]
     return keys
 
 

@@ -70,3 +70,24 @@ def test_a_missing_package_is_named_with_its_install_command(monkeypatch: pytest
     config = build_config({"methods": ["gem"], "stream": "synthetic", "model": "tiny"})
     with pytest.raises(ConfigError, match="gem needs the package 'quadprog'.*pip install quadprog"):
         validate(config, MethodRegistry.default([]))
+
+
+def test_a_method_section_may_set_its_own_training_fields() -> None:
+    config = build_config({"methods": ["naive", "lora"], "stream": "synthetic", "model": "tiny", "lr": 1e-4},
+                          parse_set(["lora.lr=3e-4", "lora.epochs=2", "lora.rank=4"]))
+    configs = validate(config, MethodRegistry.default([]))
+    assert configs["lora"].rank == 4  # the method's own option reaches its dataclass
+    assert config.for_method("lora").lr == 3e-4 and config.for_method("lora").epochs == 2
+    assert config.for_method("naive") is config  # no overrides: the run's values
+    bad = build_config({"methods": ["lora"], "stream": "synthetic", "model": "tiny"}, parse_set(["lora.lr=2"]))
+    with pytest.raises(ConfigError, match=r"lora\.lr=2\.0 must be in \(0, 1\)"):
+        validate(bad, MethodRegistry.default([]))
+
+
+def test_a_changed_training_override_is_a_difference_for_resume() -> None:
+    from clbench.config import differences
+
+    saved = build_config({"methods": ["naive", "ewc"]}, parse_set(["ewc.lr=1e-4"]))
+    new = build_config({"methods": ["naive", "ewc"]}, parse_set(["ewc.lr=3e-4"]))
+    assert differences(saved, new, MethodRegistry.default([])) == ["ewc.lr"]
+    assert differences(saved, saved, MethodRegistry.default([])) == []

@@ -22,7 +22,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from clbench.config import RunConfig, method_config
+from clbench.config import RunConfig, method_config, method_own_options
 from clbench.data.prepare import Prepared
 from clbench.errors import ClbenchError, ConfigError
 from clbench.protocol import Hooks
@@ -64,7 +64,7 @@ def unit_records(config: RunConfig, prepared: Prepared, name: str, seed: int, th
     torch.set_num_threads(threads)
     registry = MethodRegistry.default(config.plugins)
     cls = registry.get(name)
-    method = cls(method_config(cls.config_cls, name, config.method_options.get(name, {})))
+    method = cls(method_config(cls.config_cls, name, method_own_options(config, name)))
     sink = MemoryRecords([])
     try:
         train_unit(config, prepared, method, seed, sink, Progress("quiet"))

@@ -109,6 +109,7 @@ def train_unit(config: RunConfig, prepared: Prepared, method: Hooks, seed: int, 
     Raises:
         UnitFailed: the loss diverged or CUDA ran out of memory; the caller records the unit as failed.
     """
+    config = config.for_method(method.name)  # the method's own lr and budget, if its section sets them
     device = resolve_device(config.device)
     try:
         _train_unit(config, prepared, method, seed, sink, progress, checkpoints, shared, resume)
@@ -221,12 +222,12 @@ def train_task(unit: Unit, info: TaskInfo, data: EncodedSplit) -> TrainedTask:
     optimizer = method.configure_optimizer(info, params) or unit.ctx.adamw(params)
     plan = BatchPlan(data, config.batch_size, shuffle=True, generator=unit.generator)
     total = config.max_steps or config.epochs * len(plan)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, functools.partial(lr_schedule, total=total, warmup=int(config.warmup_ratio * total)))
+    warmup = int(config.warmup_ratio * total)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, functools.partial(lr_schedule, total=total, warmup=warmup))
     shared, seed = unit.shared, unit.ctx.seed
     key = None if shared is None or info.index else SharedStart.key(
         method, unit.built, model, data, unit.prepared.splits[0][0], params, optimizer, unit.generator,
-        config.eval_every)
+        config.eval_every, (total, warmup, config.grad_clip, config.batch_size))
     reused = shared.reusable(seed, key, model) if shared is not None else None
     if shared is not None and reused is None:
         shared.begin(seed, key, unit.label, model)

@@ -7,7 +7,8 @@ not names; a unit reuses another's first task only when, right before training i
 - the method declares `first_task_is_finetuning` (its class or `__init__` sets it True; `Hooks`' default is
   False), it has no `external_loop`, and `eval_every` is 0;
 - `setup` returned the model the runner built (no wrapper such as PEFT's LoRA model);
-- `train_data` returned the task's own training split, and the optimiser has the same type and defaults;
+- `train_data` returned the task's own training split, the optimiser has the same type and defaults, and the
+  schedule is the same (steps, warm-up, clipping, batch size: a method may set its own lr or budget);
 - the trainable parameters (names, in order), the model's whole state (compared exactly, tensor by tensor),
   the runner's data-order generator and torch's global RNG states are identical to the first unit's.
 
@@ -84,7 +85,7 @@ class SharedStart:
     @staticmethod
     def key(method: Any, built: nn.Module, model: nn.Module, data: EncodedSplit, base: EncodedSplit,
             params: list[nn.Parameter], optimizer: torch.optim.Optimizer, generator: torch.Generator,
-            eval_every: int) -> tuple[Any, ...] | None:
+            eval_every: int, schedule: tuple[Any, ...] = ()) -> tuple[Any, ...] | None:
         """What must match for two units to share task 1's training, or None when this unit cannot share."""
         if (not method.first_task_is_finetuning or method.external_loop or eval_every or model is not built
                 or data is not base):
@@ -93,7 +94,7 @@ class SharedStart:
         if any(id(p) not in names for p in params):
             return None
         defaults = tuple(sorted((k, repr(v)) for k, v in optimizer.defaults.items()))
-        return (type(optimizer).__name__, defaults, tuple(names[id(p)] for p in params),
+        return (type(optimizer).__name__, defaults, schedule, tuple(names[id(p)] for p in params),
                 bytes(generator.get_state().numpy()), bytes(torch.get_rng_state().numpy()))
 
     def reusable(self, seed: int, key: tuple[Any, ...] | None, model: nn.Module) -> TrainedFirstTask | None:
