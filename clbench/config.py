@@ -65,6 +65,9 @@ class RunConfig:
     grad_clip: float = option(1.0, "max gradient norm (0 disables clipping)")
     head: str | None = option(None, "shared (argmax over all classes) or per-task; default: the stream's",
                               flag=True)
+    active_classes: str = option("all", "outputs the training loss sees: all (every class of the shared head), "
+                                 "seen (classes of tasks trained so far) or current (the example's own task's "
+                                 "classes, the labels trick); evaluation always uses every class", flag=True)
     buffer_size: int = option(200, "examples of old tasks that any method keeping old data may store (the same "
                               "budget for every method)", flag=True)
     train_size: int | None = option(None, "override every task's training-set size", flag=True)
@@ -121,7 +124,7 @@ def split_options(raw: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any
 def field_types(cls: type) -> dict[str, Any]:
     """The resolved annotations of a config dataclass (its module uses `from __future__ import annotations`)."""
     return typing.get_type_hints(cls)
-CHOICES = {"head": (None, "shared", "per-task"), "device": None, "precision": ("fp32", "bf16", "fp16"),
+CHOICES = {"head": (None, "shared", "per-task"), "active_classes": ("all", "seen", "current"), "device": None, "precision": ("fp32", "bf16", "fp16"),
            "executor": ("local", "ray")}
 
 

@@ -157,7 +157,8 @@ def build_unit(config: RunConfig, prepared: Prepared, method: Hooks, seed: int, 
     lr = config.lr if config.lr is not None else model_spec(config.model).default_lr
     ctx = RunContext(tasks=prepared.infos, num_labels=prepared.stream.num_labels, device=device, seed=seed,
                      generator=torch.Generator().manual_seed(seed + 1_000_003), buffer_size=config.buffer_size,
-                     batch_size=config.batch_size, head=prepared.head, lr=lr, weight_decay=config.weight_decay)
+                     batch_size=config.batch_size, head=prepared.head, lr=lr, weight_decay=config.weight_decay,
+                     active_classes=config.active_classes)
     model = method.setup(built, ctx)
     return Unit(config, prepared, method, model, built, ctx, generator, UnitRecorder(method.name, seed, sink),
                 progress, checkpoints, shared)
@@ -191,6 +192,7 @@ def run_task(unit: Unit, info: TaskInfo, logits_before: list[Tensor], weights_st
     """Stages 3–5 for one task: prepare, train, finish, then evaluate and record; returns the new logits."""
     method, model = unit.method, unit.model
     unit.progress.message(f"{unit.label}: task {info.index + 1}/{len(unit.prepared.infos)} '{info.name}'")
+    unit.ctx.task_index = info.index
     weights_before = effective_weights(model)
     train_splits = [s[0] for s in unit.prepared.splits]
     with profile(unit.ctx.device) as rec_before:  # the method prepares: anchors, teacher outputs, its data
@@ -293,7 +295,7 @@ def train_step(model: nn.Module, method: Hooks, ctx: RunContext, batch: Any, par
     inputs = batch if extra is None else batch.concat(extra)
     with autocast(ctx.device, config.precision):
         outputs = model(**inputs.model_inputs())
-        logits = ctx.logits(outputs.logits[:len(batch)], batch.task_ids)  # [batch, num_labels]
+        logits = ctx.loss_logits(outputs.logits[:len(batch)], batch.task_ids)  # [batch, num_labels]
         task_loss = nn.functional.cross_entropy(logits.float(), batch.labels)
         loss = method.loss(model, batch, outputs, task_loss)
     if not method.backward_in_loss:
