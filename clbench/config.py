@@ -72,6 +72,10 @@ class RunConfig:
                               "budget for every method)", flag=True)
     train_size: int | None = option(None, "override every task's training-set size", flag=True)
     test_size: int | None = option(None, "override every task's test-set size", flag=True)
+    val_fraction: float | None = option(None, "share of each task's training data held out for validation "
+                                        "(default: the stream's, 0.1 unless it sets one)", flag=True)
+    eval_split: str = option("test", "what every evaluation reads: test (verdicts) or val (choices: `clbench "
+                             "tune` sets it, and test data are then never read)")
     max_length: int | None = option(None, "override every task's max tokens per example", flag=True)
     data_dir: str | None = option(None, "local copies of Hub datasets for hf streams (save_to_disk folders or "
                                   "parquet)", flag=True)
@@ -124,7 +128,8 @@ def split_options(raw: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any
 def field_types(cls: type) -> dict[str, Any]:
     """The resolved annotations of a config dataclass (its module uses `from __future__ import annotations`)."""
     return typing.get_type_hints(cls)
-CHOICES = {"head": (None, "shared", "per-task"), "active_classes": ("all", "seen", "current"), "device": None, "precision": ("fp32", "bf16", "fp16"),
+CHOICES = {"head": (None, "shared", "per-task"), "active_classes": ("all", "seen", "current"),
+           "eval_split": ("test", "val"), "device": None, "precision": ("fp32", "bf16", "fp16"),
            "executor": ("local", "ray")}
 
 
@@ -323,6 +328,10 @@ def validate(config: RunConfig, registry: Any) -> dict[str, Any]:
         value = getattr(config, name)
         if value is not None and value <= 0:
             errors.append(f"{name}={value} must be a positive integer")
+    if config.val_fraction is not None and not 0 <= config.val_fraction < 1:
+        errors.append(f"val_fraction={config.val_fraction} must be in [0, 1), e.g. 0.1")
+    if config.eval_split == "val" and config.val_fraction == 0:
+        errors.append("eval_split=val needs validation data but val_fraction=0; set val_fraction > 0")
     if config.max_length is not None and config.max_length < 8:
         errors.append(f"max_length={config.max_length} is too short; use at least 8 tokens")
     if config.buffer_size < 0:
@@ -348,7 +357,7 @@ def validate(config: RunConfig, registry: Any) -> dict[str, Any]:
         errors.append(f"--out '{config.out}' lies under a file, not a folder; choose another --out")
     check(lambda: model_spec(config.model))
     check(lambda: load_stream_spec(config.stream, train_size=config.train_size, test_size=config.test_size,
-                                   max_length=config.max_length))
+                                   max_length=config.max_length, val_fraction=config.val_fraction))
     if config.data_dir is not None and not Path(config.data_dir).is_dir():
         errors.append(f"data_dir '{config.data_dir}' is not a directory; point it at local dataset copies")
     if config.out is not None:

@@ -71,8 +71,9 @@ def run_environment(prepared: Prepared, command: str | None) -> dict[str, Any]:
     """env.json: versions, hardware and commit, plus the stream's name, version, seed and task sizes."""
     env = environment(command)
     env["stream"] = {"name": prepared.stream.name, "version": prepared.stream.version, "seed": prepared.stream.seed,
-                     "tasks": [{"name": t.name, "classes": list(t.classes), "train": len(s[0]), "test": len(s[1])}
-                               for t, s in zip(prepared.stream.tasks, prepared.splits)]}
+                     "eval_split": prepared.eval_split,
+                     "tasks": [{"name": t.name, "classes": list(t.classes), "train": len(s.train), "val": len(s.val),
+                                "test": len(s.test)} for t, s in zip(prepared.stream.tasks, prepared.splits)]}
     return env
 
 

@@ -194,7 +194,7 @@ def run_task(unit: Unit, info: TaskInfo, logits_before: list[Tensor], weights_st
     unit.progress.message(f"{unit.label}: task {info.index + 1}/{len(unit.prepared.infos)} '{info.name}'")
     unit.ctx.task_index = info.index
     weights_before = effective_weights(model)
-    train_splits = [s[0] for s in unit.prepared.splits]
+    train_splits = unit.prepared.train
     with profile(unit.ctx.device) as rec_before:  # the method prepares: anchors, teacher outputs, its data
         method.before_task(info, model)
         data = method.train_data(info, train_splits[info.index], train_splits[:info.index])
@@ -203,7 +203,7 @@ def run_task(unit: Unit, info: TaskInfo, logits_before: list[Tensor], weights_st
         method.after_task(info, model, data)
     with profile(unit.ctx.device) as rec_eval:
         logits = unit.evaluate(info.index + 1, info.name, step=trained.steps)
-        rec_eval.add(examples=sum(len(s[1]) for s in unit.prepared.splits))
+        rec_eval.add(examples=sum(len(s) for s in unit.prepared.evaluated))
     records = drift_records(unit.records, info, weights_before, weights_start, effective_weights(model))
     records += functional_records(unit.records, info, logits_before, logits, unit.prepared.infos)
     records += profile_records(unit, info, trained, {"train": trained.profile, "eval": rec_eval,
@@ -228,7 +228,7 @@ def train_task(unit: Unit, info: TaskInfo, data: EncodedSplit) -> TrainedTask:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, functools.partial(lr_schedule, total=total, warmup=warmup))
     shared, seed = unit.shared, unit.ctx.seed
     key = None if shared is None or info.index else SharedStart.key(
-        method, unit.built, model, data, unit.prepared.splits[0][0], params, optimizer, unit.generator,
+        method, unit.built, model, data, unit.prepared.train[0], params, optimizer, unit.generator,
         config.eval_every, (total, warmup, config.grad_clip, config.batch_size))
     reused = shared.reusable(seed, key, model) if shared is not None else None
     if shared is not None and reused is None:
