@@ -65,6 +65,9 @@ class RunConfig:
     grad_clip: float = option(1.0, "max gradient norm (0 disables clipping)")
     head: str | None = option(None, "shared (argmax over all classes) or per-task; default: the stream's",
                               flag=True)
+    pooling: str | None = option(None, "readout the head sees: cls (transformers' pooler on the first token) or "
+                                 "mean (masked mean of the token states); default: the model's own "
+                                 "(`clbench list models`)", flag=True)
     active_classes: str = option("all", "outputs the training loss sees: all (every class of the shared head), "
                                  "seen (classes of tasks trained so far) or current (the example's own task's "
                                  "classes, the labels trick); evaluation always uses every class", flag=True)
@@ -108,7 +111,8 @@ class RunConfig:
             if isinstance(value, tuple):
                 value = list(value)
             if f.name == "method_options":
-                value = {k: dict(v) for k, v in (value or {}).items()}
+                value = {k: {name: list(v) if isinstance(v, tuple) else v for name, v in opts.items()}
+                         for k, opts in (value or {}).items()}
             out[f.name] = value
         return out
 
@@ -128,7 +132,8 @@ def split_options(raw: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any
 def field_types(cls: type) -> dict[str, Any]:
     """The resolved annotations of a config dataclass (its module uses `from __future__ import annotations`)."""
     return typing.get_type_hints(cls)
-CHOICES = {"head": (None, "shared", "per-task"), "active_classes": ("all", "seen", "current"),
+CHOICES = {"head": (None, "shared", "per-task"), "pooling": (None, "cls", "mean"),
+           "active_classes": ("all", "seen", "current"),
            "eval_split": ("test", "val"), "device": None, "precision": ("fp32", "bf16", "fp16"),
            "executor": ("local", "ray")}
 
@@ -402,6 +407,22 @@ def method_requirements(name: str, cls: Any, config: RunConfig) -> list[str]:
         if importlib.util.find_spec(package) is None:
             errors.append(f"{name} needs the package '{package}', which is not installed; {install}")
     return errors
+
+
+def resolve_defaults(config: RunConfig, method_configs: Mapping[str, Any]) -> RunConfig:
+    """`config` with every default that depends on the model, the stream or a method written out: the values a
+    run actually uses, so config.yaml shows them (lr, head, pooling, val_fraction and every method option)."""
+    from dataclasses import asdict
+
+    from clbench.data.streams import load_stream_spec
+    from clbench.models import model_pooling, model_spec
+
+    spec = load_stream_spec(config.stream, val_fraction=config.val_fraction)
+    options = {name: {**asdict(method_configs[name]), **split_options(config.method_options.get(name, {}))[1]}
+               for name in config.methods}
+    return replace(config, lr=config.lr if config.lr is not None else model_spec(config.model).default_lr,
+                   head=config.head or spec.head, pooling=config.pooling or model_pooling(config.model),
+                   val_fraction=spec.val_fraction, method_options=options)
 
 
 def dump_yaml(config: RunConfig) -> str:

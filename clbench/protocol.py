@@ -161,6 +161,7 @@ class Hooks:
     citation: ClassVar[str] = ""
     first_task_is_finetuning: bool = False
     uses_buffer: ClassVar[bool] = False
+    role: ClassVar[str] = "method"  # "upper-bound" (joint) or "reference" (single-task): reported apart, not ranked
     requires_buffer: ClassVar[bool] = False
     requires_packages: ClassVar[tuple[tuple[str, str], ...]] = ()
     backward_in_loss: bool = False

@@ -13,7 +13,15 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from clbench.config import RunConfig, differences, dump_yaml, from_saved, load_yaml, validate
+from clbench.config import (
+    RunConfig,
+    differences,
+    dump_yaml,
+    from_saved,
+    load_yaml,
+    resolve_defaults,
+    validate,
+)
 from clbench.data.prepare import Prepared, prepare
 from clbench.errors import ClbenchError, RunDirError
 from clbench.registry import MethodRegistry
@@ -40,6 +48,7 @@ def run(config: RunConfig, *, registry: MethodRegistry | None = None, progress: 
     """
     registry = registry or MethodRegistry.default(config.plugins)
     method_configs = validate(config, registry)
+    config = resolve_defaults(config, method_configs)  # config.yaml shows the values the run uses
     progress = progress or Progress()
     out = Path(config.out or default_out(config))
     config = replace(config, out=str(out))
@@ -98,6 +107,7 @@ def check_out_dir(out: Path, config: RunConfig, registry: MethodRegistry, resume
         raise RunDirError(f"nothing to resume in '{out}' (no config.yaml); run without --resume or fix --out")
     try:
         saved = from_saved(load_yaml(saved_file))
+        saved = resolve_defaults(saved, validate(saved, registry))
     except ClbenchError as exc:
         raise RunDirError(f"cannot resume from '{saved_file}': {exc}") from None
     changed = differences(saved, config, registry)
