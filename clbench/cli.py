@@ -113,6 +113,52 @@ def run(**kwargs: Any) -> None:
         click.echo(f"report: {report_file}")
 
 
+@main.command()
+@run_field_options
+@click.option("--trials", type=int, required=True, help="Trials per method (the same budget for every method).")
+@click.option("--tune-stream", help="Tune on this stream and apply the values to --stream (same number of tasks).")
+@click.option("--objective", default="acc_cil", show_default=True,
+              help="Validation ACC after the last task to maximise: acc_cil or acc_til.")
+@click.option("--eval-seeds", default="0,1,2", show_default=True, help="Seeds written into tuned.yaml for the test run.")
+@click.option("--params", help="Search only these, e.g. lr,ewc.penalty_weight (default: every declared space).")
+@click.option("--pruner", default="percentile", show_default=True, help="percentile, median or none.")
+@click.option("--sampler-seed", type=int, default=0, show_default=True, help="Seed of the TPE samplers.")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML run configuration.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config value.")
+@click.option("--plugin", "plugins", multiple=True, metavar="FILE.py", help="Register methods from a Python file.")
+@click.option("--resume", is_flag=True, help="Continue the search in --out without repeating finished trials.")
+@click.option("--quiet", is_flag=True, help="Print nothing but errors and the result.")
+@friendly
+def tune(**kwargs: Any) -> None:
+    """Search each method's hyper-parameters with the same trial budget, on validation data only; writes
+    tuned.yaml (run it with `clbench run --config`) and tuning.md to --out."""
+    from clbench.config import build_config, load_yaml, parse_set
+    from clbench.registry import MethodRegistry
+    from clbench.training.progress import Progress
+    from clbench.tuning.search import TuneSettings
+    from clbench.tuning.search import tune as run_search
+
+    settings = TuneSettings(trials=kwargs.pop("trials"), objective=kwargs.pop("objective"),
+                            tune_stream=kwargs.pop("tune_stream"),
+                            eval_seeds=tuple(int(s) for s in _csv(kwargs.pop("eval_seeds")) or ()),
+                            params=tuple(_csv(kwargs.pop("params")) or ()), pruner=kwargs.pop("pruner"),
+                            sampler_seed=kwargs.pop("sampler_seed"))
+    quiet, resume = kwargs.pop("quiet"), kwargs.pop("resume")
+    file_layer = load_yaml(kwargs.pop("config_file")) if kwargs.get("config_file") else {}
+    set_layer = parse_set(kwargs.pop("overrides"))
+    plugins = list(kwargs.pop("plugins")) or list(file_layer.get("plugins", []) or [])
+    for key in ("methods", "seeds"):
+        kwargs[key] = _csv(kwargs[key])
+    flags = {k: v for k, v in kwargs.items() if v is not None}
+    if plugins:
+        flags["plugins"] = plugins
+    registry = MethodRegistry.default(plugins)
+    config = build_config(file_layer, flags, set_layer, method_names=registry.names())
+    tuned = run_search(config, settings, registry=registry, progress=Progress("quiet" if quiet else None),
+                       command=" ".join(["clbench", *sys.argv[1:]]), resume=resume)
+    click.echo(f"tuned config: {tuned}\nsummary: {tuned.parent / 'tuning.md'}")
+
+
 def _saved_run(out: str | None) -> dict[str, Any]:
     """The config.yaml of the run to resume, as a config layer."""
     from pathlib import Path

@@ -90,8 +90,12 @@ class RunConfig:
     executor: str = option("local", "local (in process) or ray (one Ray task per unit)", flag=True)
     ray_address: str | None = option(None, "address of a Ray cluster for --executor ray (default: start a local "
                                      "one)", flag=True)
+    gpus_per_unit: float = option(1.0, "share of a GPU each Ray unit asks for on a CUDA run; 0.25 runs four units "
+                                  "on one card at once (small models are bound by kernel launches)", flag=True)
     keep_checkpoints: bool = option(False, "keep each unit's checkpoint after it finishes (default: delete it)",
                                     flag=True)
+    provenance: Mapping[str, Any] | None = option(None, "where the hyper-parameters came from (written by "
+                                                  "`clbench tune` into tuned.yaml; shown in the report)")
     method_options: Mapping[str, Mapping[str, Any]] = option(
         default_factory=dict, help="per-method config values, e.g. {ewc: {penalty_weight: 1000}}; a method section "
         "may also set the training fields in TRAINING_FIELDS for that method only, e.g. {lora: {lr: 3e-4}}")
@@ -339,6 +343,8 @@ def validate(config: RunConfig, registry: Any) -> dict[str, Any]:
         errors.append("eval_split=val needs validation data but val_fraction=0; set val_fraction > 0")
     if config.max_length is not None and config.max_length < 8:
         errors.append(f"max_length={config.max_length} is too short; use at least 8 tokens")
+    if not 0 < config.gpus_per_unit <= 1:
+        errors.append(f"gpus_per_unit={config.gpus_per_unit} must be in (0, 1], e.g. 0.25 for four units per GPU")
     if config.buffer_size < 0:
         errors.append(f"buffer_size={config.buffer_size} must be non-negative")
     if config.eval_every < 0:
@@ -425,16 +431,30 @@ def resolve_defaults(config: RunConfig, method_configs: Mapping[str, Any]) -> Ru
                    val_fraction=spec.val_fraction, method_options=options)
 
 
+def config_file_yaml(config: RunConfig, changed_only: bool = True) -> str:
+    """`config` as a `--config` file: run fields (only those that differ from the defaults, besides methods,
+    stream, model and seeds, unless `changed_only` is False), then one section per method with its values."""
+    defaults = RunConfig().to_dict()
+    values = config.to_dict()
+    always = ("methods", "stream", "model", "seeds")
+    out = {k: v for k, v in values.items()
+           if k != "method_options" and (not changed_only or k in always or v != defaults[k])}
+    out.update(values["method_options"])
+    return str(yaml.safe_dump(out, sort_keys=False))
+
+
 def dump_yaml(config: RunConfig) -> str:
-    return str(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    """Every run field and method section: config.yaml of a run directory, re-runnable with `--config`."""
+    return config_file_yaml(config, changed_only=False)
 
 
 # Run fields that never change results: a resumed run may set them differently.
-NOT_RESULTS = ("out", "plugins", "executor", "ray_address", "keep_checkpoints")
+NOT_RESULTS = ("out", "plugins", "executor", "ray_address", "gpus_per_unit", "keep_checkpoints", "provenance")
 
 
 def saved_layer(raw: Mapping[str, Any]) -> dict[str, Any]:
-    """A saved config.yaml as one `build_config` layer (method options as dotted keys)."""
+    """A saved config.yaml as one `build_config` layer (method options as dotted keys; files written before
+    method sections moved to the top level hold them under `method_options`)."""
     raw = dict(raw)
     options = raw.pop("method_options", {}) or {}
     if not isinstance(options, Mapping):
@@ -462,6 +482,4 @@ def differences(saved: RunConfig, new: RunConfig, registry: Any) -> list[str]:
 
 def from_saved(raw: Mapping[str, Any]) -> RunConfig:
     """Rebuild a RunConfig from a saved config.yaml (used by --resume)."""
-    raw = dict(raw)
-    options = raw.pop("method_options", {}) or {}
-    return build_config(raw, {f"{m}.{k}": v for m, opts in options.items() for k, v in opts.items()})
+    return build_config(saved_layer(raw))

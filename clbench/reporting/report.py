@@ -72,6 +72,29 @@ def header(run: RunData) -> list[str]:
     ]
 
 
+def provenance_section(run: RunData) -> list[str]:
+    """Where the hyper-parameters came from: a tuned config's provenance, or the defaults and the command."""
+    provenance = run.config.get("provenance") or {}
+    if provenance.get("tuned_by") != "clbench tune":
+        return ["## Hyper-parameters", "",
+                ("Set by hand or left at their defaults (no `clbench tune` provenance in config.yaml); every value "
+                "used is in [config.yaml](config.yaml)."), ""]
+    lines = ["## Hyper-parameters", "",
+             (f"Chosen by `clbench tune` in `{provenance.get('tuning_dir')}` on {provenance.get('selected_on')} data "
+              f"of **{provenance.get('tuned_on')}** ({provenance.get('objective')}; {provenance.get('budget')}, search "
+              f"seeds {provenance.get('search_seeds')}). Test data were "
+              f"{'not ' if provenance.get('test_data_read') is False else ''}read while choosing them; the tables "
+              "below are on test."), "", "| method | values | chosen trial (validation ACC) |", "|---|---|---|"]
+    for method, chosen in (provenance.get("chosen") or {}).items():
+        if not isinstance(chosen, dict):  # every trial was pruned or failed: the method kept its defaults
+            lines.append(f"| {method} | defaults | {chosen} |")
+            continue
+        values = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                           for k, v in chosen.get("values", {}).items())
+        lines.append(f"| {method} | {values} | {chosen['trial']} ({chosen['validation_acc']:.3f}) |")
+    return [*lines, ""]
+
+
 def _units_section(run: RunData) -> list[str]:
     lines = ["## Units", "", "| unit | status | note |", "|---|---|---|"]
     complete = set(complete_matrices(run, "acc_cil"))
@@ -135,7 +158,7 @@ def write_report(run_dir: Path) -> Path:
         old.unlink()  # a plot skipped this time must not leave a stale file behind
     colours = plots.method_palette(run.methods)
     memory_note = "peak GPU memory" if run.on_cuda else "CPU run: peak RSS"
-    lines = header(run)
+    lines = header(run) + provenance_section(run)
 
     lines += ["## Summary: class-incremental", ""]
     if samples:

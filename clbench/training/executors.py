@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Sequence
-from dataclasses import replace
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ from clbench.data.prepare import Prepared
 from clbench.errors import ClbenchError, ConfigError
 from clbench.protocol import Hooks
 from clbench.registry import MethodRegistry
-from clbench.results import MemoryRecords, RunDir, unit_id
+from clbench.results import MemoryRecords, RecordSink, unit_id
 from clbench.training.checkpoint import CheckpointStore
 from clbench.training.progress import Progress
 from clbench.training.records import UnitRecorder
@@ -42,11 +42,26 @@ def failed_record(name: str, seed: int, error: str) -> dict[str, Any]:
     return UnitRecorder(name, seed, MemoryRecords([])).status("failed", 0, error)
 
 
-def run_local(config: RunConfig, prepared: Prepared, units: Sequence[tuple[str, int]], run_dir: RunDir,
+Observer = Callable[[list[dict[str, Any]]], None]
+
+
+@dataclass
+class ObservedSink:
+    """A record sink that hands every batch to `observer` once the run directory holds it."""
+
+    sink: RecordSink
+    observer: Observer
+
+    def append(self, records: Iterable[Mapping[str, Any]]) -> None:
+        batch = [dict(r) for r in records]
+        self.sink.append(batch)
+        self.observer(batch)
+
+
+def run_local(config: RunConfig, prepared: Prepared, units: Sequence[tuple[str, int]], run_dir: RecordSink,
               progress: Progress, make_method: Callable[[str], Hooks], checkpoints: CheckpointStore,
-              started: set[str]) -> None:
+              started: set[str], shared: SharedStart) -> None:
     """Train `units` one after another in this process; a failed unit is recorded and the others go on."""
-    shared = SharedStart()
     for name, seed in units:
         try:
             train_unit(config, prepared, make_method(name), seed, run_dir, progress, checkpoints=checkpoints,
@@ -73,9 +88,10 @@ def unit_records(config: RunConfig, prepared: Prepared, name: str, seed: int, th
     return sink.records
 
 
-def run_ray(config: RunConfig, prepared: Prepared, units: Sequence[tuple[str, int]], run_dir: RunDir,
+def run_ray(config: RunConfig, prepared: Prepared, units: Sequence[tuple[str, int]], run_dir: RecordSink,
             progress: Progress, started: set[str]) -> None:
-    """Run `units` as Ray tasks and append their records to `run_dir` as they finish.
+    """Run `units` as Ray tasks and append their records to `run_dir` as they finish (each asks for 1 CPU and,
+    on CUDA, `gpus_per_unit` of a GPU, so several units can share one card).
 
     Args:
         started: units that already have records (an interrupted earlier run): a `resume` record with row -1
@@ -88,7 +104,7 @@ def run_ray(config: RunConfig, prepared: Prepared, units: Sequence[tuple[str, in
 
     # plugin files are imported again on the workers, whose working directory differs from ours
     config = replace(config, plugins=tuple(str(Path(p).resolve()) for p in config.plugins))
-    gpus = 1 if resolve_device(config.device).type == "cuda" else 0
+    gpus = config.gpus_per_unit if resolve_device(config.device).type == "cuda" else 0
     owner = not ray.is_initialized()
     if owner:
         try:

@@ -27,8 +27,9 @@ from clbench.errors import ClbenchError, RunDirError
 from clbench.registry import MethodRegistry
 from clbench.results import RESULTS, RunDir, environment, read_records, unit_id
 from clbench.training.checkpoint import CheckpointStore
-from clbench.training.executors import run_local, run_ray
+from clbench.training.executors import ObservedSink, Observer, run_local, run_ray
 from clbench.training.progress import Progress
+from clbench.training.sharing import SharedStart
 
 
 def default_out(config: RunConfig) -> str:
@@ -38,11 +39,15 @@ def default_out(config: RunConfig) -> str:
 
 
 def run(config: RunConfig, *, registry: MethodRegistry | None = None, progress: Progress | None = None,
-        command: str | None = None, resume: bool = False) -> Path:
+        command: str | None = None, resume: bool = False, prepared: Prepared | None = None,
+        shared: SharedStart | None = None, observer: Observer | None = None) -> Path:
     """Validate, then run every unit of `config`; returns the run directory.
 
     With `resume`, `config.out` must hold an earlier run of the same configuration (differences that change
     results are refused): finished units are skipped and unfinished ones continue from their last checkpoint.
+    A caller that runs many configurations of one stream (`clbench tune`) passes the `prepared` stream and a
+    `shared` cache to reuse across them, and an `observer` that sees every batch of records once written (it
+    may raise to stop the run, e.g. to prune a trial).
 
     Raises ClbenchError for bad input before anything is trained or written.
     """
@@ -53,7 +58,7 @@ def run(config: RunConfig, *, registry: MethodRegistry | None = None, progress: 
     out = Path(config.out or default_out(config))
     config = replace(config, out=str(out))
     started, finished = check_out_dir(out, config, registry, resume)
-    prepared = prepare(config)
+    prepared = prepared or prepare(config)
     with RunDir(out) as run_dir:
         if resume:
             run_dir.repair_tail()
@@ -68,11 +73,13 @@ def run(config: RunConfig, *, registry: MethodRegistry | None = None, progress: 
         for name, seed in config_units(config):
             if unit_id(name, seed) in finished:
                 checkpoints.finish(name, seed)  # left over when a run stopped right after a unit finished
+        sink = ObservedSink(run_dir, observer) if observer is not None else run_dir
         if config.executor == "ray":
-            run_ray(config, prepared, units, run_dir, progress, started)
+            run_ray(config, prepared, units, sink, progress, started)
         else:
-            run_local(config, prepared, units, run_dir, progress,
-                      lambda name: registry.get(name)(method_configs[name]), checkpoints, started)
+            run_local(config, prepared, units, sink, progress,
+                      lambda name: registry.get(name)(method_configs[name]), checkpoints, started,
+                      shared or SharedStart())
     return out
 
 
