@@ -26,8 +26,9 @@ from typing import Any
 
 import yaml
 
-from clbench.errors import ClbenchError, ConfigError, suggest
+from clbench.errors import ClbenchError, ConfigError, shown, suggest
 from clbench.search import Choice, IntRange
+from clbench.yamlio import read_yaml
 
 
 def option(default: Any = MISSING, help: str = "", *, default_factory: Any = MISSING, **metadata: Any) -> Any:
@@ -142,7 +143,7 @@ def coerce(value: Any, annotation: Any, where: str) -> Any:
                 return coerce(value, arg, where)
             except ConfigError as exc:
                 errors.append(str(exc))
-        raise ConfigError(errors[0] if errors else f"{where}: bad value {value!r}")
+        raise ConfigError(errors[0] if errors else f"{where}: bad value {shown(value)}")
     if origin in (tuple, Sequence, list) or annotation in (tuple, list):
         items = value.split(",") if isinstance(value, str) else value
         if not isinstance(items, (list, tuple)):
@@ -151,23 +152,23 @@ def coerce(value: Any, annotation: Any, where: str) -> Any:
         return tuple(coerce(_scalar(v) if isinstance(v, str) else v, inner, where) for v in items)
     if origin in (Mapping, dict) or annotation in (dict, Mapping):
         if not isinstance(value, Mapping):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+            raise ConfigError(f"{where}: expected a mapping, got {shown(value)}")
         return dict(value)
     if annotation is bool:
         if isinstance(value, bool):
             return value
-        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        raise ConfigError(f"{where}: expected true or false, got {shown(value)}")
     if annotation is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+            raise ConfigError(f"{where}: expected an integer, got {shown(value)}")
         return value
     if annotation is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
+            raise ConfigError(f"{where}: expected a number, got {shown(value)}")
         return float(value)
     if annotation is str:
         if isinstance(value, (dict, list)) or value is None:
-            raise ConfigError(f"{where}: expected a string, got {value!r}")
+            raise ConfigError(f"{where}: expected a string, got {shown(value)}")
         return str(value)
     if annotation is Any:
         return value
@@ -203,11 +204,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file '{path}' does not exist; pass an existing YAML file to --config")
-    try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ConfigError(f"config file '{path}' is not valid YAML ({first}); fix the syntax") from None
+    raw = read_yaml(p, "config file", ConfigError)
     if raw is None:
         return {}
     if not isinstance(raw, dict):
