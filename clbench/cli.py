@@ -82,7 +82,7 @@ def run_field_options(fn: F) -> F:
 @friendly
 def run(**kwargs: Any) -> None:
     """Train each method through the stream's tasks and write results, summary and report to --out."""
-    from clbench.config import build_config, load_yaml, parse_set
+    from clbench.config import collect_config, load_yaml, parse_set
     from clbench.registry import MethodRegistry
     from clbench.reporting.summary import summary_table
     from clbench.training.progress import Progress
@@ -90,10 +90,12 @@ def run(**kwargs: Any) -> None:
 
     quiet = kwargs.pop("quiet")
     resume = kwargs.pop("resume")
-    file_layer = load_yaml(kwargs.pop("config_file")) if kwargs.get("config_file") else {}
+    config_file = kwargs.pop("config_file")
+    file_layer = load_yaml(config_file) if config_file else {}
     set_layer = parse_set(kwargs.pop("overrides"))
     # --resume: the saved config.yaml is the base layer, so `clbench run --out DIR --resume` needs no other flag
-    saved_layer = _saved_run(kwargs.get("out") or file_layer.get("out")) if resume else {}
+    saved_file = _saved_run(kwargs.get("out") or file_layer.get("out")) if resume else None
+    saved_layer = _saved_layer(saved_file) if saved_file else {}
     plugins = (list(kwargs.pop("plugins")) or list(file_layer.get("plugins", []) or [])
                or list(saved_layer.get("plugins", []) or []))
     for key in ("methods", "seeds"):
@@ -102,9 +104,10 @@ def run(**kwargs: Any) -> None:
     if plugins:
         flags["plugins"] = plugins
     registry = MethodRegistry.default(plugins)
-    config = build_config(saved_layer, file_layer, flags, set_layer, method_names=registry.names())
+    config, errors = collect_config(saved_layer, file_layer, flags, set_layer, method_names=registry.names(),
+                                    sources=(saved_file, config_file))
     out = run_experiment(config, registry=registry, progress=Progress("quiet" if quiet else None),
-                         command=" ".join(["clbench", *sys.argv[1:]]), resume=resume)
+                         command=" ".join(["clbench", *sys.argv[1:]]), resume=resume, earlier=errors)
     click.echo(summary_table(out))
     from clbench.reporting.report import write_report_or_warn
 
@@ -113,11 +116,10 @@ def run(**kwargs: Any) -> None:
         click.echo(f"report: {report_file}")
 
 
-def _saved_run(out: str | None) -> dict[str, Any]:
-    """The config.yaml of the run to resume, as a config layer."""
+def _saved_run(out: str | None) -> str:
+    """The config.yaml of the run to resume."""
     from pathlib import Path
 
-    from clbench.config import load_yaml, saved_layer
     from clbench.errors import RunDirError
 
     if not out:
@@ -125,6 +127,13 @@ def _saved_run(out: str | None) -> dict[str, Any]:
     saved = Path(out) / "config.yaml"
     if not saved.is_file():
         raise RunDirError(f"nothing to resume in '{out}' (no config.yaml); run without --resume or fix --out")
+    return str(saved)
+
+
+def _saved_layer(saved: str) -> dict[str, Any]:
+    """A saved config.yaml as a config layer."""
+    from clbench.config import load_yaml, saved_layer
+
     return saved_layer(load_yaml(saved))
 
 

@@ -806,7 +806,6 @@ CASES: list[Case] = [
         "flag-model-empty-folder",
         run("--model", "emptymodel", files={"emptymodel/.keep": ""}),
         ("emptymodel",),
-        fails=x("traceback", "ValueError from transformers' tokenizer loader"),
     ),
     Case(
         "flag-model-folder-bad-config",
@@ -817,11 +816,6 @@ CASES: list[Case] = [
         "flag-model-folder-without-weights",
         run("--model", "m", files={"m/config.json": '{"model_type": "bert"}'}),
         ("'m'", "model.safetensors"),
-        fails=x(
-            "accepted-but-wrong",
-            NEW + "refused only after config.yaml and "
-            "env.json are written: the model folder is not checked up front",
-        ),
     ),
     Case("flag-seed-negative", run("--seeds", "-1"), ("seeds [-1]", "non-negative")),
     Case("flag-seed-repeated", run("--seeds", "1,1"), ("[1, 1]", "once")),
@@ -832,19 +826,16 @@ CASES: list[Case] = [
         "flag-seed-2pow63",
         run("--seeds", str(2**63)),
         (str(2**63),),
-        fails=x("accepted-but-wrong", "a seed outside int64 is accepted and trained (exit 0)"),
     ),
     Case(
         "flag-seed-2pow64-minus-1",
         run("--seeds", str(2**64 - 1)),
         (str(2**64 - 1),),
-        fails=x("traceback", "ValueError: Overflow when unpacking long long (seed + offset in torch)"),
     ),
     Case(
         "flag-seed-2pow64",
         run("--seeds", str(2**64)),
         (str(2**64),),
-        fails=x("traceback", "ValueError: Overflow when unpacking long long"),
     ),
     Case("flag-epochs-zero", run("--epochs", "0"), ("epochs=0", "positive")),
     Case("flag-epochs-negative", run("--epochs", "-3"), ("epochs=-3", "positive")),
@@ -864,9 +855,6 @@ CASES: list[Case] = [
         "flag-max-length-beyond-positions",
         run("--max-length", "1000"),
         ("max_length=1000", "512"),
-        fails=x(
-            "accepted-but-wrong", "accepted although tiny has 512 positions (runs while texts are short)"
-        ),
     ),
     Case("flag-buffer-size-negative", run("--buffer-size", "-1"), ("buffer_size=-1", "non-negative")),
     Case("flag-eval-every-negative", run("--eval-every", "-2"), ("eval_every=-2", "0 (off)")),
@@ -937,25 +925,21 @@ CASES: list[Case] = [
         "set-weight-decay-nan",
         run("--set", "weight_decay=.nan"),
         ("weight_decay", "nan"),
-        fails=x("traceback", "ValueError: Invalid weight_decay value: nan (from AdamW)"),
     ),
     Case(
         "set-weight-decay-inf",
         run("--set", "weight_decay=.inf"),
         ("weight_decay", "inf"),
-        fails=x("accepted-but-wrong", "accepted; the unit diverges and the run exits 0"),
     ),
     Case(
         "set-grad-clip-nan",
         run("--set", "grad_clip=.nan"),
         ("grad_clip", "nan"),
-        fails=x("accepted-but-wrong", "accepted; clipping is silently off (nan > 0 is false)"),
     ),
     Case(
         "set-grad-clip-inf",
         run("--set", "grad_clip=.inf"),
         ("grad_clip", "inf"),
-        fails=x("accepted-but-wrong", "accepted (non-finite float)"),
     ),
     Case("set-lr-inf", run("--set", "lr=.inf"), ("lr=inf", "(0, 1)")),
     Case(
@@ -968,7 +952,6 @@ CASES: list[Case] = [
         run("--set", "ewc=5", methods="ewc"),
         ("'ewc'", "ewc."),
         absent=("did you mean 'ewc'",),
-        fails=x("wording", "says \"unknown config key 'ewc' (did you mean 'ewc'?)\""),
     ),
     Case(
         "set-option-typo",
@@ -989,13 +972,11 @@ CASES: list[Case] = [
         "set-option-inf",
         run("--set", "ewc.penalty_weight=.inf", methods="ewc"),
         ("penalty_weight", "inf"),
-        fails=x("accepted-but-wrong", "accepted; the unit's loss becomes NaN (inf * 0) and the run exits 0"),
     ),
     Case(
         "set-option-nan",
         run("--set", "ewc.penalty_weight=.nan", methods="ewc"),
         ("penalty_weight", "nan"),
-        fails=x("accepted-but-wrong", "accepted (nan < 0 is false); the unit fails, the run exits 0"),
     ),
     Case("set-option-of-method-without-options", run("--set", "naive.r=8"), ("naive.r", "has no options")),
     Case(
@@ -1007,7 +988,6 @@ CASES: list[Case] = [
         "set-errors-all-at-once",
         run("--set", "epoch=2", "--set", "batch_size=0"),
         ("'epoch'", "batch_size=0"),
-        fails=x("wording", "config errors come one at a time: the unknown key hides batch_size=0"),
     ),
     # ---- --config YAML files
     Case("config-malformed-flow", config("epochs: [1, 2\n"), ("cfg.yaml", "not valid YAML")),
@@ -1038,26 +1018,22 @@ CASES: list[Case] = [
         "config-weight-decay-nan",
         config("weight_decay: .nan\n"),
         ("weight_decay", "nan"),
-        fails=x("traceback", "ValueError: Invalid weight_decay value: nan (from AdamW)"),
     ),
     Case(
         "config-option-inf",
         config("ewc: {penalty_weight: .inf}\n", "--methods", "ewc"),
         ("penalty_weight", "inf"),
-        fails=x("accepted-but-wrong", "accepted (non-finite float); the unit's loss is NaN, exit 0"),
     ),
     Case(
         "config-method-section-scalar",
         config("ewc: 5\n", "--methods", "ewc"),
         ("'ewc'", "ewc."),
         absent=("did you mean 'ewc'",),
-        fails=x("wording", "says \"did you mean 'ewc'?\" for `ewc: 5`"),
     ),
     Case(
         "config-errors-all-at-once",
         config("epoch: 2\nbatch_size: 0\n"),
         ("'epoch'", "batch_size=0"),
-        fails=x("wording", "config errors come one at a time"),
     ),
     Case(
         "config-out-is-a-file",
@@ -1367,10 +1343,6 @@ CASES: list[Case] = [
             "1000",
         ),
         ("max_length=1000", "512"),
-        fails=x(
-            "traceback",
-            "RuntimeError: expanded size of the tensor (707) must match (512), after config.yaml was written",
-        ),
     ),
     Case(
         "files-path-etc-passwd",
@@ -1597,9 +1569,6 @@ CASES: list[Case] = [
         "rundir-config-unknown-key",
         finished(RESUME_FIN, edit("fin/config.yaml", lambda t: t + "bogus: 1\n")),
         ("'bogus'", "config.yaml"),
-        fails=x(
-            "wording", NEW + "an unknown key in the saved config.yaml is reported without naming the file"
-        ),
     ),
     Case(
         "rundir-config-plugins-entry",
@@ -1833,7 +1802,6 @@ CASES: list[Case] = [
         run(files={"cachefile": "x"}),
         ("cachefile",),
         env={"CLBENCH_CACHE": "{tmp}/cachefile"},
-        fails=x("traceback", NEW + "NotADirectoryError when $CLBENCH_CACHE is a file"),
     ),
     # ---- other commands
     Case("list-unknown", command(["list", "widgets"]), ("'widgets'",)),

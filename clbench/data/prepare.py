@@ -4,12 +4,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from clbench.config import RunConfig
 from clbench.data import EncodedSplit, Stream, TaskInfo
 from clbench.data.streams import cache_dir, load_stream
 from clbench.data.tokenize import encode_stream
-from clbench.models import load_tokenizer, tokenizer_fingerprint
+from clbench.errors import ConfigError
+from clbench.models import load_tokenizer, max_positions, tokenizer_fingerprint
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 
 @dataclass
@@ -23,9 +28,30 @@ class Prepared:
 
 
 def prepare(config: RunConfig) -> Prepared:
-    """Load and tokenise the stream (tokenisation cached on disk per stream contents and tokenizer)."""
+    """Load and tokenise the stream (tokenisation cached on disk per stream contents and tokenizer).
+
+    Raises:
+        ConfigError: a task's max_length exceeds what the model takes (checked before tokenising).
+    """
     stream = load_stream(config.stream, train_size=config.train_size, test_size=config.test_size,
                          max_length=config.max_length, data_dir=Path(config.data_dir) if config.data_dir else None)
     tokenizer = load_tokenizer(config.model)
+    check_max_length(stream, config.model, tokenizer)
     splits = encode_stream(stream, tokenizer, tokenizer_fingerprint(config.model), cache_dir())
     return Prepared(stream, stream.infos(), splits, config.head or stream.head)
+
+
+def check_max_length(stream: Stream, model: str, tokenizer: PreTrainedTokenizerBase) -> None:
+    """Refuse a task whose max_length exceeds the model's position embeddings (or its tokenizer's limit):
+    short texts would train, and the first long one would crash the unit."""
+    limits = [n for n in (max_positions(model), getattr(tokenizer, "model_max_length", None))
+              if isinstance(n, int) and n < 1_000_000]  # transformers' "no limit" is a huge integer
+    if not limits:
+        return
+    limit = min(limits)
+    too_long = [task for task in stream.tasks if task.max_length > limit]
+    if too_long:
+        names = ", ".join(f"'{t.name}'" for t in too_long)
+        raise ConfigError(f"max_length={too_long[0].max_length} (task {names}) exceeds the {limit} positions of "
+                          f"model '{model}'; pass --max-length {limit} or less")
+

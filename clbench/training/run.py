@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -30,16 +31,17 @@ def default_out(config: RunConfig) -> str:
 
 
 def run(config: RunConfig, *, registry: MethodRegistry | None = None, progress: Progress | None = None,
-        command: str | None = None, resume: bool = False) -> Path:
+        command: str | None = None, resume: bool = False, earlier: Sequence[str] = ()) -> Path:
     """Validate, then run every unit of `config`; returns the run directory.
 
     With `resume`, `config.out` must hold an earlier run of the same configuration (differences that change
     results are refused): finished units are skipped and unfinished ones continue from their last checkpoint.
+    `earlier` are problems found while assembling the config, reported together with validation's.
 
     Raises ClbenchError for bad input before anything is trained or written.
     """
     registry = registry or MethodRegistry.default(config.plugins)
-    method_configs = validate(config, registry)
+    method_configs = validate(config, registry, earlier)
     progress = progress or Progress()
     out = Path(config.out or default_out(config))
     config = replace(config, out=str(out))
