@@ -1622,69 +1622,56 @@ CASES: list[Case] = [
             with_bytes("fin/results.jsonl", lambda b: b + b'{"type": "accuracy", "unit": "x", "row": 0}\n'),
         ),
         ("results.jsonl",),
-        fails=x("traceback", NEW + "a record with only type/unit/row: KeyError on --resume, after appending"),
     ),
     Case(
         "rundir-results-not-utf8",
         finished(RESUME_FIN, with_bytes("fin/results.jsonl", lambda b: b"\xff\xfe" + b)),
         ("results.jsonl",),
-        fails=x("traceback", NEW + "UnicodeDecodeError reading results.jsonl"),
     ),
     Case(
         "rundir-results-is-a-folder",
         finished(RESUME_FIN, results_is_a_folder),
         ("results.jsonl",),
-        fails=x("traceback", NEW + "IsADirectoryError appending to results.jsonl"),
     ),
     Case(
         "rundir-results-no-final-newline",
         finished(RESUME_FIN, with_bytes("fin/results.jsonl", lambda b: b[:-1])),
         check=keeps_every_record(),
-        fails=x("data loss", "--resume deletes a complete last record that lacks its newline"),
     ),
     Case(
         "rundir-results-strict-json",
         finished(["compare", "fin", "fin"]),
         check=strict_json_results("fin"),
-        fails=x(
-            "accepted-but-wrong", "results.jsonl holds bare NaN tokens (strict JSON parsers reject them)"
-        ),
     ),
     Case(
         "report-torn-last-line",
         finished(["report", "fin"], with_bytes("fin/results.jsonl", lambda b: b[:-20])),
         check=report_keeps_or_refuses(),
-        fails=x("data loss", "report says 'No unit has finished yet' and deletes the plots"),
     ),
     Case(
         "report-config-malformed",
         finished(["report", "fin"], replace_bytes("fin/config.yaml", b"a: [1\n")),
         ("config.yaml",),
-        fails=x("traceback", NEW + "yaml ParserError in `clbench report`"),
     ),
     Case(
         "report-config-list",
         finished(["report", "fin"], replace_bytes("fin/config.yaml", b"- 1\n")),
         ("config.yaml",),
-        fails=x("traceback", NEW + "AttributeError ('list' has no 'get') in `clbench report`"),
     ),
     Case(
         "report-env-malformed",
         finished(["report", "fin"], replace_bytes("fin/env.json", b"{bad")),
         ("env.json",),
-        fails=x("traceback", NEW + "JSONDecodeError in `clbench report`"),
     ),
     Case(
         "report-env-list",
         finished(["report", "fin"], replace_bytes("fin/env.json", b"[1]")),
         ("env.json",),
-        fails=x("traceback", NEW + "AttributeError in `clbench report`"),
     ),
     Case(
         "report-results-not-utf8",
         finished(["report", "fin"], with_bytes("fin/results.jsonl", lambda b: b"\xff" + b)),
         ("results.jsonl",),
-        fails=x("traceback", NEW + "UnicodeDecodeError in `clbench report`"),
     ),
     Case(
         "report-record-missing-fields",
@@ -1693,7 +1680,6 @@ CASES: list[Case] = [
             with_bytes("fin/results.jsonl", lambda b: b + b'{"type": "accuracy", "unit": "x", "row": 0}\n'),
         ),
         ("results.jsonl",),
-        fails=x("traceback", NEW + "KeyError 'method' in `clbench report`"),
     ),
     Case(
         "report-no-results",
