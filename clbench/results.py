@@ -114,21 +114,46 @@ def _decoded(record: dict[str, Any]) -> dict[str, Any]:
 
 @dataclass
 class RunDir:
-    """A run directory with its lock held; use as a context manager."""
+    """A run directory with its lock held; use as a context manager.
+
+    The directory (and a missing parent) is created on entry; if the run writes nothing into it (e.g. a check
+    made under the lock refuses the run), what entry created is removed again on exit.
+    """
 
     path: Path
 
+    def __post_init__(self) -> None:
+        self._lock: int | None = None
+        self._created: list[Path] = []
+
     def __enter__(self) -> RunDir:  # noqa: PYI034 -- RunDir is not subclassed
+        missing = [p for p in (self.path, *self.path.parents) if not p.exists()]
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise RunDirError(f"cannot create run directory '{self.path}' ({exc.strerror}); choose another --out"
                               ) from None
-        acquire_lock(self.path)
+        self._created = missing  # innermost first
+        try:
+            self._lock = acquire_lock(self.path)
+        except BaseException:
+            self._remove_created()
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:
-        release_lock(self.path)
+        if self._lock is not None:
+            release_lock(self.path, self._lock)
+            self._lock = None
+        self._remove_created()
+
+    def _remove_created(self) -> None:
+        for folder in self._created:
+            try:
+                folder.rmdir()  # only while empty: a folder the run wrote into stays
+            except OSError:
+                break
+        self._created = []
 
     def write_text(self, name: str, text: str) -> None:
         """Write a whole file atomically (temp file + rename)."""
@@ -174,6 +199,9 @@ def _parses(line: bytes) -> bool:
     return True
 
 
+# ---- the run-directory lock
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -184,40 +212,91 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def acquire_lock(path: Path) -> None:
-    """Create `path/.lock` exclusively; a lock left by a dead process on this host is taken over."""
+def acquire_lock(path: Path) -> int:
+    """Take `path/.lock` for this process; returns the open descriptor that holds it (see `release_lock`).
+
+    The lock is an OS file lock (filelock's `lock_descriptor`: flock on Unix) on `.lock`, which the OS drops
+    when its process dies, so a lock left by a dead process is taken over. Inside, `{"pid", "host"}` names the
+    holder for messages; a record naming a live process on this host that holds no OS lock (an older clbench)
+    is respected too, and an unreadable record is refused rather than guessed at.
+
+    Raises:
+        RunDirError: the directory is in use, the lock file is unreadable, or it cannot be written.
+    """
+    from filelock import lock_descriptor
+
     lock = path / LOCK
-    me = {"pid": os.getpid(), "host": socket.gethostname()}
-    for _ in range(2):
+    while True:
         try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            try:
-                owner = json.loads(lock.read_text())
-            except (OSError, ValueError):
-                owner = {}
-            same_host = owner.get("host") == me["host"]
-            if same_host and isinstance(owner.get("pid"), int) and not _pid_alive(owner["pid"]):
-                lock.unlink(missing_ok=True)  # stale: its process is gone
-                continue
-            raise RunDirError(f"run directory '{path}' is in use by process {owner.get('pid', '?')} on "
-                              f"{owner.get('host', '?')}; wait for it, pick another --out, or delete '{lock}' "
-                              "if that process is gone") from None
-        except PermissionError:
-            raise RunDirError(f"run directory '{path}' is not writable; choose another --out") from None
-        with os.fdopen(fd, "w") as fh:
-            json.dump(me, fh)
-        return
-    raise RunDirError(f"could not take the lock '{lock}'; delete it if no clbench run uses '{path}'")
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise RunDirError(f"run directory '{path}' is not writable ({exc.strerror}); choose another --out"
+                              ) from None
+        try:
+            if not lock_descriptor(fd, blocking=False):
+                raise _in_use(path, _read_owner(fd))
+            if _same_file(fd, lock):  # else its holder deleted it while releasing: lock the new one
+                _check_owner(path, _read_owner(fd))
+                _write_owner(fd)
+                return fd
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
 
 
-def release_lock(path: Path) -> None:
-    lock = path / LOCK
+def _same_file(fd: int, path: Path) -> bool:
     try:
-        if json.loads(lock.read_text()).get("pid") == os.getpid():
-            lock.unlink()
-    except (OSError, ValueError):
-        pass
+        return os.path.samestat(os.fstat(fd), path.stat())
+    except FileNotFoundError:
+        return False
+
+
+def _read_owner(fd: int) -> dict[str, Any] | None:
+    """The holder record in the lock file: {} when empty, None when it is not a record."""
+    os.lseek(fd, 0, os.SEEK_SET)
+    data = os.read(fd, 4096)
+    if not data.strip():
+        return {}
+    try:
+        owner = json.loads(data)
+    except ValueError:
+        return None
+    return owner if isinstance(owner, dict) else None
+
+
+def _check_owner(path: Path, owner: dict[str, Any] | None) -> None:
+    """We hold the OS lock: refuse only a record we cannot read, or one naming a process that may be alive."""
+    lock = path / LOCK
+    if owner is None:
+        raise RunDirError(f"lock file '{lock}' is not a clbench lock; delete it if no clbench run uses '{path}'")
+    pid, host = owner.get("pid"), owner.get("host")
+    if not owner or (host == socket.gethostname() and isinstance(pid, int) and not _pid_alive(pid)):
+        return  # empty (its writer died first) or left by a dead process: take it over
+    raise _in_use(path, owner)
+
+
+def _in_use(path: Path, owner: dict[str, Any] | None) -> RunDirError:
+    owner = owner or {}
+    return RunDirError(f"run directory '{path}' is in use by process {owner.get('pid', '?')} on "
+                       f"{owner.get('host', '?')}; wait for it, pick another --out, or delete '{path / LOCK}' "
+                       "if that process is gone")
+
+
+def _write_owner(fd: int) -> None:
+    os.ftruncate(fd, 0)
+    os.lseek(fd, 0, os.SEEK_SET)
+    os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode())
+    os.fsync(fd)
+
+
+def release_lock(path: Path, fd: int) -> None:
+    """Delete `path/.lock` (while still holding it, so nobody takes a lock that is about to vanish), then let
+    the OS lock go by closing `fd`."""
+    try:
+        (path / LOCK).unlink(missing_ok=True)
+    finally:
+        os.close(fd)
 
 
 # ---- reading records back

@@ -1799,10 +1799,6 @@ CASES: list[Case] = [
         procedure=two_runs_into_one_out,
         slow=True,
         skip=None if sys.platform.startswith("linux") else "uses Linux inotify",
-        fails=x(
-            "data loss",
-            "both runs exit 0; the second rewrites config.yaml and appends to the first's results",
-        ),
     ),
 ]
 

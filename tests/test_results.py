@@ -87,3 +87,19 @@ def test_the_lock_excludes_a_second_holder_and_is_deleted_on_release(tmp_path: P
         with pytest.raises(RunDirError, match="in use by process"), RunDir(tmp_path / "run"):
             pass
     assert not (tmp_path / "run" / LOCK).exists()
+
+
+def test_an_unreadable_lock_is_refused_and_left_alone(tmp_path: Path) -> None:
+    (tmp_path / LOCK).write_text("garbage")
+    with pytest.raises(RunDirError, match="not a clbench lock; delete it"), RunDir(tmp_path):
+        pass
+    assert (tmp_path / LOCK).read_text() == "garbage"
+
+
+def test_a_run_that_writes_nothing_leaves_no_folder(tmp_path: Path) -> None:
+    with RunDir(tmp_path / "runs" / "new"):
+        pass
+    assert list(tmp_path.iterdir()) == []
+    with RunDir(tmp_path / "kept") as run_dir:
+        run_dir.write_text("config.yaml", "x: 1\n")
+    assert (tmp_path / "kept" / "config.yaml").is_file() and not (tmp_path / "kept" / LOCK).exists()

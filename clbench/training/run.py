@@ -1,8 +1,9 @@
 """One run: validate the configuration, check the run directory, prepare the stream, dispatch the units.
 
 `run(config)` is what `clbench run` calls. Everything a run can know is checked before anything is written;
-then the run directory is locked, `config.yaml` and `env.json` are written (or, with `resume`, the earlier run's
-are kept), and the units go to an executor (`clbench.training.executors`): local by default, Ray on request.
+then the run directory is locked and checked again under the lock (two runs racing for one directory: the
+second is refused), `config.yaml` and `env.json` are written (or, with `resume`, the earlier run's are kept),
+and the units go to an executor (`clbench.training.executors`): local by default, Ray on request.
 """
 
 from __future__ import annotations
@@ -36,18 +37,23 @@ def run(config: RunConfig, *, registry: MethodRegistry | None = None, progress: 
 
     With `resume`, `config.out` must hold an earlier run of the same configuration (differences that change
     results are refused): finished units are skipped and unfinished ones continue from their last checkpoint.
-    `earlier` are problems found while assembling the config, reported together with validation's.
 
-    Raises ClbenchError for bad input before anything is trained or written.
+    Order: validate everything (`earlier` are problems found while assembling the config), check the run
+    directory, prepare the data, then take the directory's lock and check it again under the lock (another run
+    may have used it meanwhile) before writing anything.
+
+    Raises:
+        ClbenchError: bad input, before anything is trained or written.
     """
     registry = registry or MethodRegistry.default(config.plugins)
     method_configs = validate(config, registry, earlier)
     progress = progress or Progress()
     out = Path(config.out or default_out(config))
     config = replace(config, out=str(out))
-    started, finished = check_out_dir(out, config, registry, resume)
+    check_out_dir(out, config, registry, resume)  # fail fast, before the data is prepared
     prepared = prepare(config)
     with RunDir(out) as run_dir:
+        started, finished = check_out_dir(out, config, registry, resume)
         if resume:
             run_dir.repair_tail()
             progress.message(f"resuming {out}: {len(finished)} unit(s) finished, "
@@ -86,15 +92,16 @@ def config_units(config: RunConfig) -> list[tuple[str, int]]:
 def check_out_dir(out: Path, config: RunConfig, registry: MethodRegistry, resume: bool) -> tuple[set[str], set[str]]:
     """Check the run directory before anything is written; returns (units with records, finished units).
 
-    A fresh run refuses a directory that already holds a run. A resumed one needs that run's config.yaml, a
-    readable results file and no difference that changes results.
+    A fresh run refuses a directory where a unit has records (one stopped before any record may be rerun). A
+    resumed one needs that run's config.yaml, a readable results file and no difference that changes results.
     """
-    saved_file = out / "config.yaml"
     if not resume:
-        if saved_file.exists() or (out / RESULTS).exists():
+        results = out / RESULTS
+        if results.exists() and (not results.is_file() or results.stat().st_size > 0):
             raise RunDirError(f"run directory '{out}' already holds a run; pass --resume to continue it or choose "
                               "another --out")
         return set(), set()
+    saved_file = out / "config.yaml"
     if not saved_file.is_file():
         raise RunDirError(f"nothing to resume in '{out}' (no config.yaml); run without --resume or fix --out")
     try:
