@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from clbench.config import RunConfig
-from clbench.data import EncodedSplit, Stream, TaskInfo
+from clbench.data import EncodedSplit, Stream, Task, TaskInfo
 from clbench.data.streams import cache_dir, load_stream
 from clbench.data.tokenize import encode_stream
 from clbench.errors import ConfigError
@@ -15,6 +18,9 @@ from clbench.models import load_tokenizer, max_positions, tokenizer_fingerprint
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
+
+# Task fields that never change what a unit learns or is evaluated on: left out of the task's digest.
+NOT_DATA = ("description", "source")
 
 
 @dataclass
@@ -55,3 +61,9 @@ def check_max_length(stream: Stream, model: str, tokenizer: PreTrainedTokenizerB
         raise ConfigError(f"max_length={too_long[0].max_length} (task {names}) exceeds the {limit} positions of "
                           f"model '{model}'; pass --max-length {limit} or less")
 
+
+def task_digest(task: Task) -> str:
+    """sha256 of everything a task feeds the units (texts, labels, classes, lengths), so a resumed run can tell
+    that a task's data changed since the run started."""
+    fields = {k: v for k, v in dataclasses.asdict(task).items() if k not in NOT_DATA}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()

@@ -2,8 +2,9 @@
 
 `run(config)` is what `clbench run` calls. Everything a run can know is checked before anything is written;
 then the run directory is locked and checked again under the lock (two runs racing for one directory: the
-second is refused), `config.yaml` and `env.json` are written (or, with `resume`, the earlier run's are kept),
-and the units go to an executor (`clbench.training.executors`): local by default, Ray on request.
+second is refused), `config.yaml` and `env.json` are written (or, with `resume`, the earlier run's are kept,
+and its data and checkpoints are checked against them), and the units go to an executor
+(`clbench.training.executors`): local by default, Ray on request.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from clbench.config import RunConfig, differences, dump_yaml, from_saved, load_yaml, validate
-from clbench.data.prepare import Prepared, prepare
+from clbench.data.prepare import Prepared, prepare, task_digest
 from clbench.errors import ClbenchError, RunDirError
 from clbench.registry import MethodRegistry
 from clbench.results import RESULTS, RunDir, environment, read_records, unit_id
@@ -53,7 +54,7 @@ def run(config: RunConfig, *, registry: MethodRegistry | None = None, progress: 
     check_out_dir(out, config, registry, resume)  # fail fast, before the data is prepared
     prepared = prepare(config)
     with RunDir(out) as run_dir:
-        started, finished = check_out_dir(out, config, registry, resume)
+        started, finished = check_out_dir(out, config, registry, resume, prepared)
         if resume:
             run_dir.repair_tail()
             progress.message(f"resuming {out}: {len(finished)} unit(s) finished, "
@@ -79,7 +80,8 @@ def run_environment(prepared: Prepared, command: str | None) -> dict[str, Any]:
     """env.json: versions, hardware and commit, plus the stream's name, version, seed and task sizes."""
     env = environment(command)
     env["stream"] = {"name": prepared.stream.name, "version": prepared.stream.version, "seed": prepared.stream.seed,
-                     "tasks": [{"name": t.name, "classes": list(t.classes), "train": len(s[0]), "test": len(s[1])}
+                     "tasks": [{"name": t.name, "classes": list(t.classes), "train": len(s[0]), "test": len(s[1]),
+                                "sha256": task_digest(t)}
                                for t, s in zip(prepared.stream.tasks, prepared.splits)]}
     return env
 
@@ -89,11 +91,13 @@ def config_units(config: RunConfig) -> list[tuple[str, int]]:
     return [(name, seed) for seed in config.seeds for name in config.methods]
 
 
-def check_out_dir(out: Path, config: RunConfig, registry: MethodRegistry, resume: bool) -> tuple[set[str], set[str]]:
+def check_out_dir(out: Path, config: RunConfig, registry: MethodRegistry, resume: bool,
+                  prepared: Prepared | None = None) -> tuple[set[str], set[str]]:
     """Check the run directory before anything is written; returns (units with records, finished units).
 
     A fresh run refuses a directory where a unit has records (one stopped before any record may be rerun). A
-    resumed one needs that run's config.yaml, a readable results file and no difference that changes results.
+    resumed one needs that run's config.yaml, a readable results file and no difference that changes results;
+    with `prepared`, also the same data as when the run started and checkpoints that match the results.
     """
     if not resume:
         results = out / RESULTS
@@ -116,7 +120,44 @@ def check_out_dir(out: Path, config: RunConfig, registry: MethodRegistry, resume
     records = read_records(out)
     started = {r["unit"] for r in records}
     finished = {r["unit"] for r in records if r["type"] == "unit" and r.get("value") in ("done", "failed")}
+    if prepared is not None:
+        check_same_data(out, config, prepared)
+        check_checkpoints(out, config, prepared, records, started - finished)
     return started, finished
+
+
+def check_same_data(out: Path, config: RunConfig, prepared: Prepared) -> None:
+    """Refuse to resume when a task's data differs from what env.json recorded when the run started (a run
+    started before digests were recorded is not checked)."""
+    env_file = out / "env.json"
+    if not env_file.is_file():
+        return
+    try:
+        env = json.loads(env_file.read_text(encoding="utf-8"))
+        saved = {t["name"]: t.get("sha256") for t in env.get("stream", {}).get("tasks", [])}
+    except (ValueError, AttributeError, TypeError, KeyError):
+        raise RunDirError(f"'{env_file}' is corrupted, so the data cannot be checked against the run's; restore "
+                          "it or start a new --out") from None
+    if not saved or all(digest is None for digest in saved.values()):
+        return
+    changed = [t.name for t in prepared.stream.tasks if saved.get(t.name) != task_digest(t)]
+    changed += [name for name in saved if name not in {t.name for t in prepared.stream.tasks}]
+    if changed:
+        names = ", ".join(f"'{name}'" for name in dict.fromkeys(changed))
+        raise RunDirError(f"--resume: the data of task {names} of stream '{config.stream}' changed since '{out}' "
+                          "started; restore the data (or stream file) or start a new --out")
+
+
+def check_checkpoints(out: Path, config: RunConfig, prepared: Prepared, records: list[dict[str, Any]],
+                      unfinished: set[str]) -> None:
+    """Every unfinished unit's checkpoint must match the stream and the results (see `CheckpointStore.check`)."""
+    store = CheckpointStore(out, keep=config.keep_checkpoints)
+    tasks = [t.name for t in prepared.stream.tasks]
+    for name, seed in config_units(config):
+        unit = unit_id(name, seed)
+        if unit in unfinished:
+            rows = [r["row"] for r in records if r["unit"] == unit and r["type"] == "accuracy"]
+            store.check(name, seed, tasks, max(rows, default=-1))
 
 
 def _saved_value(config: RunConfig, key: str) -> Any:
