@@ -81,10 +81,15 @@ def run_field_options(fn: F) -> F:
 @click.option("--quiet", is_flag=True, help="Print nothing but errors and the final summary.")
 @friendly
 def run(**kwargs: Any) -> None:
-    """Train each method through the stream's tasks and write results, summary and report to --out."""
+    """Train each method through the stream's tasks and write results, summary and report to --out.
+
+    Exit codes: 0 every unit done; 2 bad input (nothing written or changed); 3 some units failed (see the
+    summary and results.jsonl); 1 interrupted or an internal error.
+    """
     from clbench.config import collect_config, load_yaml, parse_set
     from clbench.registry import MethodRegistry
     from clbench.reporting.summary import summary_table
+    from clbench.results import failed_units
     from clbench.training.progress import Progress
     from clbench.training.run import run as run_experiment
 
@@ -114,6 +119,13 @@ def run(**kwargs: Any) -> None:
     report_file = write_report_or_warn(out, lambda message: click.echo(message, err=True))
     if report_file is not None:
         click.echo(f"report: {report_file}")
+    failed = failed_units(out)
+    if failed:
+        click.echo(f"clbench: {len(failed)} unit(s) failed: {', '.join(failed)}", err=True)
+        sys.exit(EXIT_UNITS_FAILED)
+
+
+EXIT_UNITS_FAILED = 3  # documented in the README beside 0 (all done), 1 (interrupted) and 2 (bad input)
 
 
 def _saved_run(out: str | None) -> str:

@@ -30,6 +30,10 @@ class RunDirError(ClbenchError):
     """The run directory is locked, unwritable or inconsistent with the requested run."""
 
 
+class UnitFailed(ClbenchError):
+    """One unit (method × seed) cannot go on; it is recorded as failed and the other units go on."""
+
+
 def shown(value: object, limit: int = 80) -> str:
     """`repr(value)` cut to `limit` characters, so a huge value (a YAML alias bomb, a long field) cannot
     swamp a one-line message."""

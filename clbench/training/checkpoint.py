@@ -34,7 +34,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from clbench.data.fetch import sha256_file
-from clbench.errors import ClbenchError, RunDirError
+from clbench.errors import RunDirError, UnitFailed
 
 CHECKPOINTS = "checkpoints"
 MARKER = "checkpoint.json"
@@ -95,8 +95,8 @@ def encode_state(state: Any, tensors: dict[str, Tensor], where: str = "state") -
         return [encode_state(v, tensors, f"{where}[{i}]") for i, v in enumerate(state)]
     if state is None or isinstance(state, (bool, int, float, str)):
         return state
-    raise ClbenchError(f"{where} is a {type(state).__name__}; a method's state_dict() may hold only tensors, "
-                       "numbers, strings, None, lists, tuples and dicts (checkpoints are never pickled)")
+    raise UnitFailed(f"{where} is a {type(state).__name__}; a method's state_dict() may hold only tensors, "
+                     "numbers, strings, None, lists, tuples and dicts (checkpoints are never pickled)")
 
 
 def decode_state(tree: Any, tensors: dict[str, Tensor], device: torch.device | None = None) -> Any:
@@ -156,13 +156,13 @@ class CheckpointStore:
     def save(self, method_name: str, seed: int, row: int, task: str, model: nn.Module,
              method_state: dict[str, Any], rng: dict[str, Tensor], logits: list[Tensor]) -> None:
         """Write the checkpoint after row `row` (task `task`), then point the marker at it, then prune."""
+        method_tensors: dict[str, Tensor] = {}  # encoded first: a state that cannot be saved leaves no folder
+        tree = encode_state(method_state, method_tensors, f"method '{method_name}' state_dict()")
         unit = self.unit_dir(method_name, seed)
         folder = unit / f"task{row}"
         if folder.exists():
             shutil.rmtree(folder)
         folder.mkdir(parents=True)
-        method_tensors: dict[str, Tensor] = {}
-        tree = encode_state(method_state, method_tensors, f"method '{method_name}' state_dict()")
         files = {
             "model.safetensors": _tensors_for_saving(model.state_dict()),
             "method.safetensors": _tensors_for_saving(method_tensors),

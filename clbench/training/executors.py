@@ -24,17 +24,50 @@ from typing import Any
 
 from clbench.config import RunConfig, method_config, method_own_options
 from clbench.data.prepare import Prepared
-from clbench.errors import ClbenchError, ConfigError
+from clbench.errors import ClbenchError, ConfigError, UnitFailed
 from clbench.protocol import Hooks
 from clbench.registry import MethodRegistry
-from clbench.results import MemoryRecords, RunDir, unit_id
+from clbench.results import MemoryRecords, RecordSink, RunDir, unit_id
 from clbench.training.checkpoint import CheckpointStore
 from clbench.training.progress import Progress
 from clbench.training.records import UnitRecorder
-from clbench.training.runner import UnitFailed, resolve_device, train_unit
+from clbench.training.runner import resolve_device, train_unit
 from clbench.training.sharing import SharedStart
 
 FORWARDED_ENV = ("CLBENCH_CACHE", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HF_HOME")
+
+
+def hook_failure(exc: Exception, method: Hooks) -> UnitFailed | None:
+    """A one-line unit failure naming the method and the hook that raised `exc`, or None when `exc` did not come
+    from the method's code (a clbench bug keeps its traceback).
+
+    The hook is the outermost frame of the traceback that runs on the method object: the runner's call into it.
+    """
+    if isinstance(exc, UnitFailed):
+        return exc
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_locals.get("self") is not method:
+        tb = tb.tb_next
+    if tb is None:
+        return None
+    text = " ".join(str(exc).split())[:300]
+    return UnitFailed(f"method '{method.name}' failed in {tb.tb_frame.f_code.co_name}() with "
+                      f"{type(exc).__name__}: {text}")
+
+
+def train_or_fail(config: RunConfig, prepared: Prepared, method: Hooks, seed: int, sink: RecordSink,
+                  progress: Progress, **kwargs: Any) -> None:
+    """`train_unit`, with an exception raised by one of the method's hooks turned into `UnitFailed`."""
+    try:
+        train_unit(config, prepared, method, seed, sink, progress, **kwargs)
+    except UnitFailed:
+        raise
+    except Exception as exc:  # a method's bug fails its unit, not the run
+        failure = hook_failure(exc, method)
+        if failure is None:
+            raise
+        progress.end_task()
+        raise failure from None
 
 
 def failed_record(name: str, seed: int, error: str) -> dict[str, Any]:
@@ -49,8 +82,8 @@ def run_local(config: RunConfig, prepared: Prepared, units: Sequence[tuple[str, 
     shared = SharedStart()
     for name, seed in units:
         try:
-            train_unit(config, prepared, make_method(name), seed, run_dir, progress, checkpoints=checkpoints,
-                       shared=shared, resume=unit_id(name, seed) in started)
+            train_or_fail(config, prepared, make_method(name), seed, run_dir, progress, checkpoints=checkpoints,
+                          shared=shared, resume=unit_id(name, seed) in started)
         except UnitFailed as exc:
             run_dir.append([failed_record(name, seed, str(exc))])
             checkpoints.finish(name, seed)
@@ -67,7 +100,7 @@ def unit_records(config: RunConfig, prepared: Prepared, name: str, seed: int, th
     method = cls(method_config(cls.config_cls, name, method_own_options(config, name)))
     sink = MemoryRecords([])
     try:
-        train_unit(config, prepared, method, seed, sink, Progress("quiet"))
+        train_or_fail(config, prepared, method, seed, sink, Progress("quiet"))
     except UnitFailed as exc:
         sink.append([failed_record(name, seed, str(exc))])
     return sink.records

@@ -1,8 +1,49 @@
-"""Checkpoint folders: one per method name, never shared by two names and never outside `checkpoints/`."""
+"""How a unit fails: a method's exception names the method and hook; clbench's own bugs keep their traceback;
+checkpoint folders never collide."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
+from clbench.errors import UnitFailed
+from clbench.protocol import Hooks
 from clbench.training.checkpoint import folder_name
+from clbench.training.executors import hook_failure
+
+
+class Broken(Hooks):
+    name = "broken"
+
+    def after_task(self, task: Any, model: Any, data: Any) -> None:
+        self._helper()
+
+    def _helper(self) -> None:
+        raise RuntimeError("boom\nsecond line")
+
+
+def raised(fn: Callable[[], object]) -> Exception:
+    try:
+        fn()
+    except Exception as exc:  # noqa: BLE001 -- the test inspects whatever was raised
+        return exc
+    raise AssertionError("nothing raised")
+
+
+def runner_calls(method: Hooks) -> None:
+    method.after_task(None, None, None)
+
+
+def test_an_exception_in_a_hook_names_the_method_and_the_outermost_hook() -> None:
+    method = Broken(Broken.config_cls())
+    failure = hook_failure(raised(lambda: runner_calls(method)), method)
+    assert isinstance(failure, UnitFailed)
+    assert str(failure) == "method 'broken' failed in after_task() with RuntimeError: boom second line"
+
+
+def test_an_exception_outside_the_method_is_not_blamed_on_it() -> None:
+    method = Broken(Broken.config_cls())
+    assert hook_failure(raised(lambda: 1 / 0), method) is None
 
 
 def test_checkpoint_folder_names_are_one_to_one() -> None:
