@@ -78,6 +78,9 @@ def run_field_options(fn: F) -> F:
 @click.option("--plugin", "plugins", multiple=True, metavar="FILE.py", help="Register methods from a Python file.")
 @click.option("--resume", is_flag=True,
               help="Continue the run in --out: skip finished units, restart others from their last checkpoint.")
+@click.option("--allow-config-plugins", is_flag=True,
+              help="Import the plugin files listed under `plugins:` in --config (or in the config.yaml that --resume "
+                   "reads); without it such a list is refused, since importing a file runs its code.")
 @click.option("--quiet", is_flag=True, help="Print nothing but errors and the final summary.")
 @friendly
 def run(**kwargs: Any) -> None:
@@ -86,7 +89,7 @@ def run(**kwargs: Any) -> None:
     Exit codes: 0 every unit done; 2 bad input (nothing written or changed); 3 some units failed (see the
     summary and results.jsonl); 1 interrupted or an internal error.
     """
-    from clbench.config import collect_config, load_yaml, parse_set
+    from clbench.config import coerce, collect_config, load_yaml, parse_set
     from clbench.registry import MethodRegistry
     from clbench.reporting.summary import summary_table
     from clbench.results import failed_units
@@ -95,22 +98,22 @@ def run(**kwargs: Any) -> None:
 
     quiet = kwargs.pop("quiet")
     resume = kwargs.pop("resume")
+    allow_config_plugins = kwargs.pop("allow_config_plugins")
     config_file = kwargs.pop("config_file")
     file_layer = load_yaml(config_file) if config_file else {}
     set_layer = parse_set(kwargs.pop("overrides"))
     # --resume: the saved config.yaml is the base layer, so `clbench run --out DIR --resume` needs no other flag
     saved_file = _saved_run(kwargs.get("out") or file_layer.get("out")) if resume else None
     saved_layer = _saved_layer(saved_file) if saved_file else {}
-    plugins = (list(kwargs.pop("plugins")) or list(file_layer.get("plugins", []) or [])
-               or list(saved_layer.get("plugins", []) or []))
+    # plugins named on the command line (--plugin, or --set plugins=...) are trusted; a config file's are not
+    flagged = [*kwargs.pop("plugins"), *coerce(set_layer.pop("plugins", ()), tuple[str, ...], "plugins")]
+    plugins = _plugins(flagged, {config_file: file_layer, saved_file: saved_layer}, allow_config_plugins)
     for key in ("methods", "seeds"):
         kwargs[key] = _csv(kwargs[key])
     flags = {k: v for k, v in kwargs.items() if v is not None}
-    if plugins:
-        flags["plugins"] = plugins
     registry = MethodRegistry.default(plugins)
-    config, errors = collect_config(saved_layer, file_layer, flags, set_layer, method_names=registry.names(),
-                                    sources=(saved_file, config_file))
+    config, errors = collect_config(saved_layer, file_layer, flags, set_layer, {"plugins": plugins},
+                                    method_names=registry.names(), sources=(saved_file, config_file))
     out = run_experiment(config, registry=registry, progress=Progress("quiet" if quiet else None),
                          command=" ".join(["clbench", *sys.argv[1:]]), resume=resume, earlier=errors)
     click.echo(summary_table(out))
@@ -126,6 +129,32 @@ def run(**kwargs: Any) -> None:
 
 
 EXIT_UNITS_FAILED = 3  # documented in the README beside 0 (all done), 1 (interrupted) and 2 (bad input)
+
+
+def _plugins(flagged: list[str], layers: dict[str | None, dict[str, Any]], allowed: bool) -> list[str]:
+    """The plugin files to import: every `--plugin`, plus those a config file lists when `allowed`.
+
+    A config file may come from someone else (or sit in a run directory anyone can write), and importing a
+    plugin runs its code, so a listed file that was not also passed with --plugin needs --allow-config-plugins.
+    """
+    from pathlib import Path
+
+    from clbench.errors import ConfigError
+
+    plugins = list(flagged)
+    given = {Path(p).resolve() for p in flagged}
+    for source, layer in layers.items():
+        listed = layer.get("plugins") or []
+        if source is None or not listed:
+            continue
+        if not isinstance(listed, list) or not all(isinstance(p, str) for p in listed):
+            raise ConfigError(f"plugins in '{source}' must be a list of .py files")
+        extra = [p for p in listed if Path(p).resolve() not in given]
+        if extra and not allowed:
+            raise ConfigError(f"'{source}' lists plugin files {extra}, which run code when imported; pass them with "
+                              "--plugin FILE.py, or add --allow-config-plugins to trust the file's list")
+        plugins += [p for p in extra if p not in plugins]
+    return plugins
 
 
 def _saved_run(out: str | None) -> str:
