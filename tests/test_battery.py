@@ -906,7 +906,6 @@ CASES: list[Case] = [
         procedure=dead_ray_address,
         slow=True,
         skip=None if importlib.util.find_spec("ray") else "ray is not installed",
-        fails=x("hang", "`--executor ray --ray-address` to a dead address hangs in ray.init (GCS retries)"),
     ),
     # ---- --set KEY=VALUE
     Case("set-no-equals", run("--set", "epochs"), ("'epochs'", "KEY=VALUE")),

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -35,6 +36,24 @@ from clbench.training.runner import resolve_device, train_unit
 from clbench.training.sharing import SharedStart
 
 FORWARDED_ENV = ("CLBENCH_CACHE", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HF_HOME")
+RAY_CONNECT_TIMEOUT_S = 3.0  # ray.init retries an unreachable address for minutes; a socket answers at once
+
+
+def executor_errors(config: RunConfig) -> list[str]:
+    """What the chosen executor needs and the run lacks: a `--ray-address` that answers (checked with one short
+    TCP connection, so a dead address is refused at once instead of hanging in ray.init)."""
+    address = config.ray_address
+    if config.executor != "ray" or not address or address in ("auto", "local"):
+        return []
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    fix = "start the cluster first (`ray start --head`) or drop --ray-address to start a local one"
+    if not host or not port.isdigit():
+        return [f"--ray-address '{address}' is not HOST:PORT (or ray://HOST:PORT, auto); {fix}"]
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=RAY_CONNECT_TIMEOUT_S).close()
+    except OSError as exc:
+        return [f"cannot reach Ray at --ray-address '{address}' ({exc.strerror or exc}); {fix}"]
+    return []
 
 
 def hook_failure(exc: Exception, method: Hooks) -> UnitFailed | None:

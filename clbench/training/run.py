@@ -22,7 +22,7 @@ from clbench.errors import ClbenchError, RunDirError
 from clbench.registry import MethodRegistry
 from clbench.results import RESULTS, RunDir, environment, read_records, unit_id
 from clbench.training.checkpoint import CheckpointStore
-from clbench.training.executors import run_local, run_ray
+from clbench.training.executors import executor_errors, run_local, run_ray
 from clbench.training.progress import Progress
 
 
@@ -47,7 +47,7 @@ def run(config: RunConfig, *, registry: MethodRegistry | None = None, progress: 
         ClbenchError: bad input, before anything is trained or written.
     """
     registry = registry or MethodRegistry.default(config.plugins)
-    method_configs = validate(config, registry, earlier)
+    method_configs = validate(config, registry, [*earlier, *executor_errors(config)])
     progress = progress or Progress()
     out = Path(config.out or default_out(config))
     config = replace(config, out=str(out))

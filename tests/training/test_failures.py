@@ -1,15 +1,17 @@
 """How a unit fails: a method's exception names the method and hook; clbench's own bugs keep their traceback;
-checkpoint folders never collide."""
+checkpoint folders never collide; a dead Ray address is refused at once."""
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable
 from typing import Any
 
+from clbench.config import build_config
 from clbench.errors import UnitFailed
 from clbench.protocol import Hooks
 from clbench.training.checkpoint import folder_name
-from clbench.training.executors import hook_failure
+from clbench.training.executors import executor_errors, hook_failure
 
 
 class Broken(Hooks):
@@ -52,3 +54,16 @@ def test_checkpoint_folder_names_are_one_to_one() -> None:
     assert len(set(folders)) == len(names)
     assert folder_name("naive_a") == "naive_a" and folder_name("lora@frozen-head") == "lora%40frozen-head"
     assert all("/" not in f and f not in (".", "..") for f in folders)
+
+
+def test_a_ray_address_nobody_listens_on_is_refused_without_waiting() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{s.getsockname()[1]}"
+    config = build_config({"executor": "ray", "ray_address": address})
+    (error,) = executor_errors(config)
+    assert f"cannot reach Ray at --ray-address '{address}'" in error
+    assert executor_errors(build_config({"executor": "ray", "ray_address": "auto"})) == []
+    (bad,) = executor_errors(build_config({"executor": "ray", "ray_address": "nohost"}))
+    assert "is not HOST:PORT" in bad
+
