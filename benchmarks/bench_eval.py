@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
     stream, splits = encoded_stream("reviews", test_size=args.test_size)
     ctx = run_context(stream)
     model = build_model("minilm", stream.num_labels, 0).to(ctx.device)
-    tests = [test for _, test in splits]
+    tests = [test for _, _, test in splits]
     widths = [task.max_length for task in stream.tasks]
     print(f"machine: {machine()}")
     print("test splits: " + ", ".join(

@@ -81,7 +81,7 @@ def reviews_data(args: argparse.Namespace) -> tuple[tuple[TaskInfo, ...], Encode
     config = build_config({"methods": ["naive"], "model": args.model, "stream": "reviews"})
     prepared = prepare(config)
     infos = tuple(prepared.infos)
-    (old, _), (new, _) = prepared.splits[:2]
+    old, new = prepared.train[:2]
     plan = BatchPlan(new, args.batch, shuffle=True, generator=torch.Generator().manual_seed(2))
     return infos, old, [new.batch(index) for index in plan.indices()[:args.steps]]
 

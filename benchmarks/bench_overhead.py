@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from clbench.benchmarks._timing import encoded_stream, machine, median_ratio, timed, verdict
 from clbench.config import build_config
-from clbench.data import BatchPlan, EncodedSplit
+from clbench.data import BatchPlan, EncodedSplit, TaskSplits
 from clbench.models import build_model, model_spec
 from clbench.training.progress import Progress
 from clbench.training.run import run
@@ -46,15 +46,15 @@ def bare_evaluate(model: nn.Module, test: EncodedSplit) -> float:
     return correct / len(test)
 
 
-def bare_loop(splits: list[tuple[EncodedSplit, EncodedSplit]], num_labels: int, steps: int, lr: float
+def bare_loop(splits: list[TaskSplits], num_labels: int, steps: int, lr: float
               ) -> list[float]:
     """The hand-written loop; returns every training loss."""
     model = build_model("minilm", num_labels, SEED)
     generator = torch.Generator().manual_seed(SEED)
     losses = []
-    for _, test in splits:
+    for _, _, test in splits:
         bare_evaluate(model, test)
-    for train, _ in splits:
+    for train, _, _ in splits:
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=WEIGHT_DECAY, fused=True)  # as the runner
         warmup = int(WARMUP * steps)
@@ -75,7 +75,7 @@ def bare_loop(splits: list[tuple[EncodedSplit, EncodedSplit]], num_labels: int, 
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
             losses.append(loss.item())
-        for _, test in splits:
+        for _, _, test in splits:
             bare_evaluate(model, test)
     return losses
 
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"overhead (clbench / bare, median of paired ratios): {ratio:.3f}x {verdict(ratio, 1.05)}")
 
 
-def _same_losses(splits: list[tuple[EncodedSplit, EncodedSplit]], num_labels: int, lr: float,
+def _same_losses(splits: list[TaskSplits], num_labels: int, lr: float,
                  test_size: int | None) -> bool:
     """Run 3 steps per task through the runner's train_step and the bare loop; compare the losses."""
     from clbench.training import runner

@@ -225,7 +225,8 @@ def list_models(as_json: bool) -> None:
         click.echo(json.dumps(rows, indent=1))
         return
     for row in rows:
-        click.echo(f"{row['name']:<10} {'offline' if row['offline'] else 'needs Hub':<9} {row['summary']}")
+        click.echo(f"{row['name']:<10} {'offline' if row['offline'] else 'needs Hub':<9} lr {row['default_lr']:<6g} "
+                   f"{row['pooling']:<4} pooling  {row['summary']}")
 
 
 @list_.command(name="streams")

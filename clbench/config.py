@@ -67,10 +67,20 @@ class RunConfig:
     grad_clip: float = option(1.0, "max gradient norm (0 disables clipping)")
     head: str | None = option(None, "shared (argmax over all classes) or per-task; default: the stream's",
                               flag=True)
+    pooling: str | None = option(None, "readout the head sees: cls (transformers' pooler on the first token) or "
+                                 "mean (masked mean of the token states); default: the model's own "
+                                 "(`clbench list models`)", flag=True)
+    active_classes: str = option("all", "outputs the training loss sees: all (every class of the shared head), "
+                                 "seen (classes of tasks trained so far) or current (the example's own task's "
+                                 "classes, the labels trick); evaluation always uses every class", flag=True)
     buffer_size: int = option(200, "examples of old tasks that any method keeping old data may store (the same "
                               "budget for every method)", flag=True)
     train_size: int | None = option(None, "override every task's training-set size", flag=True)
     test_size: int | None = option(None, "override every task's test-set size", flag=True)
+    val_fraction: float | None = option(None, "share of each task's training data held out for validation "
+                                        "(default: the stream's, 0.1 unless it sets one)", flag=True)
+    eval_split: str = option("test", "what every evaluation reads: test (verdicts) or val (choices: `clbench "
+                             "tune` sets it, and test data are then never read)")
     max_length: int | None = option(None, "override every task's max tokens per example", flag=True)
     data_dir: str | None = option(None, "local copies of Hub datasets for hf streams (save_to_disk folders or "
                                   "parquet)", flag=True)
@@ -103,7 +113,8 @@ class RunConfig:
             if isinstance(value, tuple):
                 value = list(value)
             if f.name == "method_options":
-                value = {k: dict(v) for k, v in (value or {}).items()}
+                value = {k: {name: list(v) if isinstance(v, tuple) else v for name, v in opts.items()}
+                         for k, opts in (value or {}).items()}
             out[f.name] = value
         return out
 
@@ -123,7 +134,9 @@ def split_options(raw: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any
 def field_types(cls: type) -> dict[str, Any]:
     """The resolved annotations of a config dataclass (its module uses `from __future__ import annotations`)."""
     return typing.get_type_hints(cls)
-CHOICES = {"head": (None, "shared", "per-task"), "device": None, "precision": ("fp32", "bf16", "fp16"),
+CHOICES = {"head": (None, "shared", "per-task"), "pooling": (None, "cls", "mean"),
+           "active_classes": ("all", "seen", "current"),
+           "eval_split": ("test", "val"), "device": None, "precision": ("fp32", "bf16", "fp16"),
            "executor": ("local", "ray")}
 
 
@@ -348,6 +361,8 @@ def validate(config: RunConfig, registry: Any, earlier: Sequence[str] = ()) -> d
         unit_config = check(lambda n=name: config.for_method(n)) if training else None
         if unit_config is not None:
             errors += [f"{name}.{p}" for key in training for p in field_problems(key, getattr(unit_config, key))]
+    if config.eval_split == "val" and config.val_fraction == 0:
+        errors.append("eval_split=val needs validation data but val_fraction=0; set val_fraction > 0")
     if config.device.startswith("cuda") and not field_problems("device", config.device):
         import torch
 
@@ -365,7 +380,7 @@ def validate(config: RunConfig, registry: Any, earlier: Sequence[str] = ()) -> d
         errors.append(f"cache folder '{cache}' ($CLBENCH_CACHE) is a file or lies under one; point "
                       "CLBENCH_CACHE at a folder")
     check(lambda: load_stream_spec(config.stream, train_size=config.train_size, test_size=config.test_size,
-                                   max_length=config.max_length))
+                                   max_length=config.max_length, val_fraction=config.val_fraction))
     if config.data_dir is not None and not Path(config.data_dir).is_dir():
         errors.append(f"data_dir '{config.data_dir}' is not a directory; point it at local dataset copies")
     if config.out is not None:
@@ -389,6 +404,7 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "weight_decay": (lambda v: math.isfinite(v) and v >= 0, "must be a finite non-negative number"),
     "grad_clip": (lambda v: math.isfinite(v) and v >= 0, "must be a finite non-negative number (0: no clipping)"),
     "warmup_ratio": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
+    "val_fraction": (lambda v: 0 <= v < 1, "must be in [0, 1), e.g. 0.1"),
     "buffer_size": (lambda v: v >= 0, "must be non-negative"),
     "eval_every": (lambda v: v >= 0, "must be 0 (off) or a positive number of steps"),
 }
@@ -441,6 +457,22 @@ def method_requirements(name: str, cls: Any, config: RunConfig) -> list[str]:
         if importlib.util.find_spec(package) is None:
             errors.append(f"{name} needs the package '{package}', which is not installed; {install}")
     return errors
+
+
+def resolve_defaults(config: RunConfig, method_configs: Mapping[str, Any]) -> RunConfig:
+    """`config` with every default that depends on the model, the stream or a method written out: the values a
+    run actually uses, so config.yaml shows them (lr, head, pooling, val_fraction and every method option)."""
+    from dataclasses import asdict
+
+    from clbench.data.streams import load_stream_spec
+    from clbench.models import model_pooling, model_spec
+
+    spec = load_stream_spec(config.stream, val_fraction=config.val_fraction)
+    options = {name: {**asdict(method_configs[name]), **split_options(config.method_options.get(name, {}))[1]}
+               for name in config.methods}
+    return replace(config, lr=config.lr if config.lr is not None else model_spec(config.model).default_lr,
+                   head=config.head or spec.head, pooling=config.pooling or model_pooling(config.model),
+                   val_fraction=spec.val_fraction, method_options=options)
 
 
 def dump_yaml(config: RunConfig) -> str:

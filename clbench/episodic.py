@@ -91,7 +91,7 @@ def memory_gradient(model: nn.Module, ctx: RunContext, split: EncodedSplit, para
     n = len(split)
     for index in BatchPlan(split, batch_size, shuffle=False).indices():
         batch = split.batch(index).to(ctx.device)
-        logits = ctx.forward(model, batch)  # [batch, num_labels]
+        logits = ctx.loss_logits(model(**batch.model_inputs()).logits, batch.task_ids)  # [batch, num_labels]
         loss = nn.functional.cross_entropy(logits.float(), batch.labels, reduction="sum") / n
         grads = torch.autograd.grad(loss, list(params), allow_unused=True)
         flat = torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1)

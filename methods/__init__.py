@@ -14,6 +14,7 @@ BUILTIN: dict[str, str] = {
     "replay": "clbench.methods.replay:Replay",
     "lwf": "clbench.methods.lwf:LwF",
     "joint": "clbench.methods.joint:Joint",
+    "single-task": "clbench.methods.single_task:SingleTask",
     "ewc": "clbench.methods.ewc:EWC",
     "si": "clbench.methods.si:SI",
     "gem": "clbench.methods.gem:GEM",

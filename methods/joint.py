@@ -30,6 +30,7 @@ class Joint(Hooks):
     name: ClassVar[str] = "joint"
     config_cls: ClassVar[type[MethodConfig]] = JointConfig
     first_task_is_finetuning = True  # task 1 is plain fine-tuning: the runner may share it
+    role: ClassVar[str] = "upper-bound"
     citation: ClassVar[str] = "Caruana 1997 (multitask upper bound; Lopez-Paz & Ranzato 2017 'iid')"
 
     def train_data(self, task: TaskInfo, data: EncodedSplit, previous: Sequence[EncodedSplit]) -> EncodedSplit:

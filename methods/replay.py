@@ -97,12 +97,13 @@ class Replay(Hooks):
         ctx = self.context
         if self.fused is not None:  # the memory rows came through the runner's forward, after the batch's
             old, self.fused = self.fused, None
-            logits = ctx.extra_logits(outputs, batch, old)  # [replay, num_labels]
+            raw = outputs.logits[len(batch):]  # [replay, num_labels]
         else:
             fresh = None if self.config.fused_forward else self.memory_batch()
             if fresh is None:
                 return task_loss
-            old, logits = fresh, ctx.forward(model, fresh)
+            old, raw = fresh, model(**fresh.model_inputs()).logits
+        logits = ctx.loss_logits(raw, old.task_ids)  # the run's active classes, as for the task loss
         return task_loss + self.config.replay_weight * nn.functional.cross_entropy(logits.float(), old.labels)
 
     def after_task(self, task: TaskInfo, model: nn.Module, data: EncodedSplit) -> None:

@@ -458,6 +458,18 @@ def edit(rel: str, fn: Callable[[str], str]) -> Callable[[Path], None]:
     return damage
 
 
+def set_yaml_key(rel: str, key: str, value: Any) -> Callable[[Path], None]:
+    """Set a top-level key of a YAML file, whatever the layout the file was written in."""
+
+    def damage(root: Path) -> None:
+        import yaml
+
+        path = root / rel
+        path.write_text(yaml.safe_dump({**yaml.safe_load(path.read_text()), key: value}, sort_keys=False))
+
+    return damage
+
+
 def replace_bytes(rel: str, data: bytes) -> Callable[[Path], None]:
     def damage(root: Path) -> None:
         (root / rel).write_bytes(data)
@@ -1531,7 +1543,7 @@ CASES: list[Case] = [
         "rundir-config-method-options-scalar",
         finished(
             RESUME_FIN,
-            edit("fin/config.yaml", lambda t: re.sub(r"method_options: \{\}", "method_options: 5", t)),
+            set_yaml_key("fin/config.yaml", "method_options", 5),
         ),
         ("method_options", "config.yaml"),
     ),

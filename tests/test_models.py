@@ -59,3 +59,50 @@ def test_pinned_minilm_loads_with_real_pretrained_weights() -> None:
     # Pretrained sentence embeddings: the two movie sentences are closer to each other than to the tax form.
     # A random initialisation does not pass this.
     assert emb[0] @ emb[1] > emb[0] @ emb[2] + 0.1
+    # The head reads the sentence-transformers embedding (before its L2 normalisation), not the CLS pooler.
+    seen: list[torch.Tensor] = []
+    model.classifier.register_forward_hook(lambda module, args, out: seen.append(args[0]))
+    with torch.inference_mode():
+        model(**batch)
+    assert torch.allclose(seen[0], (hidden * mask).sum(1) / mask.sum(1), atol=1e-5)
+
+
+def test_mean_pooler_averages_only_the_attended_tokens() -> None:
+    from clbench.pooling import MeanPooler
+
+    pooler = MeanPooler()
+    hidden = torch.arange(24, dtype=torch.float32).view(2, 3, 4)  # [batch, seq, dim]
+    pooler.capture_mask(torch.nn.Identity(), (), {"attention_mask": torch.tensor([[1, 1, 0], [1, 1, 1]])})
+    expected = torch.stack([hidden[0, :2].mean(0), hidden[1].mean(0)])
+    assert torch.equal(pooler(hidden), expected)
+    additive = torch.tensor([[0.0, 0.0, -1e9]])[:, None, None, :]  # the 4-D form EWC's torch.func path passes
+    pooler.capture_mask(torch.nn.Identity(), (), {"attention_mask": additive})
+    assert torch.equal(pooler(hidden[:1]), expected[:1])
+
+
+def test_mean_pooling_reads_real_tokens_whatever_the_padding() -> None:
+    model = build_model("tiny", num_labels=3, seed=0).eval()
+    assert type(model.bert.pooler).__name__ == "MeanPooler"  # tiny declares mean pooling
+    tokenizer = load_tokenizer("tiny")
+    short = tokenizer(["a red cat"], return_tensors="pt")
+    batch = tokenizer(["a red cat", "a much longer sentence about a green square"], padding=True,
+                      return_tensors="pt")
+    with torch.inference_mode():
+        alone = model(**short).logits[0]
+        padded = model(**batch).logits[0]
+        cls_model = build_model("tiny", num_labels=3, seed=0, pooling="cls").eval()
+        other = cls_model(**short).logits[0]
+    assert torch.allclose(alone, padded, atol=1e-5)
+    assert not torch.allclose(alone, other, atol=1e-3)  # the readout is what changed, not the weights
+
+
+def test_pooling_follows_the_alias_or_a_sentence_transformers_folder(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from clbench.models import model_pooling
+
+    assert (model_pooling("minilm"), model_pooling("tiny"), model_pooling("bert-base")) == ("mean", "mean", "cls")
+    (tmp_path / "1_Pooling").mkdir()
+    (tmp_path / "1_Pooling" / "config.json").write_text('{"pooling_mode_mean_tokens": true}')
+    assert model_pooling(str(tmp_path)) == "mean"
+    (tmp_path / "1_Pooling" / "config.json").write_text('{"pooling_mode_cls_token": true}')
+    assert model_pooling(str(tmp_path)) == "cls"
+    assert model_pooling(str(tmp_path / "missing")) == "cls"

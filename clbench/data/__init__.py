@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -47,10 +48,16 @@ class Task:
     truncation: str = "head"  # "head" keeps the first tokens; "head_tail" keeps both ends of long texts
     source: str = "synthetic"
     description: str = ""
+    train_groups: tuple[str, ...] = ()  # group key per training text (a review, an article); () = each its own
+    val_texts: tuple[str, ...] = ()  # carved from the training data by the stream (`clbench.data.splits`)
+    val_labels: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
-        if len(self.train_texts) != len(self.train_labels) or len(self.test_texts) != len(self.test_labels):
+        if (len(self.train_texts) != len(self.train_labels) or len(self.test_texts) != len(self.test_labels)
+                or len(self.val_texts) != len(self.val_labels)):
             raise ValueError(f"task {self.name!r}: texts and labels differ in length")
+        if self.train_groups and len(self.train_groups) != len(self.train_texts):
+            raise ValueError(f"task {self.name!r}: train_groups and train_texts differ in length")
 
 
 @dataclass(frozen=True)
@@ -167,6 +174,14 @@ class EncodedSplit:
     @property
     def num_tokens(self) -> int:
         return int(self.lengths.sum())
+
+
+class TaskSplits(NamedTuple):
+    """One task's tokenised splits: train (what methods see), validation (choices) and test (verdicts)."""
+
+    train: EncodedSplit
+    val: EncodedSplit
+    test: EncodedSplit
 
 
 @dataclass

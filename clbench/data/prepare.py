@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from clbench.config import RunConfig
-from clbench.data import EncodedSplit, Stream, Task, TaskInfo
+from clbench.data import EncodedSplit, Stream, Task, TaskInfo, TaskSplits
 from clbench.data.streams import cache_dir, load_stream
 from clbench.data.tokenize import encode_stream
 from clbench.errors import ConfigError
@@ -29,22 +29,35 @@ class Prepared:
 
     stream: Stream
     infos: tuple[TaskInfo, ...]
-    splits: list[tuple[EncodedSplit, EncodedSplit]]  # (train, test) per task
+    splits: list[TaskSplits]  # (train, val, test) per task
     head: str
+    eval_split: str = "test"  # what every evaluation reads: "test" (verdicts) or "val" (choices)
+
+    @property
+    def train(self) -> list[EncodedSplit]:
+        return [s.train for s in self.splits]
+
+    @property
+    def evaluated(self) -> list[EncodedSplit]:
+        """The split every task is evaluated on after each task (`eval_split`)."""
+        return [getattr(s, self.eval_split) for s in self.splits]
 
 
 def prepare(config: RunConfig) -> Prepared:
     """Load and tokenise the stream (tokenisation cached on disk per stream contents and tokenizer).
 
+    A run that evaluates on validation data (`eval_split: val`, as `clbench tune` does) never reads test data.
+
     Raises:
         ConfigError: a task's max_length exceeds what the model takes (checked before tokenising).
     """
     stream = load_stream(config.stream, train_size=config.train_size, test_size=config.test_size,
-                         max_length=config.max_length, data_dir=Path(config.data_dir) if config.data_dir else None)
+                         max_length=config.max_length, data_dir=Path(config.data_dir) if config.data_dir else None,
+                         val_fraction=config.val_fraction, read_test=config.eval_split == "test")
     tokenizer = load_tokenizer(config.model)
     check_max_length(stream, config.model, tokenizer)
     splits = encode_stream(stream, tokenizer, tokenizer_fingerprint(config.model), cache_dir())
-    return Prepared(stream, stream.infos(), splits, config.head or stream.head)
+    return Prepared(stream, stream.infos(), splits, config.head or stream.head, config.eval_split)
 
 
 def check_max_length(stream: Stream, model: str, tokenizer: PreTrainedTokenizerBase) -> None:

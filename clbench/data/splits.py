@@ -17,6 +17,9 @@ Every real-data source turns its corpus into `Record`s (text, local label, group
    stratified by label, in a seeded order, so a smaller train set is a per-class prefix of a larger one.
 
 Sizes are maxima: a corpus too small for the request yields every example it has.
+
+A validation set is then carved out of each task's training data by the stream (`split_validation`): a
+fraction of it, stratified and grouped in the same way, never touching the test set.
 """
 
 from __future__ import annotations
@@ -165,3 +168,34 @@ def sample_records(records: Sequence[Record], size: int, rng: random.Random,
             need[record.label] -= 1
             picked.append(record)
     return tuple(picked)
+
+
+def split_validation(labels: Sequence[int], groups: Sequence[str], fraction: float, seed: int,
+                     task_name: str) -> tuple[list[int], list[int]]:
+    """Carve a validation set out of a task's training data; returns (train, validation) positions.
+
+    Stratified (class quotas proportional to the class frequencies, largest remainder, `fraction` of the
+    data in all) and grouped (a group's examples all go to one side), seeded by the stream seed and the task
+    name apart from the train/test split's generator. Walking the groups in a seeded order, a group joins the
+    validation side when all its examples fit into the classes' remaining quotas, so no class gets more than
+    its share (a corpus of large groups may get fewer). Both sides keep the training data's order.
+    """
+    if fraction <= 0 or not labels:
+        return list(range(len(labels))), []
+    rng = task_rng(seed, f"{task_name}/validation")
+    members: dict[str, list[int]] = defaultdict(list)
+    for position, group in enumerate(groups):
+        members[group].append(position)
+    order = list(members)
+    rng.shuffle(order)
+    need = proportional_quotas(dict(Counter(labels)), round(fraction * len(labels)))
+    val: set[int] = set()
+    for group in order:
+        if not any(need.values()):
+            break
+        counts = Counter(labels[p] for p in members[group])
+        if all(need[label] >= n for label, n in counts.items()):
+            for label, n in counts.items():
+                need[label] -= n
+            val.update(members[group])
+    return [p for p in range(len(labels)) if p not in val], sorted(val)

@@ -7,6 +7,7 @@ A stream file (`benchmarks/streams/<name>.yaml`, or any path given to `--stream`
     seed: 0
     head: shared
     label_space: per-task    # or by-name: tasks with identical class names share outputs (domain-incremental)
+    val_fraction: 0.1        # share of each task's training data held out for validation (default 0.1)
     description: one line
     defaults: {train_size: 300, test_size: 100, max_length: 32}   # merged into every task (one level)
     tasks:
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from clbench.data import Stream, Task
+from clbench.data.splits import split_validation
 from clbench.errors import StreamError, shown, suggest
 from clbench.yamlio import read_yaml
 
@@ -39,7 +41,9 @@ SOURCES: dict[str, str] = {
 }
 COMMON_KEYS = ("name", "source", "classes", "train_size", "test_size", "max_length", "truncation",
                "description")
-STREAM_KEYS = ("name", "version", "seed", "head", "label_space", "description", "defaults", "tasks")
+STREAM_KEYS = ("name", "version", "seed", "head", "label_space", "val_fraction", "description", "defaults",
+               "tasks")
+DEFAULT_VAL_FRACTION = 0.1
 LABEL_SPACES = ("per-task", "by-name")
 TRUNCATIONS = ("head", "head_tail")
 
@@ -71,6 +75,7 @@ class StreamSpec:
     label_space: str = "per-task"
     description: str = ""
     path: str = ""
+    val_fraction: float = DEFAULT_VAL_FRACTION
 
 
 @dataclass(frozen=True)
@@ -81,6 +86,7 @@ class SourceContext:
     cache_dir: Path
     data_dir: Path | None = None
     stream_dir: Path | None = None  # folder of the stream file: relative data paths are resolved from it
+    read_test: bool = True  # False while choosing hyper-parameters: a source must not read a test file
 
 
 def cache_dir() -> Path:
@@ -150,6 +156,9 @@ def parse_stream_file(path: Path) -> StreamSpec:
     label_space = raw.get("label_space", "per-task")
     if label_space not in LABEL_SPACES:
         errors.append(f"label_space '{label_space}' must be one of {', '.join(LABEL_SPACES)}")
+    val_fraction = raw.get("val_fraction", DEFAULT_VAL_FRACTION)
+    if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not 0 <= val_fraction < 1:
+        errors.append(f"val_fraction {val_fraction!r} must be a number in [0, 1), e.g. 0.1")
     specs: list[TaskSpec] = []
     names: set[str] = set()
     for i, item in enumerate(tasks_raw):
@@ -171,7 +180,7 @@ def parse_stream_file(path: Path) -> StreamSpec:
         raise StreamError(f"stream file '{path}': " + "; ".join(errors))
     return StreamSpec(name=str(raw["name"]), version=int(raw["version"]), seed=int(raw.get("seed", 0)),
                       tasks=tuple(specs), head=head, label_space=label_space,
-                      description=str(raw.get("description", "")), path=str(path))
+                      description=str(raw.get("description", "")), path=str(path), val_fraction=float(val_fraction))
 
 
 def _task_spec(raw: dict[str, Any], index: int) -> tuple[TaskSpec | None, list[str]]:
@@ -206,12 +215,12 @@ def _task_spec(raw: dict[str, Any], index: int) -> tuple[TaskSpec | None, list[s
 
 
 def load_stream_spec(stream: str, *, train_size: int | None = None, test_size: int | None = None,
-                     max_length: int | None = None) -> StreamSpec:
+                     max_length: int | None = None, val_fraction: float | None = None) -> StreamSpec:
     """Resolve and parse a stream, applying run-level size overrides to every task."""
     spec = parse_stream_file(resolve_stream_file(stream))
     tasks = tuple(replace(t, train_size=train_size or t.train_size, test_size=test_size or t.test_size,
                           max_length=max_length or t.max_length) for t in spec.tasks)
-    return replace(spec, tasks=tasks)
+    return replace(spec, tasks=tasks, val_fraction=spec.val_fraction if val_fraction is None else val_fraction)
 
 
 def source_builder(source: str) -> Callable[[TaskSpec, SourceContext], Task]:
@@ -219,18 +228,38 @@ def source_builder(source: str) -> Callable[[TaskSpec, SourceContext], Task]:
     return getattr(importlib.import_module(module_name), func)  # type: ignore[no-any-return]
 
 
-def build_stream(spec: StreamSpec, data_dir: Path | None = None) -> Stream:
-    """Build every task of a parsed stream (reading or fetching data) and drop cross-task duplicates."""
+def build_stream(spec: StreamSpec, data_dir: Path | None = None, read_test: bool = True) -> Stream:
+    """Build every task of a parsed stream (reading or fetching data), drop cross-task duplicates and carve
+    each task's validation set out of its training data.
+
+    With `read_test=False` (choosing hyper-parameters) no task keeps a test set and sources that keep test
+    data in a file of their own do not open it.
+    """
     ctx = SourceContext(seed=spec.seed, cache_dir=cache_dir(), data_dir=data_dir,
-                        stream_dir=Path(spec.path).parent if spec.path else None)
+                        stream_dir=Path(spec.path).parent if spec.path else None, read_test=read_test)
     tasks = [source_builder(t.source)(t, ctx) for t in spec.tasks]
-    tasks = drop_cross_task_duplicates(tasks)
+    if not read_test:
+        tasks = [replace(t, test_texts=(), test_labels=()) for t in tasks]
+    tasks = [with_validation(t, spec.val_fraction, spec.seed) for t in drop_cross_task_duplicates(tasks)]
     for task in tasks:
-        if not task.train_texts or not task.test_texts:
+        if not task.train_texts or (read_test and not task.test_texts):
             raise StreamError(f"stream '{spec.name}': task '{task.name}' is empty after filtering; "
                               "check its source options or sizes")
     return Stream(name=spec.name, version=spec.version, seed=spec.seed, tasks=tuple(tasks),
                   description=spec.description, head=spec.head, label_space=spec.label_space)
+
+
+def with_validation(task: Task, fraction: float, seed: int) -> Task:
+    """`task` with `fraction` of its training data moved to a validation set (`split_validation`)."""
+    groups = task.train_groups or tuple(str(i) for i in range(len(task.train_texts)))
+    train, val = split_validation(task.train_labels, groups, fraction, seed, task.name)
+
+    def pick(values: tuple[Any, ...], positions: list[int]) -> tuple[Any, ...]:
+        return tuple(values[p] for p in positions)
+
+    return replace(task, train_texts=pick(task.train_texts, train), train_labels=pick(task.train_labels, train),
+                   train_groups=pick(groups, train), val_texts=pick(task.train_texts, val),
+                   val_labels=pick(task.train_labels, val))
 
 
 def drop_cross_task_duplicates(tasks: list[Task]) -> list[Task]:
@@ -244,6 +273,7 @@ def drop_cross_task_duplicates(tasks: list[Task]) -> list[Task]:
             task = replace(task,
                            train_texts=tuple(task.train_texts[i] for i in keep_train),
                            train_labels=tuple(task.train_labels[i] for i in keep_train),
+                           train_groups=tuple(task.train_groups[i] for i in keep_train) if task.train_groups else (),
                            test_texts=tuple(task.test_texts[i] for i in keep_test),
                            test_labels=tuple(task.test_labels[i] for i in keep_test))
         seen.update(task.train_texts)
@@ -253,8 +283,10 @@ def drop_cross_task_duplicates(tasks: list[Task]) -> list[Task]:
 
 
 def load_stream(stream: str, *, train_size: int | None = None, test_size: int | None = None,
-                max_length: int | None = None, data_dir: Path | None = None) -> Stream:
+                max_length: int | None = None, data_dir: Path | None = None, val_fraction: float | None = None,
+                read_test: bool = True) -> Stream:
     """Name or path -> built Stream (see `load_stream_spec` and `build_stream`)."""
-    spec = load_stream_spec(stream, train_size=train_size, test_size=test_size, max_length=max_length)
-    return build_stream(spec, data_dir=data_dir)
+    spec = load_stream_spec(stream, train_size=train_size, test_size=test_size, max_length=max_length,
+                            val_fraction=val_fraction)
+    return build_stream(spec, data_dir=data_dir, read_test=read_test)
 

@@ -21,12 +21,13 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from clbench.data import EncodedSplit, Stream, Task
+from clbench.data import EncodedSplit, Stream, Task, TaskSplits
 from clbench.errors import StreamError
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
+PARTS = ("train", "val", "test")  # the order of TaskSplits
 HEAD_FRACTION = 0.25  # head_tail keeps the first quarter of the budget and the last three quarters
 
 
@@ -46,6 +47,8 @@ def encode_texts(texts: tuple[str, ...], tokenizer: PreTrainedTokenizerBase, max
     """Texts -> (ids [n, width] padded with the pad id, lengths [n]), framed as [CLS] ... [SEP] (or BOS/EOS)."""
     from transformers.utils import logging as hf_logging
 
+    if not texts:  # e.g. the test split while choosing hyper-parameters
+        return torch.zeros((0, 1), dtype=torch.long), torch.zeros(0, dtype=torch.long)
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # we truncate ourselves below; the "longer than maximum" warning is moot
     try:
@@ -72,7 +75,8 @@ def cache_key(stream: Stream, fingerprint: str) -> str:
     digest.update(json.dumps([stream.name, stream.version, fingerprint, offsets]).encode())
     for task in stream.tasks:
         digest.update(json.dumps([task.name, task.max_length, task.truncation, task.train_texts,
-                                  task.train_labels, task.test_texts, task.test_labels]).encode())
+                                  task.train_labels, task.val_texts, task.val_labels, task.test_texts,
+                                  task.test_labels]).encode())
     return digest.hexdigest()[:24]
 
 
@@ -87,8 +91,8 @@ def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
 
 
 def encode_stream(stream: Stream, tokenizer: PreTrainedTokenizerBase, fingerprint: str,
-                  cache: Path | None = None) -> list[tuple[EncodedSplit, EncodedSplit]]:
-    """(train, test) EncodedSplit per task, with global labels; read from / written to `cache` if given.
+                  cache: Path | None = None) -> list[TaskSplits]:
+    """(train, val, test) EncodedSplits per task, with global labels; read from / written to `cache` if given.
 
     Raises:
         StreamError: the cache's `tokenized` folder, or this stream's entry in it, is not what it should be (a
@@ -100,20 +104,20 @@ def encode_stream(stream: Stream, tokenizer: PreTrainedTokenizerBase, fingerprin
         _check_entry(path)
         tensors = _load_verified(path)
         if tensors is not None:
-            return [(_split_from(tensors, f"{i}.train", pad), _split_from(tensors, f"{i}.test", pad))
+            return [TaskSplits(*(_split_from(tensors, f"{i}.{part}", pad) for part in PARTS))
                     for i in range(len(stream.tasks))]
-    out: list[tuple[EncodedSplit, EncodedSplit]] = []
+    out: list[TaskSplits] = []
     tensors = {}
     for info, task in zip(stream.infos(), stream.tasks):
-        pair = []
-        for part, texts, labels in (("train", task.train_texts, task.train_labels),
-                                    ("test", task.test_texts, task.test_labels)):
+        parts = []
+        for part, texts, labels in zip(PARTS, (task.train_texts, task.val_texts, task.test_texts),
+                                       (task.train_labels, task.val_labels, task.test_labels)):
             split = _encode_split(task, texts, labels, info.label_offset, info.index, tokenizer)
-            pair.append(split)
+            parts.append(split)
             key = f"{info.index}.{part}"
             tensors.update({f"{key}.ids": split.ids, f"{key}.lengths": split.lengths,
                             f"{key}.labels": split.labels, f"{key}.task_ids": split.task_ids})
-        out.append((pair[0], pair[1]))
+        out.append(TaskSplits(*parts))
     if path is not None:
         _save(path, {k: v.contiguous() for k, v in tensors.items()})
     return out

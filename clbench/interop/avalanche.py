@@ -12,8 +12,8 @@ that need it.
 
 Example::
 
-    pairs = encode_stream(stream, tokenizer, fingerprint)      # [(train, test) EncodedSplit per task]
-    benchmark = avalanche_benchmark(pairs)
+    splits = encode_stream(stream, tokenizer, fingerprint)     # [TaskSplits(train, val, test) per task]
+    benchmark = avalanche_benchmark([(s.train, s.test) for s in splits])
     model = PackedSequenceClassifier(hf_model)
     strategy = Naive(model=model, optimizer=..., criterion=torch.nn.CrossEntropyLoss(), train_mb_size=16)
     for experience in benchmark.train_stream:

@@ -44,24 +44,25 @@ def predict(model: nn.Module, split: EncodedSplit, ctx: RunContext, batch_size: 
 def evaluate_all(model: nn.Module, prepared: Prepared, ctx: RunContext, records: UnitRecorder, row: int,
                  task: str | None, *, batch_size: int, precision: str, step: int | None = None,
                  kind: str = "accuracy", cached: list[Tensor] | None = None) -> list[Tensor]:
-    """Evaluate every task's test split; append class-incremental and task-aware accuracy and macro-F1.
+    """Evaluate every task's evaluated split (test, or validation while tuning); append class-incremental and
+    task-aware accuracy and macro-F1, each record naming the split.
 
-    Returns the logits (one [n_test, num_labels] tensor per task). `cached` logits skip the forward passes,
-    e.g. for row 0 of a model identical to one already evaluated.
+    Returns the logits (one [n, num_labels] tensor per task). `cached` logits skip the forward passes, e.g.
+    for row 0 of a model identical to one already evaluated.
     """
     out = []
     all_logits = []
-    for info, (_, test) in zip(prepared.infos, prepared.splits):
-        logits = cached[info.index] if cached is not None else predict(model, test, ctx, batch_size, precision)
+    for info, split in zip(prepared.infos, prepared.evaluated):
+        logits = cached[info.index] if cached is not None else predict(model, split, ctx, batch_size, precision)
         all_logits.append(logits)
-        target = test.labels
+        target = split.labels
         cil = class_incremental_predictions(logits)
         til = task_aware_predictions(logits, info.label_offset, info.num_classes)
         labels = list(info.label_range)
         for metric, value in (("acc_cil", accuracy(cil, target)), ("acc_til", accuracy(til, target)),
                               ("f1_cil", macro_f1(cil, target, labels)), ("f1_til", macro_f1(til, target, labels))):
             out.append(records.record(kind, row, task, eval_task=info.name, eval_index=info.index, step=step,
-                                      metric=metric, value=value))
+                                      split=prepared.eval_split, metric=metric, value=value))
     records.append(out)
     return all_logits
 

@@ -16,7 +16,15 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from clbench.config import RunConfig, differences, dump_yaml, from_saved, load_yaml, validate
+from clbench.config import (
+    RunConfig,
+    differences,
+    dump_yaml,
+    from_saved,
+    load_yaml,
+    resolve_defaults,
+    validate,
+)
 from clbench.data.prepare import Prepared, prepare, task_digest
 from clbench.errors import ClbenchError, RunDirError
 from clbench.registry import MethodRegistry
@@ -47,9 +55,12 @@ def run(config: RunConfig, *, registry: MethodRegistry | None = None, progress: 
         ClbenchError: bad input, before anything is trained or written.
     """
     registry = registry or MethodRegistry.default(config.plugins)
-    method_configs = validate(config, registry, [*earlier, *executor_errors(config)])
-    progress = progress or Progress()
     out = Path(config.out or default_out(config))
+    if resume:  # first: the saved config's method sections belong to its methods, so a changed list comes first
+        check_same_run(out, config, registry, keys=UNIT_KEYS)
+    method_configs = validate(config, registry, [*earlier, *executor_errors(config)])
+    config = resolve_defaults(config, method_configs)  # config.yaml shows the values the run uses
+    progress = progress or Progress()
     config = replace(config, out=str(out))
     check_out_dir(out, config, registry, resume)  # fail fast, before the data is prepared
     prepared = prepare(config)
@@ -80,8 +91,9 @@ def run_environment(prepared: Prepared, command: str | None) -> dict[str, Any]:
     """env.json: versions, hardware and commit, plus the stream's name, version, seed and task sizes."""
     env = environment(command)
     env["stream"] = {"name": prepared.stream.name, "version": prepared.stream.version, "seed": prepared.stream.seed,
-                     "tasks": [{"name": t.name, "classes": list(t.classes), "train": len(s[0]), "test": len(s[1]),
-                                "sha256": task_digest(t)}
+                     "eval_split": prepared.eval_split,
+                     "tasks": [{"name": t.name, "classes": list(t.classes), "train": len(s.train), "val": len(s.val),
+                                "test": len(s.test), "sha256": task_digest(t)}
                                for t, s in zip(prepared.stream.tasks, prepared.splits)]}
     return env
 
@@ -105,18 +117,7 @@ def check_out_dir(out: Path, config: RunConfig, registry: MethodRegistry, resume
             raise RunDirError(f"run directory '{out}' already holds a run; pass --resume to continue it or choose "
                               "another --out")
         return set(), set()
-    saved_file = out / "config.yaml"
-    if not saved_file.is_file():
-        raise RunDirError(f"nothing to resume in '{out}' (no config.yaml); run without --resume or fix --out")
-    try:
-        saved = from_saved(load_yaml(saved_file))
-    except ClbenchError as exc:
-        raise RunDirError(f"cannot resume from '{saved_file}': {exc}") from None
-    changed = differences(saved, config, registry)
-    if changed:
-        shown = ", ".join(f"{k} ({_saved_value(saved, k)!r} -> {_saved_value(config, k)!r})" for k in changed[:6])
-        raise RunDirError(f"--resume: '{out}' was run with a different configuration: {shown}; resume with the "
-                          "saved settings (drop those flags) or choose another --out")
+    check_same_run(out, config, registry)
     records = read_records(out)
     started = {r["unit"] for r in records}
     finished = {r["unit"] for r in records if r["type"] == "unit" and r.get("value") in ("done", "failed")}
@@ -124,6 +125,35 @@ def check_out_dir(out: Path, config: RunConfig, registry: MethodRegistry, resume
         check_same_data(out, config, prepared)
         check_checkpoints(out, config, prepared, records, started - finished)
     return started, finished
+
+
+UNIT_KEYS = ("methods", "seeds")  # what makes the units of a run
+
+
+def check_same_run(out: Path, config: RunConfig, registry: MethodRegistry,
+                   keys: tuple[str, ...] | None = None) -> None:
+    """Refuse to resume `out` with `config` when its config.yaml is missing or unreadable, or differs from
+    `config` in a setting that changes results (naming the keys).
+
+    Args:
+        keys: compare only these run fields, as written (before `config` is validated and its defaults
+            resolved); None compares every setting of the resolved `config` with the resolved saved one.
+    """
+    saved_file = out / "config.yaml"
+    if not saved_file.is_file():
+        raise RunDirError(f"nothing to resume in '{out}' (no config.yaml); run without --resume or fix --out")
+    try:
+        saved = from_saved(load_yaml(saved_file))
+        if keys is None:
+            saved = resolve_defaults(saved, validate(saved, registry))
+    except ClbenchError as exc:
+        raise RunDirError(f"cannot resume from '{saved_file}': {exc}") from None
+    changed = differences(saved, config, registry) if keys is None else \
+        [k for k in keys if getattr(saved, k) != getattr(config, k)]
+    if changed:
+        shown = ", ".join(f"{k} ({_saved_value(saved, k)!r} -> {_saved_value(config, k)!r})" for k in changed[:6])
+        raise RunDirError(f"--resume: '{out}' was run with a different configuration: {shown}; resume with the "
+                          "saved settings (drop those flags) or choose another --out")
 
 
 def check_same_data(out: Path, config: RunConfig, prepared: Prepared) -> None:

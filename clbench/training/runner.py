@@ -149,11 +149,12 @@ def build_unit(config: RunConfig, prepared: Prepared, method: Hooks, seed: int, 
     """Stage 1: the seeded model, the run context, and the method's `setup` (which may wrap the model)."""
     device = resolve_device(config.device)
     generator = torch.Generator().manual_seed(seed)
-    built = build_model(config.model, prepared.stream.num_labels, seed).to(device)
+    built = build_model(config.model, prepared.stream.num_labels, seed, config.pooling).to(device)
     lr = config.lr if config.lr is not None else model_spec(config.model).default_lr
     ctx = RunContext(tasks=prepared.infos, num_labels=prepared.stream.num_labels, device=device, seed=seed,
                      generator=torch.Generator().manual_seed(seed + 1_000_003), buffer_size=config.buffer_size,
-                     batch_size=config.batch_size, head=prepared.head, lr=lr, weight_decay=config.weight_decay)
+                     batch_size=config.batch_size, head=prepared.head, lr=lr, weight_decay=config.weight_decay,
+                     active_classes=config.active_classes)
     model = method.setup(built, ctx)
     return Unit(config, prepared, method, model, built, ctx, generator, UnitRecorder(method.name, seed, sink),
                 progress, checkpoints, shared)
@@ -187,8 +188,9 @@ def run_task(unit: Unit, info: TaskInfo, logits_before: list[Tensor], weights_st
     """Stages 3–5 for one task: prepare, train, finish, then evaluate and record; returns the new logits."""
     method, model = unit.method, unit.model
     unit.progress.message(f"{unit.label}: task {info.index + 1}/{len(unit.prepared.infos)} '{info.name}'")
+    unit.ctx.task_index = info.index
     weights_before = effective_weights(model)
-    train_splits = [s[0] for s in unit.prepared.splits]
+    train_splits = unit.prepared.train
     with profile(unit.ctx.device) as rec_before:  # the method prepares: anchors, teacher outputs, its data
         method.before_task(info, model)
         data = method.train_data(info, train_splits[info.index], train_splits[:info.index])
@@ -197,7 +199,7 @@ def run_task(unit: Unit, info: TaskInfo, logits_before: list[Tensor], weights_st
         method.after_task(info, model, data)
     with profile(unit.ctx.device) as rec_eval:
         logits = unit.evaluate(info.index + 1, info.name, step=trained.steps)
-        rec_eval.add(examples=sum(len(s[1]) for s in unit.prepared.splits))
+        rec_eval.add(examples=sum(len(s) for s in unit.prepared.evaluated))
     records = drift_records(unit.records, info, weights_before, weights_start, effective_weights(model))
     records += functional_records(unit.records, info, logits_before, logits, unit.prepared.infos)
     records += profile_records(unit, info, trained, {"train": trained.profile, "eval": rec_eval,
@@ -222,7 +224,7 @@ def train_task(unit: Unit, info: TaskInfo, data: EncodedSplit) -> TrainedTask:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, functools.partial(lr_schedule, total=total, warmup=warmup))
     shared, seed = unit.shared, unit.ctx.seed
     key = None if shared is None or info.index else SharedStart.key(
-        method, unit.built, model, data, unit.prepared.splits[0][0], params, optimizer, unit.generator,
+        method, unit.built, model, data, unit.prepared.train[0], params, optimizer, unit.generator,
         config.eval_every, (total, warmup, config.grad_clip, config.batch_size))
     reused = shared.reusable(seed, key, model) if shared is not None else None
     if shared is not None and reused is None:
@@ -289,7 +291,7 @@ def train_step(model: nn.Module, method: Hooks, ctx: RunContext, batch: Any, par
     inputs = batch if extra is None else batch.concat(extra)
     with autocast(ctx.device, config.precision):
         outputs = model(**inputs.model_inputs())
-        logits = ctx.logits(outputs.logits[:len(batch)], batch.task_ids)  # [batch, num_labels]
+        logits = ctx.loss_logits(outputs.logits[:len(batch)], batch.task_ids)  # [batch, num_labels]
         task_loss = nn.functional.cross_entropy(logits.float(), batch.labels)
         loss = method.loss(model, batch, outputs, task_loss)
     if not method.backward_in_loss:

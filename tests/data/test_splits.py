@@ -82,3 +82,27 @@ def test_sample_records_excludes_and_stratifies() -> None:
     picked = sample_records(records, 20, task_rng(0, "x"), exclude=frozenset({"t0", "t1"}))
     assert len(picked) == 20 and Counter(r.label for r in picked) == {0: 10, 1: 10}
     assert not {"t0", "t1"} & {r.text for r in picked}
+
+
+def test_validation_is_stratified_grouped_deterministic_and_disjoint() -> None:
+    from clbench.data.splits import split_validation
+
+    labels = [0] * 60 + [1] * 40
+    groups = [f"g{i // 2}" for i in range(100)]  # pairs of examples that must stay together
+    train, val = split_validation(labels, groups, 0.2, seed=3, task_name="t")
+    assert split_validation(labels, groups, 0.2, seed=3, task_name="t") == (train, val)
+    assert sorted(train + val) == list(range(100)) and not set(train) & set(val)
+    assert Counter(labels[p] for p in val) == {0: 12, 1: 8}  # 20% of each class
+    assert all((p ^ 1) in val for p in val)  # a group's examples all go to one side
+    assert train == sorted(train)  # the training data keep their order
+    assert split_validation(labels, groups, 0.2, seed=4, task_name="t")[1] != val
+    assert split_validation(labels, groups, 0.0, seed=3, task_name="t") == (list(range(100)), [])
+
+
+def test_a_large_group_is_kept_whole_and_never_overshoots_a_class() -> None:
+    from clbench.data.splits import split_validation
+
+    labels = [0] * 30 + [1] * 10
+    groups = ["big"] * 30 + [str(i) for i in range(10)]
+    _, val = split_validation(labels, groups, 0.25, seed=0, task_name="t")
+    assert Counter(labels[p] for p in val)[1] == 2 and Counter(labels[p] for p in val)[0] <= 8

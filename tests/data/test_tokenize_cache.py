@@ -49,7 +49,7 @@ def test_one_tokenisation_per_run_shared_by_methods_and_seeds(run_tiny, calls, f
     _, records = run_tiny(("naive", "ewc"), seeds=[0, 1])
     assert {r["unit"] for r in records} == {"naive/seed0", "naive/seed1", "ewc/seed0", "ewc/seed1"}
     tasks = len(load_stream("synthetic", train_size=48, test_size=24).tasks)
-    assert len(calls) == 2 * tasks  # train and test of each task, once for all four units
+    assert len(calls) == 3 * tasks  # train, validation and test of each task, once for all four units
 
 
 def test_second_run_hits_the_cache(run_tiny, calls, fresh_cache, tmp_path: Path) -> None:
@@ -68,8 +68,8 @@ def test_cache_hit_returns_identical_tensors(tmp_path: Path, calls) -> None:
     calls.clear()
     again = encode_stream(stream, tok, tokenizer_fingerprint("tiny"), tmp_path)
     assert calls == []
-    for (a_train, a_test), (b_train, b_test) in zip(first, again):
-        for a, b in ((a_train, b_train), (a_test, b_test)):
+    for first_splits, again_splits in zip(first, again):
+        for a, b in zip(first_splits, again_splits):
             assert all(torch.equal(x, y) for x, y in ((a.ids, b.ids), (a.lengths, b.lengths),
                                                       (a.labels, b.labels), (a.task_ids, b.task_ids)))
             assert a.pad_id == b.pad_id

@@ -60,7 +60,7 @@ def test_encode_stream_offsets_labels_and_reuses_cache(tmp_path) -> None:
     splits = encode_stream(stream, tokenizer, tokenizer_fingerprint("tiny"), tmp_path)
     offsets = [info.label_offset for info in stream.infos()]
     assert offsets == [0, 3, 5]
-    for (train, test), info, task in zip(splits, stream.infos(), stream.tasks):
+    for (train, _, test), info, task in zip(splits, stream.infos(), stream.tasks):
         assert train.labels.tolist() == [label + info.label_offset for label in task.train_labels]
         assert set(test.task_ids.tolist()) == {info.index}
         assert int(train.ids[0, 0]) == tokenizer.cls_token_id
@@ -69,7 +69,7 @@ def test_encode_stream_offsets_labels_and_reuses_cache(tmp_path) -> None:
     cached = list((tmp_path / "tokenized").glob("*.safetensors"))
     assert len(cached) == 1
     again = encode_stream(stream, tokenizer, tokenizer_fingerprint("tiny"), tmp_path)
-    assert all(torch.equal(a[0].ids, b[0].ids) and torch.equal(a[1].labels, b[1].labels)
+    assert all(torch.equal(a.train.ids, b.train.ids) and torch.equal(a.test.labels, b.test.labels)
                for a, b in zip(splits, again))
     # different texts -> a different cache entry, never a stale hit
     encode_stream(load_stream("synthetic", train_size=13, test_size=6), tokenizer, tokenizer_fingerprint("tiny"),

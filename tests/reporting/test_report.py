@@ -74,7 +74,7 @@ def test_report_has_every_section_and_plot(tiny_run: Path) -> None:
     for heading in SECTIONS:
         assert re.search(rf"^{re.escape(heading)}", text, re.MULTILINE), heading
     assert "clbench run --methods naive --stream synthetic" in text and "[config.yaml](config.yaml)" in text
-    assert "synthetic** version 1" in text and "torch " in text and "CPU run: peak RSS" in text
+    assert "synthetic** version 2" in text and "torch " in text and "CPU run: peak RSS" in text
     assert "skipped" not in text
     for name in PLOTS:
         png = tiny_run / "plots" / name
@@ -139,13 +139,13 @@ def test_cli_report_and_compare_side_by_side(tiny_run: Path, tmp_path: Path) -> 
 
 
 def test_compare_different_streams_is_one_line_exit_2(tiny_run: Path, tmp_path: Path) -> None:
-    other = _copy(tiny_run, tmp_path / "other", env={"stream": {"name": "reviews", "version": 2, "tasks": []}})
+    other = _copy(tiny_run, tmp_path / "other", env={"stream": {"name": "reviews", "version": 7, "tasks": []}})
     result = CliRunner().invoke(main, ["compare", str(tiny_run), str(other)], catch_exceptions=False)
     assert result.exit_code == 2
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "Traceback" not in result.output
     assert lines[0].startswith("clbench: error: runs use different streams: ")
-    assert "synthetic v1" in lines[0] and "reviews v2" in lines[0] and "compare runs of the same stream" in lines[0]
+    assert "synthetic v2" in lines[0] and "reviews v7" in lines[0] and "compare runs of the same stream" in lines[0]
     with pytest.raises(Exception, match="different streams"):
         compare_runs([tiny_run, other])
 

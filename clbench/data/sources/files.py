@@ -192,18 +192,21 @@ def build_task(spec: TaskSpec, ctx: SourceContext) -> Task:
     train_records = load("train")
     files = ", ".join(f"'{spec.options[k]}'" for k in ("train", "test") if k in spec.options)
     if "test" in spec.options:
-        test = sample_records(load("test"), spec.test_size, task_rng(ctx.seed, f"{spec.name}/test"))
+        # while choosing hyper-parameters the test file is never opened (the stream drops test sets anyway)
+        test = sample_records(load("test"), spec.test_size, task_rng(ctx.seed, f"{spec.name}/test")) \
+            if ctx.read_test else ()
         exclude = frozenset(r.text for r in test)
         train = sample_records(train_records, spec.train_size, task_rng(ctx.seed, f"{spec.name}/train"), exclude)
     else:
         split = split_records(train_records, train_size=spec.train_size, test_size=spec.test_size,
                               seed=ctx.seed, task_name=spec.name)
         train, test = split.train, split.test
-    if not train or not test:
+    if not train or (ctx.read_test and not test):
         raise StreamError(f"task '{spec.name}': no {'training' if not train else 'test'} examples left from {files} "
                           f"after filtering empty texts and duplicates (needs rows with text in column "
                           f"'{text_col}'); check the files and the text column")
     return Task(name=spec.name, classes=mapper.classes, train_texts=tuple(r.text for r in train),
                 train_labels=tuple(r.label for r in train), test_texts=tuple(r.text for r in test),
                 test_labels=tuple(r.label for r in test), max_length=spec.max_length,
-                truncation=spec.truncation, source="files", description=spec.description)
+                truncation=spec.truncation, source="files", description=spec.description,
+                train_groups=tuple(r.group for r in train))

