@@ -12,6 +12,7 @@ import datetime as dt
 from collections.abc import Callable
 from pathlib import Path
 
+from clbench.errors import RunDirError
 from clbench.reporting import plots
 from clbench.reporting.rundata import RunData, complete_matrices, load_run, method_samples, unit_scores
 from clbench.reporting.tables import (
@@ -22,7 +23,7 @@ from clbench.reporting.tables import (
     method_rows,
     til_columns,
 )
-from clbench.results import RESULTS
+from clbench.results import RESULTS, torn_tail
 
 REPORT = "report.md"
 
@@ -147,9 +148,14 @@ def write_report(run_dir: Path) -> Path:
         The path of ``report.md``.
 
     Raises:
-        RunDirError: If the directory holds no results.
+        RunDirError: If the directory holds no results, a file cannot be read, or the results end in a partly
+            written record (the report would miss that unit's last records, so nothing is rewritten).
     """
     run = load_run(Path(run_dir))
+    if torn_tail(run.path):
+        raise RunDirError(f"'{run.path / RESULTS}' ends in a partly written record (a run stopped or still writing "
+                          f"there); wait for the run, or continue it with `clbench run --out {run_dir} --resume`, "
+                          "then report")
     samples = method_samples(run)
     tasks = run.tasks
     out = run.path / PLOTS
