@@ -208,8 +208,8 @@ def tune(**kwargs: Any) -> None:
     tuned.yaml (run it with `clbench run --config`) and tuning.md to --out."""
     from clbench.errors import ConfigError
     from clbench.training.progress import Progress
-    from clbench.tuning.search import TuneSettings
     from clbench.tuning.search import tune as run_search
+    from clbench.tuning.settings import TuneSettings
 
     settings = TuneSettings(trials=kwargs.pop("trials"), objective=kwargs.pop("objective"),
                             tune_stream=kwargs.pop("tune_stream"),

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from clbench.config import RunConfig, config_file_yaml
-from clbench.tuning.search import TUNED, TuneSettings
+from clbench.tuning.settings import TUNED, TuneSettings
 
 SUMMARY = "tuning.md"
 
