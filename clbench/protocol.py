@@ -229,6 +229,11 @@ class Hooks:
         """
         raise NotImplementedError(f"method {self.name!r} sets external_loop but does not implement fit_task")
 
+    def optimizer_name(self) -> str:
+        """How this method updates the weights, for the report: the runner's AdamW unless `configure_optimizer`
+        returns another optimiser (a method that does says which here)."""
+        return "AdamW (the runner's)"
+
     def trainable_parameters(self, model: nn.Module) -> Iterator[nn.Parameter]:
         """Parameters handed to the optimiser for the coming task."""
         return (p for p in model.parameters() if p.requires_grad)

@@ -80,7 +80,8 @@ def run(config: RunConfig, *, registry: MethodRegistry | None = None, progress: 
                              f"{len(started - finished)} to continue")
         else:
             run_dir.write_text("config.yaml", dump_yaml(config))
-            run_dir.write_text("env.json", json.dumps(run_environment(prepared, command), indent=1))
+            env = run_environment(prepared, command, method_facts(config, registry, method_configs))
+            run_dir.write_text("env.json", json.dumps(env, indent=1))
         progress.message(f"run directory: {out}")
         checkpoints = CheckpointStore(out, keep=config.keep_checkpoints)
         units = [(name, seed) for name, seed in config_units(config) if unit_id(name, seed) not in finished]
@@ -116,16 +117,37 @@ def stamp_environment(run_dir: RunDir, event: str) -> None:
     run_dir.write_text("env.json", json.dumps(env, indent=1))
 
 
-def run_environment(prepared: Prepared, command: str | None) -> dict[str, Any]:
-    """env.json: versions, hardware and commit, plus the stream's name, version, seed and task sizes."""
+def run_environment(prepared: Prepared, command: str | None, methods: dict[str, Any] | None = None
+                    ) -> dict[str, Any]:
+    """env.json: versions, hardware and commit; the stream's name, version, seed, task sizes and each task's
+    chance level on the evaluated split (its largest class's share); each method's role and optimiser."""
     env = environment(command)
     env["started"] = utc_now()
     env["stream"] = {"name": prepared.stream.name, "version": prepared.stream.version, "seed": prepared.stream.seed,
                      "eval_split": prepared.eval_split,
                      "tasks": [{"name": t.name, "classes": list(t.classes), "train": len(s.train), "val": len(s.val),
-                                "test": len(s.test), "sha256": task_digest(t)}
-                               for t, s in zip(prepared.stream.tasks, prepared.splits)]}
+                                "test": len(s.test), "majority": majority(evaluated), "sha256": task_digest(t)}
+                               for t, s, evaluated in zip(prepared.stream.tasks, prepared.splits, prepared.evaluated)]}
+    if methods is not None:
+        env["methods"] = methods
     return env
+
+
+def majority(split: Any) -> float | None:
+    """The share of the split's most frequent label: what predicting one class for every example scores."""
+    if not len(split):
+        return None
+    return float(split.labels.bincount().max()) / len(split)
+
+
+def method_facts(config: RunConfig, registry: MethodRegistry, method_configs: dict[str, Any]) -> dict[str, Any]:
+    """Per method: its role (method, upper-bound, reference), optimiser and citation, for the report."""
+    facts = {}
+    for name in config.methods:
+        cls = registry.get(name)
+        method = cls(method_configs[name])
+        facts[name] = {"role": cls.role, "optimizer": method.optimizer_name(), "citation": cls.citation}
+    return facts
 
 
 def config_units(config: RunConfig) -> list[tuple[str, int]]:
