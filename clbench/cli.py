@@ -106,7 +106,10 @@ def run(**kwargs: Any) -> None:
     out = run_experiment(config, registry=registry, progress=Progress("quiet" if quiet else None),
                          command=" ".join(["clbench", *sys.argv[1:]]), resume=resume)
     click.echo(summary_table(out))
+    from clbench.reporting.export import write_summary
     from clbench.reporting.report import write_report_or_warn
+
+    write_summary(out)
 
     report_file = write_report_or_warn(out, lambda message: click.echo(message, err=True))
     if report_file is not None:
@@ -213,25 +216,29 @@ def fetch(streams: tuple[str, ...]) -> None:
 @click.argument("run_dir")
 @friendly
 def report(run_dir: str) -> None:
-    """Regenerate RUN_DIR/report.md and RUN_DIR/plots/*.png from the run's results."""
+    """Regenerate RUN_DIR/report.md, RUN_DIR/plots/*.png and RUN_DIR/summary.{csv,json} from the results."""
     from pathlib import Path
 
+    from clbench.reporting.export import write_summary
     from clbench.reporting.report import write_report
 
+    write_summary(Path(run_dir))
     click.echo(write_report(Path(run_dir)))
 
 
 @main.command()
 @click.argument("run_dirs", nargs=-1, required=True)
-@click.option("--out", help="Also write the comparison to OUT/compare.md.")
+@click.option("--out", help="Also write the comparison to OUT/compare.<format>.")
+@click.option("--format", "fmt", type=click.Choice(["md", "csv", "json"]), default="md", show_default=True,
+              help="md: the summary tables side by side; csv or json: one row per run, method and seed.")
 @friendly
-def compare(run_dirs: tuple[str, ...], out: str | None) -> None:
+def compare(run_dirs: tuple[str, ...], out: str | None, fmt: str) -> None:
     """Put the summary tables of RUN_DIRS (runs of the same stream) side by side."""
     from pathlib import Path
 
-    from clbench.reporting.compare import compare_runs
+    from clbench.reporting.export import export_comparison
 
-    click.echo(compare_runs([Path(d) for d in run_dirs], Path(out) if out else None))
+    click.echo(export_comparison([Path(d) for d in run_dirs], fmt, Path(out) if out else None), nl=fmt == "md")
 
 
 if __name__ == "__main__":
