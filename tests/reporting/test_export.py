@@ -66,7 +66,7 @@ def test_compare_formats(two_runs: list[Path], tmp_path: Path, fmt: str) -> None
     if fmt == "csv":
         rows = list(csv.DictReader(io.StringIO(result.output)))
         assert [(r["run"], r["method"]) for r in rows] == [("a", "naive"), ("a", "ewc"), ("b", "naive"), ("b", "ewc")]
-        assert rows[0]["acc_cil"] == list(csv.DictReader((two_runs[0] / "summary.csv").open()))[0]["acc_cil"]
+        assert rows[0]["acc_cil"] == next(csv.DictReader((two_runs[0] / "summary.csv").open()))["acc_cil"]
     elif fmt == "json":
         document = json.loads(result.output)
         assert [r["run"] for r in document["runs"]] == ["a", "b"] and len(document["units"]) == 4
