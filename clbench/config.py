@@ -51,6 +51,8 @@ class RunConfig:
                          flag=True)
     model: str = option("minilm", "model alias (tiny, minilm, bert-base), HF model id or local directory",
                         flag=True)
+    model_args: str | None = option(None, "from_pretrained arguments of a Hub or local model, comma-separated: "
+                                    "revision=BRANCH|TAG|COMMIT, dtype=float32|bfloat16|float16", flag=True)
     seeds: tuple[int, ...] = option((0,), "comma-separated random seeds, e.g. 0,1,2; one unit per method and "
                                     "seed", flag=True)
     out: str | None = option(None, "run directory (default runs/<stream>-<model>-<time>)", flag=True)
@@ -284,7 +286,7 @@ def method_config(cls_config: type, name: str, raw: Mapping[str, Any]) -> Any:
 def validate(config: RunConfig, registry: Any) -> dict[str, Any]:
     """Check the whole config; return {method name: config instance}. Raises one ConfigError listing all."""
     from clbench.data.streams import load_stream_spec
-    from clbench.models import model_spec
+    from clbench.models import model_spec, parse_model_args
 
     errors: list[str] = []
 
@@ -360,7 +362,11 @@ def validate(config: RunConfig, registry: Any) -> dict[str, Any]:
         errors.append(f"--out '{config.out}' is a file, not a directory; choose another --out")
     elif config.out is not None and any(p.exists() and not p.is_dir() for p in Path(config.out).parents):
         errors.append(f"--out '{config.out}' lies under a file, not a folder; choose another --out")
-    check(lambda: model_spec(config.model))
+    if config.model in registry.names() and not Path(config.model).is_dir():
+        errors.append(f"'{config.model}' is a method, not a model; pass it to --methods (e.g. --methods "
+                      f"{config.model}) and a model to --model (tiny, minilm, a Hub id or a folder)")
+    elif check(lambda: model_spec(config.model)) is not None:
+        check(lambda: parse_model_args(config.model_args, config.model))
     check(lambda: load_stream_spec(config.stream, train_size=config.train_size, test_size=config.test_size,
                                    max_length=config.max_length, val_fraction=config.val_fraction))
     if config.data_dir is not None and not Path(config.data_dir).is_dir():

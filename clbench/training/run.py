@@ -79,6 +79,7 @@ def run(config: RunConfig, *, registry: MethodRegistry | None = None, progress: 
 def run_environment(prepared: Prepared, command: str | None) -> dict[str, Any]:
     """env.json: versions, hardware and commit, plus the stream's name, version, seed and task sizes."""
     env = environment(command)
+    env["model"] = prepared.model_info
     env["stream"] = {"name": prepared.stream.name, "version": prepared.stream.version, "seed": prepared.stream.seed,
                      "eval_split": prepared.eval_split,
                      "tasks": [{"name": t.name, "classes": list(t.classes), "train": len(s.train), "val": len(s.val),

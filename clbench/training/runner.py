@@ -153,7 +153,7 @@ def build_unit(config: RunConfig, prepared: Prepared, method: Hooks, seed: int, 
     """Stage 1: the seeded model, the run context, and the method's `setup` (which may wrap the model)."""
     device = resolve_device(config.device)
     generator = torch.Generator().manual_seed(seed)
-    built = build_model(config.model, prepared.stream.num_labels, seed, config.pooling).to(device)
+    built = build_model(config.model, prepared.stream.num_labels, seed, config.pooling, prepared.model_args).to(device)
     lr = config.lr if config.lr is not None else model_spec(config.model).default_lr
     ctx = RunContext(tasks=prepared.infos, num_labels=prepared.stream.num_labels, device=device, seed=seed,
                      generator=torch.Generator().manual_seed(seed + 1_000_003), buffer_size=config.buffer_size,
