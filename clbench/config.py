@@ -27,6 +27,7 @@ from typing import Any
 import yaml
 
 from clbench.errors import ClbenchError, ConfigError, suggest
+from clbench.hints import option_hint, run_key_hint
 from clbench.search import Choice, IntRange
 
 
@@ -255,7 +256,7 @@ def build_config(*layers: Mapping[str, Any], method_names: Sequence[str] = ()) -
             elif key == "method_options":
                 errors.append("method_options: write one mapping per method instead (e.g. `ewc: {...}`)")
             else:
-                errors.append(f"unknown config key '{key}'{suggest(key, list(RUN_FIELDS) + list(method_names))}")
+                errors.append(f"unknown config key '{key}'{run_key_hint(key, list(RUN_FIELDS) + list(method_names))}")
     if errors:
         raise ConfigError("; ".join(errors))
     return RunConfig(**values, method_options=options)
@@ -268,7 +269,7 @@ def method_config(cls_config: type, name: str, raw: Mapping[str, Any]) -> Any:
     kwargs = {}
     for key, value in raw.items():
         if key not in known:
-            hint = suggest(key, known) if known else f" ({name} has no options)"
+            hint = option_hint(name.partition("@")[0], key, {k: f.metadata.get("help", "") for k, f in known.items()})
             errors.append(f"unknown option '{name}.{key}'{hint}")
             continue
         try:
