@@ -137,7 +137,7 @@ def load(path: str | Path) -> Run:
 
 
 def run(config: RunConfig | Mapping[str, Any] | str | Path | None = None, /, *, plugins: Sequence[str] = (),
-        quiet: bool = False, report: bool = True, **settings: Any) -> Run:
+        quiet: bool = False, verbose: bool = False, report: bool = True, **settings: Any) -> Run:
     """Train every method of a configuration through its stream, as `clbench run` does; returns the `Run`.
 
     Args:
@@ -145,6 +145,7 @@ def run(config: RunConfig | Mapping[str, Any] | str | Path | None = None, /, *, 
             such a file; keyword `settings` override it.
         plugins: Python files registering more methods (`--plugin`).
         quiet: Print no progress (stderr otherwise).
+        verbose: Let the libraries' own warnings and logs through (hidden during the run by default).
         report: Also write report.md and plots/ (summary.csv/json are always written).
         **settings: Run fields (methods, stream, model, seeds, out, epochs, ...) and method sections, e.g.
             ``ewc={"penalty_weight": 1000}``; lists may be given for methods and seeds.
@@ -161,7 +162,7 @@ def run(config: RunConfig | Mapping[str, Any] | str | Path | None = None, /, *, 
     from clbench.config import RunConfig, build_config, load_yaml, saved_layer
     from clbench.registry import MethodRegistry
     from clbench.reporting.export import write_summary
-    from clbench.training.progress import Progress
+    from clbench.training.progress import Progress, quiet_libraries
     from clbench.training.run import run as run_experiment
 
     if isinstance(config, (str, Path)):
@@ -177,8 +178,9 @@ def run(config: RunConfig | Mapping[str, Any] | str | Path | None = None, /, *, 
     resolved = build_config(base, settings, method_names=registry.names())
     call = ", ".join([*([repr(config)] if isinstance(config, (str, Path)) else []),
                       *(f"{k}={v!r}" for k, v in settings.items())])
-    out = run_experiment(resolved, registry=registry, progress=Progress("quiet" if quiet else None),
-                         command=f"clbench.run({call})")
+    with quiet_libraries(verbose):
+        out = run_experiment(resolved, registry=registry, progress=Progress("quiet" if quiet else None),
+                             command=f"clbench.run({call})")
     write_summary(out)
     if report:
         from clbench.reporting.report import write_report_or_warn

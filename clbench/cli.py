@@ -79,9 +79,18 @@ def run_field_options(fn: F) -> F:
 @click.option("--resume", is_flag=True,
               help="Continue the run in --out: skip finished units, restart others from their last checkpoint.")
 @click.option("--quiet", is_flag=True, help="Print nothing but errors and the final summary.")
+@click.option("--verbose", is_flag=True, help="Also show the libraries' own warnings and logs (hidden by default).")
 @friendly
 def run(**kwargs: Any) -> None:
     """Train each method through the stream's tasks and write results, summary and report to --out."""
+    from clbench.training.progress import quiet_libraries
+
+    with quiet_libraries(kwargs.pop("verbose")):
+        _run(kwargs)
+
+
+def _run(kwargs: dict[str, Any]) -> None:
+    """The body of `clbench run`, inside `quiet_libraries`."""
     from clbench.config import build_config, load_yaml, parse_set
     from clbench.registry import MethodRegistry
     from clbench.reporting.summary import summary_table

@@ -23,7 +23,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Protocol
@@ -58,9 +58,13 @@ class MemoryRecords:
 
 @dataclass
 class RunDir:
-    """A run directory with its lock held; use as a context manager."""
+    """A run directory with its lock held; use as a context manager.
+
+    `listeners` (progress, experiment trackers) receive every record batch after it is safely on disk.
+    """
 
     path: Path
+    listeners: list[RecordSink] = field(default_factory=list)
 
     def __enter__(self) -> RunDir:  # noqa: PYI034 -- RunDir is not subclassed
         try:
@@ -103,6 +107,10 @@ class RunDir:
             fh.write(lines)
             fh.flush()
             os.fsync(fh.fileno())
+        if self.listeners:
+            written = [json.loads(line) for line in lines.splitlines()]  # as a reader will see them
+            for listener in self.listeners:
+                listener.append(written)
 
 
 def _jsonable(value: Any) -> Any:

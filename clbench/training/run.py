@@ -65,6 +65,8 @@ def run(config: RunConfig, *, registry: MethodRegistry | None = None, progress: 
         progress.message(f"run directory: {out}")
         checkpoints = CheckpointStore(out, keep=config.keep_checkpoints)
         units = [(name, seed) for name, seed in config_units(config) if unit_id(name, seed) not in finished]
+        run_dir.listeners.append(progress)  # accuracy lines as each task's evaluation is written
+        progress.start_run(len(units), len(prepared.infos))
         for name, seed in config_units(config):
             if unit_id(name, seed) in finished:
                 checkpoints.finish(name, seed)  # left over when a run stopped right after a unit finished
