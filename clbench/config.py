@@ -93,6 +93,9 @@ class RunConfig:
     executor: str = option("local", "local (in process) or ray (one Ray task per unit)", flag=True)
     ray_address: str | None = option(None, "address of a Ray cluster for --executor ray (default: start a local "
                                      "one)", flag=True)
+    log: tuple[str, ...] = option((), "experiment trackers that also receive every record, comma-separated: "
+                                  "tensorboard, wandb (offline unless WANDB_MODE=online), mlflow (a file store in "
+                                  "the run directory unless MLFLOW_TRACKING_URI is set)", flag=True)
     keep_checkpoints: bool = option(False, "keep each unit's checkpoint after it finishes (default: delete it)",
                                     flag=True)
     method_options: Mapping[str, Mapping[str, Any]] = option(
@@ -288,6 +291,7 @@ def validate(config: RunConfig, registry: Any) -> dict[str, Any]:
     """Check the whole config; return {method name: config instance}. Raises one ConfigError listing all."""
     from clbench.data.streams import load_stream_spec
     from clbench.models import model_spec, parse_model_args
+    from clbench.trackers import tracker_errors
 
     errors: list[str] = []
 
@@ -357,6 +361,7 @@ def validate(config: RunConfig, registry: Any) -> dict[str, Any]:
 
         if not torch.cuda.is_available():
             errors.append(f"device='{config.device}' but CUDA is not available; use --device cpu or auto")
+    errors += tracker_errors(config.log)
     if config.executor == "ray" and importlib.util.find_spec("ray") is None:
         errors.append("executor='ray' needs Ray; install the extra: pip install 'clbench[ray]'")
     if config.out is not None and Path(config.out).exists() and not Path(config.out).is_dir():
@@ -437,7 +442,7 @@ def dump_yaml(config: RunConfig) -> str:
 
 
 # Run fields that never change results: a resumed run may set them differently.
-NOT_RESULTS = ("out", "plugins", "executor", "ray_address", "keep_checkpoints")
+NOT_RESULTS = ("out", "plugins", "executor", "ray_address", "keep_checkpoints", "log")
 
 
 def saved_layer(raw: Mapping[str, Any]) -> dict[str, Any]:

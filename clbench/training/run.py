@@ -26,6 +26,7 @@ from clbench.data.prepare import Prepared, prepare
 from clbench.errors import ClbenchError, RunDirError
 from clbench.registry import MethodRegistry
 from clbench.results import RESULTS, RunDir, environment, read_records, unit_id
+from clbench.trackers import open_trackers
 from clbench.training.checkpoint import CheckpointStore
 from clbench.training.executors import run_local, run_ray
 from clbench.training.progress import Progress
@@ -70,11 +71,18 @@ def run(config: RunConfig, *, registry: MethodRegistry | None = None, progress: 
         for name, seed in config_units(config):
             if unit_id(name, seed) in finished:
                 checkpoints.finish(name, seed)  # left over when a run stopped right after a unit finished
-        if config.executor == "ray":
-            run_ray(config, prepared, units, run_dir, progress, started)
-        else:
-            run_local(config, prepared, units, run_dir, progress,
-                      lambda name: registry.get(name)(method_configs[name]), checkpoints, started)
+        trackers = open_trackers(config.log, out, config.to_dict(), progress.message) if config.log else None
+        if trackers is not None:
+            run_dir.listeners.append(trackers)
+        try:
+            if config.executor == "ray":
+                run_ray(config, prepared, units, run_dir, progress, started)
+            else:
+                run_local(config, prepared, units, run_dir, progress,
+                          lambda name: registry.get(name)(method_configs[name]), checkpoints, started)
+        finally:
+            if trackers is not None:
+                trackers.close()
     return out
 
 
