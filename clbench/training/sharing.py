@@ -16,7 +16,7 @@ Each unit still runs its own `setup`, `before_task` and `after_task` (e.g. EWC's
 its own evaluations. The step hooks (`extra_inputs`, `loss`, `after_backward`, `after_step`) of the reusing
 unit are not called on task 1: a method that declares `first_task_is_finetuning` promises they leave training
 unchanged there (SI's path integral, which needs them, must not declare it). Row 0 is shared likewise
-whenever two units' models are identical after `setup`. Only the current seed's entries are kept (a few
+whenever two units' models are identical after `setup`. Only the latest seeds' entries are kept (a few
 model copies in memory).
 """
 
@@ -59,28 +59,37 @@ class TrainedFirstTask:
 
 
 class SharedStart:
-    """Per-seed cache of row-0 logits and first-task training, shared by identical units."""
+    """Cache of row-0 logits and first-task training, shared by identical units.
 
-    def __init__(self) -> None:
-        self.seed: int | None = None
-        self.row0: list[tuple[dict[str, Tensor], list[Tensor]]] = []
-        self.first: TrainedFirstTask | None = None
+    Entries are kept for the `max_seeds` most recent seeds (a run trains its seeds one after another, so 1;
+    a tuning search revisits seeds trial after trial and keeps more). Within a seed, one trained first task
+    is kept per key (e.g. one per learning rate).
+    """
+
+    def __init__(self, max_seeds: int = 1) -> None:
+        self.max_seeds = max_seeds
+        self.row0: dict[int, list[tuple[dict[str, Tensor], list[Tensor]]]] = {}
+        self.firsts: dict[int, dict[tuple[Any, ...], TrainedFirstTask]] = {}
 
     def _for_seed(self, seed: int) -> None:
-        if seed != self.seed:
-            self.seed, self.row0, self.first = seed, [], None
+        """Make `seed` the most recent seed, dropping the oldest beyond `max_seeds`."""
+        self.row0[seed] = self.row0.pop(seed, [])
+        self.firsts[seed] = self.firsts.pop(seed, {})
+        for cache in (self.row0, self.firsts):
+            while len(cache) > self.max_seeds:
+                del cache[next(iter(cache))]
 
     def row0_logits(self, seed: int, model: nn.Module) -> list[Tensor] | None:
         """Row-0 logits of an identical model evaluated before, or None."""
         self._for_seed(seed)
-        for state, logits in self.row0:
+        for state, logits in self.row0[seed]:
             if _same_state(model, state):
                 return logits
         return None
 
     def add_row0(self, seed: int, model: nn.Module, logits: list[Tensor]) -> None:
         self._for_seed(seed)
-        self.row0.append((_state(model), logits))
+        self.row0[seed].append((_state(model), logits))
 
     @staticmethod
     def key(method: Any, built: nn.Module, model: nn.Module, data: EncodedSplit, base: EncodedSplit,
@@ -100,22 +109,23 @@ class SharedStart:
     def reusable(self, seed: int, key: tuple[Any, ...] | None, model: nn.Module) -> TrainedFirstTask | None:
         """The trained first task this unit may start from, or None (then it trains task 1 itself)."""
         self._for_seed(seed)
-        first = self.first
-        if key is None or first is None or first.after is None or first.key != key:
+        first = self.firsts[seed].get(key) if key is not None else None
+        if first is None or first.after is None:
             return None
         return first if _same_state(model, first.before) else None
 
     def begin(self, seed: int, key: tuple[Any, ...] | None, producer: str, model: nn.Module) -> None:
         """Called before a unit trains task 1 itself: remember its starting point if it could be shared."""
         self._for_seed(seed)
-        if key is not None and self.first is None:
-            self.first = TrainedFirstTask(producer, key, _state(model))
+        if key is not None and key not in self.firsts[seed]:
+            self.firsts[seed][key] = TrainedFirstTask(producer, key, _state(model))
 
     def end(self, seed: int, producer: str, model: nn.Module, generator: torch.Generator, steps: int,
             optimizer_state_mb: float) -> None:
         """Called after that unit trained task 1 without diverging: keep its trained weights and RNG states."""
-        first = self.first
-        if self.seed != seed or first is None or first.producer != producer or first.after is not None:
+        first = next((f for f in self.firsts.get(seed, {}).values() if f.producer == producer and f.after is None),
+                     None)
+        if first is None:
             return
         first.after = _state(model)
         first.generator = generator.get_state()
