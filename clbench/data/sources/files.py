@@ -14,7 +14,8 @@ Example task::
 
 Files are read through datasets' own readers (`datasets.load_dataset("csv" | "json" | "parquet",
 data_files=...)`, streamed, so no Arrow cache is written): compressed files (`.csv.gz`, `.jsonl.xz`, `.bz2`,
-`.zst`, `.zip`) and URLs (`https://...`, `hf://datasets/...`, `file://...`) work as `train` and `test`. CSV cells
+`.zst`, `.zip`) and URLs (`https://...`, `hf://datasets/...`) work as `train` and `test` (a `file://` URL is a local path like
+any other). CSV cells
 are kept as the strings written (`007` stays `007`). `text` may also be a template over columns
 (``"{subject}: {body}"``) or a pair (``[question, answer]``), as in `clbench.data.render`.
 
@@ -109,8 +110,18 @@ BUILDERS = {"csv": "csv", "jsonl": "json", "parquet": "parquet"}  # our format -
 
 
 def is_url(value: str) -> bool:
-    """Whether a data location is a URL for datasets' readers (https://..., hf://datasets/..., s3://...)."""
-    return re.match(r"^[a-z][a-z0-9+.-]*://", value) is not None
+    """Whether a data location is a remote URL for datasets' readers (https://..., hf://datasets/..., s3://...).
+    A file:// URL is a local path: it is resolved, and confined, like any other path."""
+    return re.match(r"^[a-z][a-z0-9+.-]*://", value) is not None and not value.startswith("file://")
+
+
+def local_path(value: str) -> str:
+    """A path as written, or the path of a file:// URL."""
+    if value.startswith("file://"):
+        from urllib.parse import unquote, urlparse
+
+        return unquote(urlparse(value).path)
+    return value
 
 
 def file_format(task: str, name: str, fmt: str | None) -> str:
@@ -275,7 +286,7 @@ def build_task(spec: TaskSpec, ctx: SourceContext) -> Task:
 
     def load(key: str) -> list[Record]:
         value = str(spec.options[key])
-        location = value if is_url(value) else str(resolve_path(spec.name, value, ctx))
+        location = value if is_url(value) else str(resolve_path(spec.name, local_path(value), ctx))
         rows = read_rows(spec.name, location, None if fmt is None else str(fmt))
         name = value if is_url(value) else Path(location).name
         return rows_to_records(spec.name, rows, name, text, label_col,
