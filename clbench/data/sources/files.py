@@ -14,8 +14,8 @@ Example task::
 
 Files are read through datasets' own readers (`datasets.load_dataset("csv" | "json" | "parquet",
 data_files=...)`, streamed, so no Arrow cache is written): compressed files (`.csv.gz`, `.jsonl.xz`, `.bz2`,
-`.zst`, `.zip`) and URLs (`https://...`, `hf://datasets/...`) work as `train` and `test` (a `file://` URL is a local path like
-any other). CSV cells
+`.zst`, `.zip`) and URLs (`https://...`, `hf://datasets/...`) work as `train` and `test` (a `file://` URL is a
+local path like any other). CSV cells
 are kept as the strings written (`007` stays `007`). `text` may also be a template over columns
 (``"{subject}: {body}"``) or a pair (``[question, answer]``), as in `clbench.data.render`.
 
