@@ -68,7 +68,7 @@ def model_spec(name: str) -> ModelSpec:
     if HUB_ID.match(name) and not path_like and not (typo and not _cached(name)):
         return ModelSpec(name, f"Hugging Face model {name}", "hub", 5e-5, False)
     if path_like:
-        raise RegistryError(f"model directory '{name}' does not exist; fix the path, or use an alias "
+        raise RegistryError(f"local model directory '{name}' does not exist; fix the path, or use an alias "
                             f"({', '.join(MODELS)}) or a Hub id such as bert-base-uncased")
     raise RegistryError(f"unknown model '{name}'{suggest(name, MODELS)}; use an alias ({', '.join(MODELS)}), a "
                         "Hugging Face Hub id such as bert-base-uncased or FacebookAI/roberta-base, or a local "
