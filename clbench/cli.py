@@ -78,11 +78,18 @@ def run_field_options(fn: F) -> F:
 @click.option("--plugin", "plugins", multiple=True, metavar="FILE.py", help="Register methods from a Python file.")
 @click.option("--resume", is_flag=True,
               help="Continue the run in --out: skip finished units, restart others from their last checkpoint.")
+@click.option("--allow-config-plugins", is_flag=True,
+              help="Import the plugin files listed under `plugins:` in --config (or in the config.yaml that --resume "
+                   "reads); without it such a list is refused, since importing a file runs its code.")
 @click.option("--quiet", is_flag=True, help="Print nothing but errors and the final summary.")
 @click.option("--verbose", is_flag=True, help="Also show the libraries' own warnings and logs (hidden by default).")
 @friendly
 def run(**kwargs: Any) -> None:
-    """Train each method through the stream's tasks and write results, summary and report to --out."""
+    """Train each method through the stream's tasks and write results, summary and report to --out.
+
+    Exit codes: 0 every unit done; 2 bad input (nothing written or changed); 3 some units failed (see the
+    summary and results.jsonl); 1 interrupted or an internal error.
+    """
     from clbench.training.progress import quiet_libraries
 
     with quiet_libraries(kwargs.pop("verbose")):
@@ -91,29 +98,16 @@ def run(**kwargs: Any) -> None:
 
 def _run(kwargs: dict[str, Any]) -> None:
     """The body of `clbench run`, inside `quiet_libraries`."""
-    from clbench.config import build_config, load_yaml, parse_set
-    from clbench.registry import MethodRegistry
     from clbench.reporting.summary import summary_table
+    from clbench.results import failed_units
     from clbench.training.progress import Progress
     from clbench.training.run import run as run_experiment
 
     quiet = kwargs.pop("quiet")
     resume = kwargs.pop("resume")
-    file_layer = load_yaml(kwargs.pop("config_file")) if kwargs.get("config_file") else {}
-    set_layer = parse_set(kwargs.pop("overrides"))
-    # --resume: the saved config.yaml is the base layer, so `clbench run --out DIR --resume` needs no other flag
-    saved_layer = _saved_run(kwargs.get("out") or file_layer.get("out")) if resume else {}
-    plugins = (list(kwargs.pop("plugins")) or list(file_layer.get("plugins", []) or [])
-               or list(saved_layer.get("plugins", []) or []))
-    for key in ("methods", "seeds"):
-        kwargs[key] = _csv(kwargs[key])
-    flags = {k: v for k, v in kwargs.items() if v is not None}
-    if plugins:
-        flags["plugins"] = plugins
-    registry = MethodRegistry.default(plugins)
-    config = build_config(saved_layer, file_layer, flags, set_layer, method_names=registry.names())
+    config, errors, registry = _config_from_flags(kwargs, resume)
     out = run_experiment(config, registry=registry, progress=Progress("quiet" if quiet else None),
-                         command=" ".join(["clbench", *sys.argv[1:]]), resume=resume)
+                         command=" ".join(["clbench", *sys.argv[1:]]), resume=resume, earlier=errors)
     click.echo(summary_table(out))
     from clbench.reporting.export import write_summary
     from clbench.reporting.report import write_report_or_warn
@@ -123,13 +117,45 @@ def _run(kwargs: dict[str, Any]) -> None:
     report_file = write_report_or_warn(out, lambda message: click.echo(message, err=True))
     if report_file is not None:
         click.echo(f"report: {report_file}")
+    failed = failed_units(out)
+    if failed:
+        click.echo(f"clbench: {len(failed)} unit(s) failed: {', '.join(failed)}", err=True)
+        sys.exit(EXIT_UNITS_FAILED)
 
 
-def _saved_run(out: str | None) -> dict[str, Any]:
-    """The config.yaml of the run to resume, as a config layer."""
+EXIT_UNITS_FAILED = 3  # documented in the README beside 0 (all done), 1 (interrupted) and 2 (bad input)
+
+
+def _plugins(flagged: list[str], layers: dict[str | None, dict[str, Any]], allowed: bool) -> list[str]:
+    """The plugin files to import: every `--plugin`, plus those a config file lists when `allowed`.
+
+    A config file may come from someone else (or sit in a run directory anyone can write), and importing a
+    plugin runs its code, so a listed file that was not also passed with --plugin needs --allow-config-plugins.
+    """
     from pathlib import Path
 
-    from clbench.config import load_yaml, saved_layer
+    from clbench.errors import ConfigError
+
+    plugins = list(flagged)
+    given = {Path(p).resolve() for p in flagged}
+    for source, layer in layers.items():
+        listed = layer.get("plugins") or []
+        if source is None or not listed:
+            continue
+        if not isinstance(listed, list) or not all(isinstance(p, str) for p in listed):
+            raise ConfigError(f"plugins in '{source}' must be a list of .py files")
+        extra = [p for p in listed if Path(p).resolve() not in given]
+        if extra and not allowed:
+            raise ConfigError(f"'{source}' lists plugin files {extra}, which run code when imported; pass them with "
+                              "--plugin FILE.py, or add --allow-config-plugins to trust the file's list")
+        plugins += [p for p in extra if p not in plugins]
+    return plugins
+
+
+def _saved_run(out: str | None) -> str:
+    """The config.yaml of the run to resume."""
+    from pathlib import Path
+
     from clbench.errors import RunDirError
 
     if not out:
@@ -137,7 +163,78 @@ def _saved_run(out: str | None) -> dict[str, Any]:
     saved = Path(out) / "config.yaml"
     if not saved.is_file():
         raise RunDirError(f"nothing to resume in '{out}' (no config.yaml); run without --resume or fix --out")
+    return str(saved)
+
+
+def _saved_layer(saved: str) -> dict[str, Any]:
+    """A saved config.yaml as a config layer."""
+    from clbench.config import load_yaml, saved_layer
+
     return saved_layer(load_yaml(saved))
+
+
+def _config_from_flags(kwargs: dict[str, Any], resume: bool) -> tuple[Any, list[str], Any]:
+    """The RunConfig of `run` or `tune` from their flags, `--config` and `--set` (and with `resume` the saved
+    config.yaml as the base layer); returns it with the problems found so far and the method registry."""
+    from clbench.config import coerce, collect_config, load_yaml, parse_set
+    from clbench.registry import MethodRegistry
+
+    allow_config_plugins = kwargs.pop("allow_config_plugins")
+    config_file = kwargs.pop("config_file")
+    file_layer = load_yaml(config_file) if config_file else {}
+    set_layer = parse_set(kwargs.pop("overrides"))
+    # --resume: the saved config.yaml is the base layer, so `clbench run --out DIR --resume` needs no other flag
+    saved_file = _saved_run(kwargs.get("out") or file_layer.get("out")) if resume else None
+    saved_layer = _saved_layer(saved_file) if saved_file else {}
+    # plugins named on the command line (--plugin, or --set plugins=...) are trusted; a config file's are not
+    flagged = [*kwargs.pop("plugins"), *coerce(set_layer.pop("plugins", ()), tuple[str, ...], "plugins")]
+    plugins = _plugins(flagged, {config_file: file_layer, saved_file: saved_layer}, allow_config_plugins)
+    for key in ("methods", "seeds"):
+        kwargs[key] = _csv(kwargs[key])
+    flags = {k: v for k, v in kwargs.items() if v is not None}
+    registry = MethodRegistry.default(plugins)
+    config, errors = collect_config(saved_layer, file_layer, flags, set_layer, {"plugins": plugins},
+                                    method_names=registry.names(), sources=(saved_file, config_file))
+    return config, errors, registry
+
+
+@main.command()
+@run_field_options
+@click.option("--trials", type=int, required=True, help="Trials per method (the same budget for every method).")
+@click.option("--tune-stream", help="Tune on this stream and apply the values to --stream (same number of tasks).")
+@click.option("--objective", default="acc_cil", show_default=True,
+              help="Validation ACC after the last task to maximise: acc_cil or acc_til.")
+@click.option("--eval-seeds", default="0,1,2", show_default=True, help="Seeds written into tuned.yaml for the test run.")
+@click.option("--params", help="Search only these, e.g. lr,ewc.penalty_weight (default: every declared space).")
+@click.option("--pruner", default="percentile", show_default=True, help="percentile, median or none.")
+@click.option("--sampler-seed", type=int, default=0, show_default=True, help="Seed of the TPE samplers.")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML run configuration.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config value.")
+@click.option("--plugin", "plugins", multiple=True, metavar="FILE.py", help="Register methods from a Python file.")
+@click.option("--allow-config-plugins", is_flag=True, help="Import the plugin files a --config file lists.")
+@click.option("--resume", is_flag=True, help="Continue the search in --out without repeating finished trials.")
+@click.option("--quiet", is_flag=True, help="Print nothing but errors and the result.")
+@friendly
+def tune(**kwargs: Any) -> None:
+    """Search each method's hyper-parameters with the same trial budget, on validation data only; writes
+    tuned.yaml (run it with `clbench run --config`) and tuning.md to --out."""
+    from clbench.errors import ConfigError
+    from clbench.training.progress import Progress
+    from clbench.tuning.search import tune as run_search
+    from clbench.tuning.settings import TuneSettings
+
+    settings = TuneSettings(trials=kwargs.pop("trials"), objective=kwargs.pop("objective"),
+                            tune_stream=kwargs.pop("tune_stream"),
+                            eval_seeds=tuple(int(s) for s in _csv(kwargs.pop("eval_seeds")) or ()),
+                            params=tuple(_csv(kwargs.pop("params")) or ()), pruner=kwargs.pop("pruner"),
+                            sampler_seed=kwargs.pop("sampler_seed"))
+    quiet, resume = kwargs.pop("quiet"), kwargs.pop("resume")
+    config, errors, registry = _config_from_flags(kwargs, resume=False)  # tune.yaml is checked, not a base layer
+    if errors:
+        raise ConfigError("; ".join(errors))
+    tuned = run_search(config, settings, registry=registry, progress=Progress("quiet" if quiet else None),
+                       command=" ".join(["clbench", *sys.argv[1:]]), resume=resume)
+    click.echo(f"tuned config: {tuned}\nsummary: {tuned.parent / 'tuning.md'}")
 
 
 @main.group(name="list")

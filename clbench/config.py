@@ -17,18 +17,20 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import math
 import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from clbench.errors import ClbenchError, ConfigError, suggest
+from clbench.errors import ClbenchError, ConfigError, shown, suggest
 from clbench.hints import option_hint, run_key_hint
 from clbench.search import Choice, IntRange
+from clbench.yamlio import read_yaml
 
 
 def option(default: Any = MISSING, help: str = "", *, default_factory: Any = MISSING, **metadata: Any) -> Any:
@@ -96,8 +98,12 @@ class RunConfig:
     log: tuple[str, ...] = option((), "experiment trackers that also receive every record, comma-separated: "
                                   "tensorboard, wandb (offline unless WANDB_MODE=online), mlflow (a file store in "
                                   "the run directory unless MLFLOW_TRACKING_URI is set)", flag=True)
+    gpus_per_unit: float = option(1.0, "share of a GPU each Ray unit asks for on a CUDA run; 0.25 runs four units "
+                                  "on one card at once (small models are bound by kernel launches)", flag=True)
     keep_checkpoints: bool = option(False, "keep each unit's checkpoint after it finishes (default: delete it)",
                                     flag=True)
+    provenance: Mapping[str, Any] | None = option(None, "where the hyper-parameters came from (written by "
+                                                  "`clbench tune` into tuned.yaml; shown in the report)")
     method_options: Mapping[str, Mapping[str, Any]] = option(
         default_factory=dict, help="per-method config values, e.g. {ewc: {penalty_weight: 1000}}; a method section "
         "may also set the training fields in TRAINING_FIELDS for that method only, e.g. {lora: {lr: 3e-4}}")
@@ -161,7 +167,7 @@ def coerce(value: Any, annotation: Any, where: str) -> Any:
                 return coerce(value, arg, where)
             except ConfigError as exc:
                 errors.append(str(exc))
-        raise ConfigError(errors[0] if errors else f"{where}: bad value {value!r}")
+        raise ConfigError(errors[0] if errors else f"{where}: bad value {shown(value)}")
     if origin in (tuple, Sequence, list) or annotation in (tuple, list):
         items = value.split(",") if isinstance(value, str) else value
         if not isinstance(items, (list, tuple)):
@@ -170,23 +176,23 @@ def coerce(value: Any, annotation: Any, where: str) -> Any:
         return tuple(coerce(_scalar(v) if isinstance(v, str) else v, inner, where) for v in items)
     if origin in (Mapping, dict) or annotation in (dict, Mapping):
         if not isinstance(value, Mapping):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+            raise ConfigError(f"{where}: expected a mapping, got {shown(value)}")
         return dict(value)
     if annotation is bool:
         if isinstance(value, bool):
             return value
-        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        raise ConfigError(f"{where}: expected true or false, got {shown(value)}")
     if annotation is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+            raise ConfigError(f"{where}: expected an integer, got {shown(value)}")
         return value
     if annotation is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
+            raise ConfigError(f"{where}: expected a number, got {shown(value)}")
         return float(value)
     if annotation is str:
         if isinstance(value, (dict, list)) or value is None:
-            raise ConfigError(f"{where}: expected a string, got {value!r}")
+            raise ConfigError(f"{where}: expected a string, got {shown(value)}")
         return str(value)
     if annotation is Any:
         return value
@@ -222,11 +228,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file '{path}' does not exist; pass an existing YAML file to --config")
-    try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ConfigError(f"config file '{path}' is not valid YAML ({first}); fix the syntax") from None
+    raw = read_yaml(p, "config file", ConfigError)
     if raw is None:
         return {}
     if not isinstance(raw, dict):
@@ -234,35 +236,59 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return raw
 
 
-def build_config(*layers: Mapping[str, Any], method_names: Sequence[str] = ()) -> RunConfig:
+def build_config(*layers: Mapping[str, Any], method_names: Sequence[str] = (),
+                 sources: Sequence[str | None] = ()) -> RunConfig:
     """Merge layers of {key: value} (YAML, CLI flags, --set) into a RunConfig; every error is reported at once.
 
     Keys are run fields, `method.field` (dotted) or a method name holding a mapping. `method_names` are the
-    names a method section may use (registered methods); other unknown keys get suggestions.
+    names a method section may use (registered methods); other unknown keys get suggestions. `sources` name
+    the layers (e.g. a YAML file) in errors, in layer order; None leaves a layer unnamed.
     """
+    config, errors = collect_config(*layers, method_names=method_names, sources=sources)
+    if errors:
+        raise ConfigError("; ".join(errors))
+    return config
+
+
+def collect_config(*layers: Mapping[str, Any], method_names: Sequence[str] = (),
+                   sources: Sequence[str | None] = ()) -> tuple[RunConfig, list[str]]:
+    """`build_config` without raising: the config of every valid value (a bad one keeps its default) and the
+    errors, so `validate` can report them together with the problems of the rest."""
     errors: list[str] = []
     values: dict[str, Any] = {}
     options: dict[str, dict[str, Any]] = {}
-    for layer in layers:
+    for layer, source in zip(layers, [*sources, *[None] * len(layers)]):
+        where = f" (in {source})" if source else ""
         for key, value in layer.items():
             key = str(key)
-            if key in RUN_FIELDS and key != "method_options":
-                try:
-                    values[key] = coerce(value, field_types(RunConfig)[key], key)
-                except ConfigError as exc:
-                    errors.append(str(exc))
-            elif "." in key:
-                method, _, name = key.partition(".")
-                options.setdefault(method, {})[name] = value
-            elif isinstance(value, Mapping):
-                options.setdefault(key, {}).update(value)
-            elif key == "method_options":
-                errors.append("method_options: write one mapping per method instead (e.g. `ewc: {...}`)")
-            else:
-                errors.append(f"unknown config key '{key}'{run_key_hint(key, list(RUN_FIELDS) + list(method_names))}")
-    if errors:
-        raise ConfigError("; ".join(errors))
-    return RunConfig(**values, method_options=options)
+            try:
+                _merge(key, value, values, options, method_names)
+            except ConfigError as exc:
+                errors.append(f"{exc}{where}")
+    return RunConfig(**values, method_options=options), errors
+
+
+def _merge(key: str, value: Any, values: dict[str, Any], options: dict[str, dict[str, Any]],
+           method_names: Sequence[str]) -> None:
+    """Put one `key: value` of a layer into the run fields or the method sections, or raise ConfigError."""
+    if key in RUN_FIELDS and key != "method_options":
+        coerced = coerce(value, field_types(RunConfig)[key], key)
+        problems = field_problems(key, coerced)  # a layer's bad value counts even when a later layer overrides it
+        if problems:
+            raise ConfigError("; ".join(problems))
+        values[key] = coerced
+    elif "." in key:
+        method, _, name = key.partition(".")
+        options.setdefault(method, {})[name] = value
+    elif isinstance(value, Mapping):
+        options.setdefault(key, {}).update(value)
+    elif key == "method_options":
+        raise ConfigError("method_options: write one mapping per method instead (e.g. `ewc: {...}`)")
+    elif key.partition("@")[0] in method_names:
+        raise ConfigError(f"method section '{key}' needs a mapping of its options, not {shown(value)}; set one "
+                          f"with --set {key}.OPTION=VALUE or write `{key}: {{OPTION: VALUE}}` in YAML")
+    else:
+        raise ConfigError(f"unknown config key '{key}'{run_key_hint(key, list(RUN_FIELDS) + list(method_names))}")
 
 
 def method_config(cls_config: type, name: str, raw: Mapping[str, Any]) -> Any:
@@ -279,6 +305,9 @@ def method_config(cls_config: type, name: str, raw: Mapping[str, Any]) -> Any:
             kwargs[key] = coerce(value, field_types(cls_config)[key], f"{name}.{key}")
         except ConfigError as exc:
             errors.append(str(exc))
+            continue
+        if not finite(kwargs[key]):  # a method's range checks cannot see NaN (every comparison is false)
+            errors.append(f"{name}.{key}={shown(kwargs[key])} must be a finite number")
     if errors:
         raise ConfigError("; ".join(errors))
     try:
@@ -287,13 +316,28 @@ def method_config(cls_config: type, name: str, raw: Mapping[str, Any]) -> Any:
         raise ConfigError(f"{name}: {exc}") from None
 
 
-def validate(config: RunConfig, registry: Any) -> dict[str, Any]:
-    """Check the whole config; return {method name: config instance}. Raises one ConfigError listing all."""
-    from clbench.data.streams import load_stream_spec
-    from clbench.models import model_spec, parse_model_args
+def finite(value: Any) -> bool:
+    """False when `value` is, or holds (in a tuple, list or mapping), a NaN or infinite float."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, (tuple, list)):
+        return all(finite(v) for v in value)
+    if isinstance(value, Mapping):
+        return all(finite(v) for v in value.values())
+    return True
+
+
+MAX_SEED = 2 ** 63  # torch's manual_seed takes a signed 64-bit integer, and the runner adds offsets to seeds
+
+
+def validate(config: RunConfig, registry: Any, earlier: Sequence[str] = ()) -> dict[str, Any]:
+    """Check the whole config; return {method name: config instance}. Raises one ConfigError listing all,
+    `earlier` problems (e.g. from `collect_config`) first."""
+    from clbench.data.streams import cache_dir, load_stream_spec
+    from clbench.models import check_model, parse_model_args
     from clbench.trackers import tracker_errors
 
-    errors: list[str] = []
+    errors: list[str] = list(earlier)
 
     def check(fn: Any) -> Any:
         try:
@@ -321,42 +365,16 @@ def validate(config: RunConfig, registry: Any) -> dict[str, Any]:
         if cls is not None:
             configs[name] = check(lambda c=cls, n=name: method_config(c.config_cls, n, method_own_options(config, n)))
             errors += method_requirements(name, cls, config)
-    errors += training_errors(config)
-    for name in config.methods:
-        if split_options(config.method_options.get(name, {}))[1]:
-            unit_config = check(lambda n=name: config.for_method(n))
-            if unit_config is not None:
-                errors += training_errors(unit_config, f"{name}.")
-    if not config.seeds:
-        errors.append("no seeds given; pass e.g. --seeds 0,1,2")
-    if any(s < 0 for s in config.seeds):
-        errors.append(f"seeds {list(config.seeds)} must be non-negative")
-    if len(set(config.seeds)) != len(config.seeds):
-        errors.append(f"seeds {list(config.seeds)} repeat a seed; list each once")
-    for name in ("batch_size", "eval_batch_size"):
-        if getattr(config, name) <= 0:
-            errors.append(f"{name}={getattr(config, name)} must be a positive integer")
-    for name in ("train_size", "test_size", "max_length"):
-        value = getattr(config, name)
-        if value is not None and value <= 0:
-            errors.append(f"{name}={value} must be a positive integer")
-    if config.val_fraction is not None and not 0 <= config.val_fraction < 1:
-        errors.append(f"val_fraction={config.val_fraction} must be in [0, 1), e.g. 0.1")
+    for name in RUN_FIELDS:  # each value on its own; a problem a layer already reported (with its source) once
+        errors += [p for p in field_problems(name, getattr(config, name)) if not any(e.startswith(p) for e in earlier)]
+    for name in config.methods:  # a method section's own training fields, e.g. lora.lr
+        training = split_options(config.method_options.get(name, {}))[1]
+        unit_config = check(lambda n=name: config.for_method(n)) if training else None
+        if unit_config is not None:
+            errors += [f"{name}.{p}" for key in training for p in field_problems(key, getattr(unit_config, key))]
     if config.eval_split == "val" and config.val_fraction == 0:
         errors.append("eval_split=val needs validation data but val_fraction=0; set val_fraction > 0")
-    if config.max_length is not None and config.max_length < 8:
-        errors.append(f"max_length={config.max_length} is too short; use at least 8 tokens")
-    if config.buffer_size < 0:
-        errors.append(f"buffer_size={config.buffer_size} must be non-negative")
-    if config.eval_every < 0:
-        errors.append(f"eval_every={config.eval_every} must be 0 (off) or a positive number of steps")
-    for name, choices in CHOICES.items():
-        value = getattr(config, name)
-        if choices is not None and value not in choices:
-            errors.append(f"{name}='{value}' must be one of {', '.join(str(c) for c in choices if c)}")
-    if not (config.device in ("auto", "cpu", "cuda") or config.device.startswith("cuda:")):
-        errors.append(f"device='{config.device}' must be auto, cpu, cuda or cuda:N")
-    elif config.device.startswith("cuda"):
+    if config.device.startswith("cuda") and not field_problems("device", config.device):
         import torch
 
         if not torch.cuda.is_available():
@@ -371,8 +389,12 @@ def validate(config: RunConfig, registry: Any) -> dict[str, Any]:
     if config.model in registry.names() and not Path(config.model).is_dir():
         errors.append(f"'{config.model}' is a method, not a model; pass it to --methods (e.g. --methods "
                       f"{config.model}) and a model to --model (tiny, minilm, a Hub id or a folder)")
-    elif check(lambda: model_spec(config.model)) is not None:
+    elif check(lambda: check_model(config.model)) is not None:
         check(lambda: parse_model_args(config.model_args, config.model))
+    cache = cache_dir()
+    if any(p.exists() and not p.is_dir() for p in (cache, *cache.parents)):
+        errors.append(f"cache folder '{cache}' ($CLBENCH_CACHE) is a file or lies under one; point "
+                      "CLBENCH_CACHE at a folder")
     check(lambda: load_stream_spec(config.stream, train_size=config.train_size, test_size=config.test_size,
                                    max_length=config.max_length, val_fraction=config.val_fraction))
     if config.data_dir is not None and not Path(config.data_dir).is_dir():
@@ -388,20 +410,53 @@ def validate(config: RunConfig, registry: Any) -> dict[str, Any]:
     return configs
 
 
-def training_errors(config: RunConfig, prefix: str = "") -> list[str]:
-    """Range checks of the training fields (a method's overrides are named `method.field`)."""
-    errors = []
-    if config.epochs <= 0:
-        errors.append(f"{prefix}epochs={config.epochs} must be a positive integer")
-    if config.max_steps is not None and config.max_steps <= 0:
-        errors.append(f"{prefix}max_steps={config.max_steps} must be a positive integer")
-    if config.lr is not None and not 0 < config.lr < 1:
-        errors.append(f"{prefix}lr={config.lr} must be in (0, 1), e.g. 5e-5")
-    if config.weight_decay < 0 or config.grad_clip < 0:
-        errors.append(f"{prefix}weight_decay and {prefix}grad_clip must be non-negative")
-    if not 0 <= config.warmup_ratio < 1:
-        errors.append(f"{prefix}warmup_ratio={config.warmup_ratio} must be in [0, 1)")
-    return errors
+# Range checks of single run fields: name -> (test the value passes, what it must be). Written so that NaN
+# fails them (every comparison with NaN is false).
+RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    **{name: (lambda v: v > 0, "must be a positive integer")
+       for name in ("epochs", "max_steps", "batch_size", "eval_batch_size", "train_size", "test_size")},
+    "max_length": (lambda v: v >= 8, "is too short; use at least 8 tokens"),
+    "lr": (lambda v: 0 < v < 1, "must be in (0, 1), e.g. 5e-5"),
+    "weight_decay": (lambda v: math.isfinite(v) and v >= 0, "must be a finite non-negative number"),
+    "grad_clip": (lambda v: math.isfinite(v) and v >= 0, "must be a finite non-negative number (0: no clipping)"),
+    "warmup_ratio": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
+    "val_fraction": (lambda v: 0 <= v < 1, "must be in [0, 1), e.g. 0.1"),
+    "buffer_size": (lambda v: v >= 0, "must be non-negative"),
+    "eval_every": (lambda v: v >= 0, "must be 0 (off) or a positive number of steps"),
+    "gpus_per_unit": (lambda v: 0 < v <= 1, "must be in (0, 1], e.g. 0.25 for four units per GPU"),
+}
+
+
+def field_problems(name: str, value: Any) -> list[str]:
+    """What is wrong with `value` for run field `name` on its own (checks that need several fields, files or
+    the machine are in `validate`)."""
+    if name == "seeds":
+        return seed_problems(value)
+    if value is None or name == "method_options":  # method options: checked through their dataclasses
+        return []
+    if name in RANGES:
+        test, must = RANGES[name]
+        return [] if test(value) else [f"{name}={shown(value)} {must}"]
+    choices = CHOICES.get(name)
+    if choices is not None and value not in choices:
+        return [f"{name}='{value}' must be one of {', '.join(str(c) for c in choices if c)}"]
+    if name == "device" and not (value in ("auto", "cpu", "cuda") or str(value).startswith("cuda:")):
+        return [f"device='{value}' must be auto, cpu, cuda or cuda:N"]
+    return [] if finite(value) else [f"{name}={shown(value)} must be a finite number"]
+
+
+def seed_problems(seeds: Sequence[int]) -> list[str]:
+    if not seeds:
+        return ["no seeds given; pass e.g. --seeds 0,1,2"]
+    problems = []
+    if any(s < 0 for s in seeds):
+        problems.append(f"seeds {list(seeds)} must be non-negative")
+    if any(s >= MAX_SEED for s in seeds):
+        problems.append(f"seeds {list(seeds)} must be below 2**63 = {MAX_SEED} (torch's manual_seed takes a 64-bit "
+                        "integer); use smaller seeds")
+    if len(set(seeds)) != len(seeds):
+        problems.append(f"seeds {list(seeds)} repeat a seed; list each once")
+    return problems
 
 
 def method_own_options(config: RunConfig, name: str) -> dict[str, Any]:
@@ -437,16 +492,30 @@ def resolve_defaults(config: RunConfig, method_configs: Mapping[str, Any]) -> Ru
                    val_fraction=spec.val_fraction, method_options=options)
 
 
+def config_file_yaml(config: RunConfig, changed_only: bool = True) -> str:
+    """`config` as a `--config` file: run fields (only those that differ from the defaults, besides methods,
+    stream, model and seeds, unless `changed_only` is False), then one section per method with its values."""
+    defaults = RunConfig().to_dict()
+    values = config.to_dict()
+    always = ("methods", "stream", "model", "seeds")
+    out = {k: v for k, v in values.items()
+           if k != "method_options" and (not changed_only or k in always or v != defaults[k])}
+    out.update(values["method_options"])
+    return str(yaml.safe_dump(out, sort_keys=False))
+
+
 def dump_yaml(config: RunConfig) -> str:
-    return str(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    """Every run field and method section: config.yaml of a run directory, re-runnable with `--config`."""
+    return config_file_yaml(config, changed_only=False)
 
 
 # Run fields that never change results: a resumed run may set them differently.
-NOT_RESULTS = ("out", "plugins", "executor", "ray_address", "keep_checkpoints", "log")
+NOT_RESULTS = ("out", "plugins", "executor", "ray_address", "gpus_per_unit", "keep_checkpoints", "provenance", "log")
 
 
 def saved_layer(raw: Mapping[str, Any]) -> dict[str, Any]:
-    """A saved config.yaml as one `build_config` layer (method options as dotted keys)."""
+    """A saved config.yaml as one `build_config` layer (method options as dotted keys; files written before
+    method sections moved to the top level hold them under `method_options`)."""
     raw = dict(raw)
     options = raw.pop("method_options", {}) or {}
     if not isinstance(options, Mapping):
@@ -474,6 +543,4 @@ def differences(saved: RunConfig, new: RunConfig, registry: Any) -> list[str]:
 
 def from_saved(raw: Mapping[str, Any]) -> RunConfig:
     """Rebuild a RunConfig from a saved config.yaml (used by --resume)."""
-    raw = dict(raw)
-    options = raw.pop("method_options", {}) or {}
-    return build_config(raw, {f"{m}.{k}": v for m, opts in options.items() for k, v in opts.items()})
+    return build_config(saved_layer(raw))

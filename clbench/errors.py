@@ -30,6 +30,17 @@ class RunDirError(ClbenchError):
     """The run directory is locked, unwritable or inconsistent with the requested run."""
 
 
+class UnitFailed(ClbenchError):
+    """One unit (method × seed) cannot go on; it is recorded as failed and the other units go on."""
+
+
+def shown(value: object, limit: int = 80) -> str:
+    """`repr(value)` cut to `limit` characters, so a huge value (a YAML alias bomb, a long field) cannot
+    swamp a one-line message."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def suggest(value: str, choices: Iterable[str]) -> str:
     """Return ' (did you mean X?)' for the closest choice, or a list of valid choices when none is close."""
     options = sorted(set(choices))

@@ -191,6 +191,8 @@ def model_dir(name: str) -> str:
     return HUB_IDS.get(name, name)
 
 
+TINY_POSITIONS = 512  # the tiny model's position embeddings (and its tokenizer's limit)
+
 # ---- the tiny model's tokenizer: a WordPiece vocabulary that covers any ASCII text with no download ----
 
 _FILLER_AND_SYLLABLES = ["the", "a", "of", "and", "to", "in", "is", "it", "that", "was", "for", "on", "with", "as", "this", "at", "by", "from", "or", "an", "but", "not", "what", "all", "were", "when", "we", "there", "can", "one", "out", "so", "up", "if", "about", "who", "get", "which", "go", "me", "very", "just", "some", "time", "could", "them", "see", "other", "than", "then", "now", "look", "only", "come", "over", "good", "bad", "movie", "film", "great", "ka", "lo", "mi", "ne", "pu", "ra", "si", "to", "vu", "ze", "bo", "da", "fi", "gu", "hy", "jo"]
@@ -219,7 +221,7 @@ def tiny_tokenizer() -> PreTrainedTokenizerBase:
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
         special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])])
     return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
-                                   sep_token="[SEP]", mask_token="[MASK]", model_max_length=512)
+                                   sep_token="[SEP]", mask_token="[MASK]", model_max_length=TINY_POSITIONS)
 
 
 def load_tokenizer(name: str, revision: str | None = None) -> PreTrainedTokenizerBase:
@@ -231,7 +233,7 @@ def load_tokenizer(name: str, revision: str | None = None) -> PreTrainedTokenize
 
     try:
         return AutoTokenizer.from_pretrained(model_dir(name), revision=revision, **hub_options())
-    except OSError as exc:
+    except (OSError, ValueError) as exc:  # transformers raises ValueError when it finds no tokenizer files
         raise _load_error(name, exc, revision) from None
 
 
@@ -284,7 +286,7 @@ def build_model(name: str, num_labels: int, seed: int, pooling: str | None = Non
     torch.manual_seed(seed)  # transformers initialises weights from the global RNG; seed it right before
     if name == "tiny":
         config = BertConfig(vocab_size=len(tiny_vocab()), hidden_size=64, num_hidden_layers=2,
-                            num_attention_heads=4, intermediate_size=128, max_position_embeddings=512,
+                            num_attention_heads=4, intermediate_size=128, max_position_embeddings=TINY_POSITIONS,
                             hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
         config.num_labels = num_labels
         model: nn.Module = BertForSequenceClassification(config)
@@ -296,7 +298,7 @@ def build_model(name: str, num_labels: int, seed: int, pooling: str | None = Non
             model = AutoModelForSequenceClassification.from_pretrained(
                 model_dir(name), num_labels=num_labels, revision=args.revision, ignore_mismatched_sizes=True,
                 **hub_options())
-        except OSError as exc:
+        except (OSError, ValueError) as exc:  # ValueError: e.g. no usable weights file
             raise _load_error(name, exc, args.revision) from None
         finally:
             hf_logging.set_verbosity(verbosity)
@@ -335,3 +337,49 @@ def describe_models() -> list[dict[str, Any]]:
     """Rows for `clbench list models`."""
     return [{"name": s.name, "summary": s.summary, "source": s.source, "default_lr": s.default_lr,
              "pooling": s.pooling, "offline": s.offline} for s in MODELS.values()]
+
+
+# Files a `save_pretrained` folder holds its weights in, one of which a local model directory needs.
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
+
+
+def check_model(name: str) -> ModelSpec:
+    """`model_spec(name)`, and for a local directory the files loading it needs (before anything is written).
+
+    Raises:
+        ClbenchError: an unknown name, or a local folder without a readable config.json or weights.
+    """
+    spec = model_spec(name)
+    if spec.source != "local":
+        return spec
+    import json
+
+    folder = Path(name)
+    hint = "point --model at a folder written by `save_pretrained`"
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ClbenchError(f"model folder '{name}' has no config.json; {hint}") from None
+    except (OSError, ValueError) as exc:
+        raise ClbenchError(f"model folder '{name}' has an unreadable config.json ({type(exc).__name__}); "
+                           f"{hint}") from None
+    if not isinstance(config, dict):
+        raise ClbenchError(f"model folder '{name}' has a config.json that is not a JSON object; {hint}")
+    if not any((folder / f).is_file() for f in WEIGHT_FILES):
+        raise ClbenchError(f"model folder '{name}' has no weights ({' or '.join(WEIGHT_FILES[::2])}); {hint}")
+    return spec
+
+
+def max_positions(name: str) -> int | None:
+    """How many tokens model `name` takes per example (its position embeddings), or None when unknown."""
+    if name == "tiny":
+        return TINY_POSITIONS
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(model_dir(name))
+    except (OSError, ValueError):  # loading the model itself reports this with a proper message
+        return None
+    positions = getattr(config, "max_position_embeddings", None)
+    return positions if isinstance(positions, int) else None

@@ -94,7 +94,7 @@ class MethodRegistry:
                 obj = entry.load()
             except RegistryError:
                 raise
-            except Exception as exc:  # noqa: BLE001 -- a third-party import failure must not become a traceback
+            except (Exception, SystemExit) as exc:  # noqa: BLE001 -- a third-party import failure stays one line
                 raise RegistryError(f"method '{name}' from {entry.origin} failed to import "
                                     f"({type(exc).__name__}: {exc}); fix or remove it") from None
             self._classes[name] = check_protocol(obj, name, entry.origin)
@@ -192,10 +192,10 @@ def plugin_entries(path: Path) -> list[Entry]:
             del sys.modules[module_name]
             raise RegistryError(f"plugin file '{path}' has a syntax error at line {exc.lineno}: {exc.msg}; "
                                 "fix the file") from None
-        except Exception as exc:  # noqa: BLE001 -- any error in a user's plugin file becomes one line
+        except (Exception, SystemExit) as exc:  # noqa: BLE001 -- any error in a user's plugin file becomes one line
             del sys.modules[module_name]
-            raise RegistryError(f"plugin file '{path}' failed to import ({type(exc).__name__}: {exc}); "
-                                "fix the file") from None
+            what = f"called exit({exc.code!r})" if isinstance(exc, SystemExit) else f"{type(exc).__name__}: {exc}"
+            raise RegistryError(f"plugin file '{path}' failed to import ({what}); fix the file") from None
     classes = [obj for obj in vars(module).values()
                if inspect.isclass(obj) and issubclass(obj, Hooks) and obj.__module__ == module_name
                and bool(getattr(obj, "name", ""))]

@@ -7,6 +7,9 @@ just trained, None in row 0), `metric` and `value`; accuracy records add `eval_t
 records `param` (per-tensor ones also `norm_before` = ‖W_before‖_F and `norm_change` = ‖ΔW‖_F, so
 drift can be regrouped per layer exactly), profile records `phase`.
 
+Lines are strict JSON: a number that is NaN or infinite (e.g. the relative drift of a tensor whose norm was 0)
+is written as null, and `read_records` reads null in `value`, `norm_before` and `norm_change` back as NaN.
+
 Resume: a unit continued by `clbench run --resume` first appends a record of type `resume` whose `value` is
 the last row its checkpoint holds (-1: restarted from scratch). Rows of that unit written after the checkpoint
 by the interrupted run (the partly finished task) stay in the file, which stays append-only, but
@@ -17,6 +20,7 @@ results through it.
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import socket
@@ -53,12 +57,67 @@ class MemoryRecords:
     records: list[dict[str, Any]]
 
     def append(self, records: Iterable[Mapping[str, Any]]) -> None:
-        self.records.extend(json.loads(json.dumps(r, default=_jsonable)) for r in records)
+        self.records.extend(json.loads(json_line(r)) for r in records)
+
+
+# ---- the record format: strict JSON, one object per line
+
+
+def json_line(record: Mapping[str, Any]) -> str:
+    """One record as strict JSON (no NaN or Infinity tokens, which strict parsers such as jq refuse):
+    a non-finite number is written as null, as JavaScript's JSON.stringify does."""
+    return json.dumps(_strict(record), sort_keys=True, allow_nan=False)
+
+
+def _strict(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _strict(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):  # numpy and torch scalars
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
+# Every record carries these (see the module docstring); some types add their own.
+RECORD_FIELDS = ("type", "unit", "method", "seed", "row", "task", "metric", "value")
+TYPE_FIELDS = {"accuracy": ("eval_task", "eval_index"), "curve": ("eval_task", "eval_index"),
+               "functional": ("eval_task", "eval_index"), "drift": ("param",), "profile": ("phase",)}
+NUMBERS = ("value", "norm_before", "norm_change")  # null here is a number that was NaN or infinite
+
+
+def _record_problem(record: Any) -> str | None:
+    """Why `record` is not a clbench record, or None."""
+    if not isinstance(record, dict):
+        return "not a JSON object"
+    missing = [k for k in (*RECORD_FIELDS, *TYPE_FIELDS.get(str(record.get("type")), ())) if k not in record]
+    if missing:
+        return f"missing {', '.join(repr(k) for k in missing)}"
+    if not (isinstance(record["unit"], str) and isinstance(record["row"], int)):
+        return "'unit' must be a string and 'row' an integer"
+    return None
+
+
+def _decoded(record: dict[str, Any]) -> dict[str, Any]:
+    """A record as written, with null numbers read back as NaN (floats everywhere a number is expected)."""
+    for key in NUMBERS:
+        if key in record and record[key] is None:
+            record[key] = math.nan
+    return record
 
 
 @dataclass
 class RunDir:
     """A run directory with its lock held; use as a context manager.
+
+    The directory (and a missing parent) is created on entry; if the run writes nothing into it (e.g. a check
+    made under the lock refuses the run), what entry created is removed again on exit.
 
     `listeners` (progress, experiment trackers) receive every record batch after it is safely on disk.
     """
@@ -66,17 +125,38 @@ class RunDir:
     path: Path
     listeners: list[RecordSink] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        self._lock: int | None = None
+        self._created: list[Path] = []
+
     def __enter__(self) -> RunDir:  # noqa: PYI034 -- RunDir is not subclassed
+        missing = [p for p in (self.path, *self.path.parents) if not p.exists()]
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise RunDirError(f"cannot create run directory '{self.path}' ({exc.strerror}); choose another --out"
                               ) from None
-        acquire_lock(self.path)
+        self._created = missing  # innermost first
+        try:
+            self._lock = acquire_lock(self.path)
+        except BaseException:
+            self._remove_created()
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:
-        release_lock(self.path)
+        if self._lock is not None:
+            release_lock(self.path, self._lock)
+            self._lock = None
+        self._remove_created()
+
+    def _remove_created(self) -> None:
+        for folder in self._created:
+            try:
+                folder.rmdir()  # only while empty: a folder the run wrote into stays
+            except OSError:
+                break
+        self._created = []
 
     def write_text(self, name: str, text: str) -> None:
         """Write a whole file atomically (temp file + rename)."""
@@ -87,7 +167,8 @@ class RunDir:
         os.replace(tmp, target)
 
     def repair_tail(self) -> None:
-        """Cut a torn last line (a record half-written when a run was killed) so appends start on a new line."""
+        """Make appends start on a new line: cut a torn last line (a record half-written when a run was killed),
+        or end a complete last record that lacks only its newline."""
         file = self.path / RESULTS
         if not file.is_file():
             return
@@ -95,12 +176,16 @@ class RunDir:
             data = fh.read()
             if not data or data.endswith(b"\n"):
                 return
-            fh.truncate(data.rfind(b"\n") + 1)
+            start = data.rfind(b"\n") + 1
+            if _parses(data[start:]):
+                fh.write(b"\n")
+            else:
+                fh.truncate(start)
             fh.flush()
             os.fsync(fh.fileno())
 
     def append(self, records: Iterable[Mapping[str, Any]]) -> None:
-        lines = "".join(json.dumps(r, sort_keys=True, default=_jsonable) + "\n" for r in records)
+        lines = "".join(json_line(r) + "\n" for r in records)
         if not lines:
             return
         with (self.path / RESULTS).open("a", encoding="utf-8") as fh:
@@ -108,17 +193,20 @@ class RunDir:
             fh.flush()
             os.fsync(fh.fileno())
         if self.listeners:
-            written = [json.loads(line) for line in lines.splitlines()]  # as a reader will see them
+            written = [_decoded(json.loads(line)) for line in lines.splitlines()]  # as a reader sees them
             for listener in self.listeners:
                 listener.append(written)
 
 
-def _jsonable(value: Any) -> Any:
-    if hasattr(value, "item"):
-        return value.item()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"cannot serialise {type(value).__name__}")
+def _parses(line: bytes) -> bool:
+    try:
+        json.loads(line)
+    except ValueError:  # JSONDecodeError and UnicodeDecodeError
+        return False
+    return True
+
+
+# ---- the run-directory lock
 
 
 def _pid_alive(pid: int) -> bool:
@@ -131,64 +219,150 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def acquire_lock(path: Path) -> None:
-    """Create `path/.lock` exclusively; a lock left by a dead process on this host is taken over."""
+def acquire_lock(path: Path) -> int:
+    """Take `path/.lock` for this process; returns the open descriptor that holds it (see `release_lock`).
+
+    The lock is an OS file lock (filelock's `lock_descriptor`: flock on Unix) on `.lock`, which the OS drops
+    when its process dies, so a lock left by a dead process is taken over. Inside, `{"pid", "host"}` names the
+    holder for messages; a record naming a live process on this host that holds no OS lock (an older clbench)
+    is respected too, and an unreadable record is refused rather than guessed at.
+
+    Raises:
+        RunDirError: the directory is in use, the lock file is unreadable, or it cannot be written.
+    """
+    from filelock import lock_descriptor
+
     lock = path / LOCK
-    me = {"pid": os.getpid(), "host": socket.gethostname()}
-    for _ in range(2):
+    while True:
         try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            try:
-                owner = json.loads(lock.read_text())
-            except (OSError, ValueError):
-                owner = {}
-            same_host = owner.get("host") == me["host"]
-            if same_host and isinstance(owner.get("pid"), int) and not _pid_alive(owner["pid"]):
-                lock.unlink(missing_ok=True)  # stale: its process is gone
-                continue
-            raise RunDirError(f"run directory '{path}' is in use by process {owner.get('pid', '?')} on "
-                              f"{owner.get('host', '?')}; wait for it, pick another --out, or delete '{lock}' "
-                              "if that process is gone") from None
-        except PermissionError:
-            raise RunDirError(f"run directory '{path}' is not writable; choose another --out") from None
-        with os.fdopen(fd, "w") as fh:
-            json.dump(me, fh)
-        return
-    raise RunDirError(f"could not take the lock '{lock}'; delete it if no clbench run uses '{path}'")
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise RunDirError(f"run directory '{path}' is not writable ({exc.strerror}); choose another --out"
+                              ) from None
+        try:
+            if not lock_descriptor(fd, blocking=False):
+                raise _in_use(path, _read_owner(fd))
+            if _same_file(fd, lock):  # else its holder deleted it while releasing: lock the new one
+                _check_owner(path, _read_owner(fd))
+                _write_owner(fd)
+                return fd
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
 
 
-def release_lock(path: Path) -> None:
-    lock = path / LOCK
+def _same_file(fd: int, path: Path) -> bool:
     try:
-        if json.loads(lock.read_text()).get("pid") == os.getpid():
-            lock.unlink()
-    except (OSError, ValueError):
-        pass
+        return os.path.samestat(os.fstat(fd), path.stat())
+    except FileNotFoundError:
+        return False
+
+
+def _read_owner(fd: int) -> dict[str, Any] | None:
+    """The holder record in the lock file: {} when empty, None when it is not a record."""
+    os.lseek(fd, 0, os.SEEK_SET)
+    data = os.read(fd, 4096)
+    if not data.strip():
+        return {}
+    try:
+        owner = json.loads(data)
+    except ValueError:
+        return None
+    return owner if isinstance(owner, dict) else None
+
+
+def _check_owner(path: Path, owner: dict[str, Any] | None) -> None:
+    """We hold the OS lock: refuse only a record we cannot read, or one naming a process that may be alive."""
+    lock = path / LOCK
+    if owner is None:
+        raise RunDirError(f"lock file '{lock}' is not a clbench lock; delete it if no clbench run uses '{path}'")
+    pid, host = owner.get("pid"), owner.get("host")
+    if not owner or (host == socket.gethostname() and isinstance(pid, int) and not _pid_alive(pid)):
+        return  # empty (its writer died first) or left by a dead process: take it over
+    raise _in_use(path, owner)
+
+
+def _in_use(path: Path, owner: dict[str, Any] | None) -> RunDirError:
+    owner = owner or {}
+    return RunDirError(f"run directory '{path}' is in use by process {owner.get('pid', '?')} on "
+                       f"{owner.get('host', '?')}; wait for it, pick another --out, or delete '{path / LOCK}' "
+                       "if that process is gone")
+
+
+def _write_owner(fd: int) -> None:
+    os.ftruncate(fd, 0)
+    os.lseek(fd, 0, os.SEEK_SET)
+    os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode())
+    os.fsync(fd)
+
+
+def release_lock(path: Path, fd: int) -> None:
+    """Delete `path/.lock` (while still holding it, so nobody takes a lock that is about to vanish), then let
+    the OS lock go by closing `fd`."""
+    try:
+        (path / LOCK).unlink(missing_ok=True)
+    finally:
+        os.close(fd)
+
+
+# ---- reading records back
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:
     """All complete records of a run directory (a torn final line from a crash is skipped).
 
     A `resume` record of a unit drops that unit's earlier records with a larger row (see the module docstring).
+
+    Raises:
+        RunDirError: results.jsonl is not a file, not UTF-8, or holds a line that is not a clbench record.
     """
     file = path / RESULTS
-    if not file.is_file():
+    if not file.exists():
         return []
+    lines = _result_lines(file)
     records = []
-    lines = file.read_text(encoding="utf-8").splitlines()
+    hint = "restore it or start a new --out"
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError:
             if number == len(lines):
                 break  # torn last line
-            raise RunDirError(f"'{file}' line {number} is corrupted; restore it or start a new --out") from None
-        if not isinstance(records[-1], dict) or not {"type", "unit", "row"} <= records[-1].keys():
-            raise RunDirError(f"'{file}' line {number} is not a clbench record; restore it or start a new --out")
+            raise RunDirError(f"'{file}' line {number} is corrupted; {hint}") from None
+        problem = _record_problem(record)
+        if problem is not None:
+            raise RunDirError(f"'{file}' line {number} is not a clbench record ({problem}); {hint}")
+        records.append(_decoded(record))
     return _apply_resumes(records)
+
+
+def torn_tail(path: Path) -> bool:
+    """Whether results.jsonl ends in a partly written record (a run killed, or still writing, mid-record)."""
+    file = path / RESULTS
+    if not file.is_file():
+        return False
+    lines = _result_lines(file)
+    return bool(lines) and bool(lines[-1].strip()) and not _parses(lines[-1].encode())
+
+
+def _result_lines(file: Path) -> list[str]:
+    if not file.is_file():
+        raise RunDirError(f"'{file}' is not a file; restore the run's results file or start a new --out")
+    data = file.read_bytes()
+    try:
+        return data.decode("utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise RunDirError(f"'{file}' is not UTF-8 text (byte {data[exc.start]:#04x} at offset {exc.start}); "
+                          "restore it or start a new --out") from None
+
+
+def failed_units(path: Path) -> list[str]:
+    """Units of a run directory whose final status is "failed"."""
+    status = {r["unit"]: r["value"] for r in read_records(path) if r["type"] == "unit"}
+    return sorted(unit for unit, value in status.items() if value == "failed")
 
 
 def _apply_resumes(records: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -458,6 +458,18 @@ def edit(rel: str, fn: Callable[[str], str]) -> Callable[[Path], None]:
     return damage
 
 
+def set_yaml_key(rel: str, key: str, value: Any) -> Callable[[Path], None]:
+    """Set a top-level key of a YAML file, whatever the layout the file was written in."""
+
+    def damage(root: Path) -> None:
+        import yaml
+
+        path = root / rel
+        path.write_text(yaml.safe_dump({**yaml.safe_load(path.read_text()), key: value}, sort_keys=False))
+
+    return damage
+
+
 def replace_bytes(rel: str, data: bytes) -> Callable[[Path], None]:
     def damage(root: Path) -> None:
         (root / rel).write_bytes(data)
@@ -806,7 +818,6 @@ CASES: list[Case] = [
         "flag-model-empty-folder",
         run("--model", "emptymodel", files={"emptymodel/.keep": ""}),
         ("emptymodel",),
-        fails=x("traceback", "ValueError from transformers' tokenizer loader"),
     ),
     Case(
         "flag-model-folder-bad-config",
@@ -817,11 +828,6 @@ CASES: list[Case] = [
         "flag-model-folder-without-weights",
         run("--model", "m", files={"m/config.json": '{"model_type": "bert"}'}),
         ("'m'", "model.safetensors"),
-        fails=x(
-            "accepted-but-wrong",
-            NEW + "refused only after config.yaml and "
-            "env.json are written: the model folder is not checked up front",
-        ),
     ),
     Case("flag-seed-negative", run("--seeds", "-1"), ("seeds [-1]", "non-negative")),
     Case("flag-seed-repeated", run("--seeds", "1,1"), ("[1, 1]", "once")),
@@ -832,19 +838,16 @@ CASES: list[Case] = [
         "flag-seed-2pow63",
         run("--seeds", str(2**63)),
         (str(2**63),),
-        fails=x("accepted-but-wrong", "a seed outside int64 is accepted and trained (exit 0)"),
     ),
     Case(
         "flag-seed-2pow64-minus-1",
         run("--seeds", str(2**64 - 1)),
         (str(2**64 - 1),),
-        fails=x("traceback", "ValueError: Overflow when unpacking long long (seed + offset in torch)"),
     ),
     Case(
         "flag-seed-2pow64",
         run("--seeds", str(2**64)),
         (str(2**64),),
-        fails=x("traceback", "ValueError: Overflow when unpacking long long"),
     ),
     Case("flag-epochs-zero", run("--epochs", "0"), ("epochs=0", "positive")),
     Case("flag-epochs-negative", run("--epochs", "-3"), ("epochs=-3", "positive")),
@@ -864,9 +867,6 @@ CASES: list[Case] = [
         "flag-max-length-beyond-positions",
         run("--max-length", "1000"),
         ("max_length=1000", "512"),
-        fails=x(
-            "accepted-but-wrong", "accepted although tiny has 512 positions (runs while texts are short)"
-        ),
     ),
     Case("flag-buffer-size-negative", run("--buffer-size", "-1"), ("buffer_size=-1", "non-negative")),
     Case("flag-eval-every-negative", run("--eval-every", "-2"), ("eval_every=-2", "0 (off)")),
@@ -918,7 +918,6 @@ CASES: list[Case] = [
         procedure=dead_ray_address,
         slow=True,
         skip=None if importlib.util.find_spec("ray") else "ray is not installed",
-        fails=x("hang", "`--executor ray --ray-address` to a dead address hangs in ray.init (GCS retries)"),
     ),
     # ---- --set KEY=VALUE
     Case("set-no-equals", run("--set", "epochs"), ("'epochs'", "KEY=VALUE")),
@@ -937,25 +936,21 @@ CASES: list[Case] = [
         "set-weight-decay-nan",
         run("--set", "weight_decay=.nan"),
         ("weight_decay", "nan"),
-        fails=x("traceback", "ValueError: Invalid weight_decay value: nan (from AdamW)"),
     ),
     Case(
         "set-weight-decay-inf",
         run("--set", "weight_decay=.inf"),
         ("weight_decay", "inf"),
-        fails=x("accepted-but-wrong", "accepted; the unit diverges and the run exits 0"),
     ),
     Case(
         "set-grad-clip-nan",
         run("--set", "grad_clip=.nan"),
         ("grad_clip", "nan"),
-        fails=x("accepted-but-wrong", "accepted; clipping is silently off (nan > 0 is false)"),
     ),
     Case(
         "set-grad-clip-inf",
         run("--set", "grad_clip=.inf"),
         ("grad_clip", "inf"),
-        fails=x("accepted-but-wrong", "accepted (non-finite float)"),
     ),
     Case("set-lr-inf", run("--set", "lr=.inf"), ("lr=inf", "(0, 1)")),
     Case(
@@ -968,7 +963,6 @@ CASES: list[Case] = [
         run("--set", "ewc=5", methods="ewc"),
         ("'ewc'", "ewc."),
         absent=("did you mean 'ewc'",),
-        fails=x("wording", "says \"unknown config key 'ewc' (did you mean 'ewc'?)\""),
     ),
     Case(
         "set-option-typo",
@@ -989,13 +983,11 @@ CASES: list[Case] = [
         "set-option-inf",
         run("--set", "ewc.penalty_weight=.inf", methods="ewc"),
         ("penalty_weight", "inf"),
-        fails=x("accepted-but-wrong", "accepted; the unit's loss becomes NaN (inf * 0) and the run exits 0"),
     ),
     Case(
         "set-option-nan",
         run("--set", "ewc.penalty_weight=.nan", methods="ewc"),
         ("penalty_weight", "nan"),
-        fails=x("accepted-but-wrong", "accepted (nan < 0 is false); the unit fails, the run exits 0"),
     ),
     Case("set-option-of-method-without-options", run("--set", "naive.r=8"), ("naive.r", "has no options")),
     Case(
@@ -1007,7 +999,6 @@ CASES: list[Case] = [
         "set-errors-all-at-once",
         run("--set", "epoch=2", "--set", "batch_size=0"),
         ("'epoch'", "batch_size=0"),
-        fails=x("wording", "config errors come one at a time: the unknown key hides batch_size=0"),
     ),
     # ---- --config YAML files
     Case("config-malformed-flow", config("epochs: [1, 2\n"), ("cfg.yaml", "not valid YAML")),
@@ -1015,7 +1006,6 @@ CASES: list[Case] = [
         "config-error-line-number",
         config("methods: [naive]\nepochs: 2\n lr: 0.1\n"),
         ("cfg.yaml", NO_LINE),
-        fails=x("wording", "YAML errors carry no line number"),
     ),
     Case("config-top-level-list", config("- 1\n- 2\n"), ("cfg.yaml", "must be a mapping")),
     Case("config-top-level-scalar", config("42\n"), ("cfg.yaml", "must be a mapping")),
@@ -1039,26 +1029,22 @@ CASES: list[Case] = [
         "config-weight-decay-nan",
         config("weight_decay: .nan\n"),
         ("weight_decay", "nan"),
-        fails=x("traceback", "ValueError: Invalid weight_decay value: nan (from AdamW)"),
     ),
     Case(
         "config-option-inf",
         config("ewc: {penalty_weight: .inf}\n", "--methods", "ewc"),
         ("penalty_weight", "inf"),
-        fails=x("accepted-but-wrong", "accepted (non-finite float); the unit's loss is NaN, exit 0"),
     ),
     Case(
         "config-method-section-scalar",
         config("ewc: 5\n", "--methods", "ewc"),
         ("'ewc'", "ewc."),
         absent=("did you mean 'ewc'",),
-        fails=x("wording", "says \"did you mean 'ewc'?\" for `ewc: 5`"),
     ),
     Case(
         "config-errors-all-at-once",
         config("epoch: 2\nbatch_size: 0\n"),
         ("'epoch'", "batch_size=0"),
-        fails=x("wording", "config errors come one at a time"),
     ),
     Case(
         "config-out-is-a-file",
@@ -1076,13 +1062,11 @@ CASES: list[Case] = [
         config("epochs:\n" + BOMB_LINES),
         ("epochs",),
         max_chars=300,
-        fails=x("wording", "an 8-line alias bomb gives a 732 kB error line (the value's repr)"),
     ),
     Case(
         "config-plugins-entry",
         config("plugins: [evil.py]\nepochs: 0\n", files={"evil.py": EVIL}),
         ("evil.py",),
-        fails=x("security", "a `plugins:` entry in --config imports and runs the file before validation"),
     ),
     # ---- stream YAML files
     Case("stream-malformed", stream_file("name: s\nversion: 1\ntasks: [\n"), ("s.yaml", "not valid YAML")),
@@ -1090,7 +1074,6 @@ CASES: list[Case] = [
         "stream-error-line-number",
         stream_file("name: s\nversion: 1\n  tasks: []\n"),
         ("s.yaml", NO_LINE),
-        fails=x("wording", "YAML errors carry no line number"),
     ),
     Case("stream-top-level-list", stream_file("- a\n"), ("s.yaml", "must be a mapping")),
     Case("stream-empty-file", stream_file(""), ("s.yaml", "must be a mapping")),
@@ -1217,7 +1200,6 @@ CASES: list[Case] = [
         stream_file("name: s\nversion:\n" + BOMB_LINES + STREAM_OK_TASK),
         ("'version'",),
         max_chars=300,
-        fails=x("wording", "an 8-line alias bomb gives a 732 kB error line"),
     ),
     # ---- the `files` source: options and data files
     Case("files-without-train", files_task("source: files"), ("task 't1'", "needs 'train:")),
@@ -1320,13 +1302,11 @@ CASES: list[Case] = [
         "files-csv-two-rows",
         files_task("train: e.csv", {"e.csv": "text,label\nx y,a\nz w,b\n"}),
         ("e.csv",),
-        fails=x("wording", "a CSV with too few rows: 'no training examples left', file not named"),
     ),
     Case(
         "files-csv-all-texts-empty",
         files_task("train: e.csv", {"e.csv": "text,label\n,a\n ,b\n"}),
         ("e.csv",),
-        fails=x("wording", "no file named when every text is empty"),
     ),
     Case(
         "files-jsonl-empty",
@@ -1367,10 +1347,6 @@ CASES: list[Case] = [
             "1000",
         ),
         ("max_length=1000", "512"),
-        fails=x(
-            "traceback",
-            "RuntimeError: expanded size of the tensor (707) must match (512), after config.yaml was written",
-        ),
     ),
     Case(
         "files-path-etc-passwd",
@@ -1378,30 +1354,24 @@ CASES: list[Case] = [
         ("/etc/passwd",),
         absent=(PASSWD_FIRST,),
         skip=None if Path("/etc/passwd").is_file() else "no /etc/passwd",
-        fails=x("security", "a path outside the stream's folder is read; the error echoes its first line"),
     ),
     Case(
         "files-path-dot-dot",
         files_task("train: ../secret.csv", {"/secret.csv": "s3cr3t-header\nvalue\n"}),
         ("../secret.csv",),
         absent=("s3cr3t",),
-        fails=x("security", "'../' leaves the stream's folder; the error echoes the file's header"),
     ),
     Case(
         "files-path-symlink-outside",
         symlinked_secret,
         ("link.csv",),
         absent=("s3cr3t",),
-        fails=x("security", "a symlink out of the stream's folder is followed; the error echoes the header"),
     ),
     Case(
         "files-path-from-working-dir",
         files_task("train: secret.csv", {"/secret.csv": "s3cr3t-header\nvalue\n"}),
         ("secret.csv",),
         absent=("s3cr3t",),
-        fails=x(
-            "security", "a relative path missing from the stream's folder is read from the working directory"
-        ),
     ),
     # ---- plugins
     Case("plugin-is-a-folder", run("--plugin", "pdir", files={"pdir/x.py": ""}), ("'pdir'", ".py")),
@@ -1472,10 +1442,6 @@ CASES: list[Case] = [
         "plugin-exits-on-import",
         plugin_run("naive", "raise SystemExit(0)\n"),
         ("plug.py",),
-        fails=x(
-            "accepted-but-wrong",
-            NEW + "a plugin calling sys.exit(0) on import ends the run with exit 0 and no message",
-        ),
     ),
     Case(
         "plugin-raises-in-loss",
@@ -1488,7 +1454,6 @@ CASES: list[Case] = [
             ),
         ),
         check=units_fail_alone({"boom/seed0": ["boom", "loss"]}, done=["naive/seed0"]),
-        fails=x("traceback", "a plugin raising in loss() aborts the whole run with a traceback"),
     ),
     Case(
         "plugin-raises-in-after-task",
@@ -1500,7 +1465,6 @@ CASES: list[Case] = [
             ),
         ),
         check=units_fail_alone({"boom/seed0": ["boom", "after_task"]}, done=["naive/seed0"]),
-        fails=x("traceback", "a plugin raising in after_task() aborts the whole run with a traceback"),
     ),
     Case(
         "plugin-raises-in-setup",
@@ -1512,7 +1476,6 @@ CASES: list[Case] = [
             ),
         ),
         check=units_fail_alone({"boom/seed0": ["boom", "setup"]}, done=["naive/seed0"]),
-        fails=x("traceback", "a plugin raising in setup() aborts the whole run with a traceback"),
     ),
     Case(
         "plugin-state-dict-not-serialisable",
@@ -1524,30 +1487,21 @@ CASES: list[Case] = [
             ),
         ),
         check=units_fail_alone({"boom/seed0": ["boom", "state_dict"]}, done=["naive/seed0"]),
-        fails=x(
-            "accepted-but-wrong",
-            NEW + "a bad state_dict() aborts the run (exit 2 after writing); the other units never run",
-        ),
     ),
     Case(
         "plugin-nan-loss-every-unit",
         run("--plugin", FAULTS, "--max-steps", "4", methods="nan-loss"),
         check=units_fail_alone({"nan-loss/seed0": ["loss became nan"]}),
-        fails=x("accepted-but-wrong", "a run whose every unit failed exits 0"),
     ),
     Case(
         "plugin-nan-loss-one-unit",
         run("--plugin", FAULTS, "--max-steps", "4", methods="nan-loss,naive"),
         check=units_fail_alone({"nan-loss/seed0": ["loss became nan"]}, done=["naive/seed0"]),
-        fails=x("accepted-but-wrong", "a run with a failed unit exits 0"),
     ),
     Case(
         "plugin-variant-folder-collision",
         plugin_run("naive@a,naive_a", "class M(Hooks):\n    name = 'naive_a'\n", "--keep-checkpoints"),
         check=distinct_checkpoints(["naive@a", "naive_a"]),
-        fails=x(
-            "data loss", "naive@a and naive_a share the checkpoint folder naive_a/ (one overwrites the other)"
-        ),
     ),
     # ---- run directories: a finished run (fin/)
     Case(
@@ -1589,7 +1543,7 @@ CASES: list[Case] = [
         "rundir-config-method-options-scalar",
         finished(
             RESUME_FIN,
-            edit("fin/config.yaml", lambda t: re.sub(r"method_options: \{\}", "method_options: 5", t)),
+            set_yaml_key("fin/config.yaml", "method_options", 5),
         ),
         ("method_options", "config.yaml"),
     ),
@@ -1597,9 +1551,6 @@ CASES: list[Case] = [
         "rundir-config-unknown-key",
         finished(RESUME_FIN, edit("fin/config.yaml", lambda t: t + "bogus: 1\n")),
         ("'bogus'", "config.yaml"),
-        fails=x(
-            "wording", NEW + "an unknown key in the saved config.yaml is reported without naming the file"
-        ),
     ),
     Case(
         "rundir-config-plugins-entry",
@@ -1609,9 +1560,6 @@ CASES: list[Case] = [
             files={"evil.py": EVIL},
         ),
         ("evil.py",),
-        fails=x(
-            "security", "a `plugins:` entry in a run directory's config.yaml is imported and run on --resume"
-        ),
     ),
     Case(
         "rundir-resume-other-stream",
@@ -1653,69 +1601,56 @@ CASES: list[Case] = [
             with_bytes("fin/results.jsonl", lambda b: b + b'{"type": "accuracy", "unit": "x", "row": 0}\n'),
         ),
         ("results.jsonl",),
-        fails=x("traceback", NEW + "a record with only type/unit/row: KeyError on --resume, after appending"),
     ),
     Case(
         "rundir-results-not-utf8",
         finished(RESUME_FIN, with_bytes("fin/results.jsonl", lambda b: b"\xff\xfe" + b)),
         ("results.jsonl",),
-        fails=x("traceback", NEW + "UnicodeDecodeError reading results.jsonl"),
     ),
     Case(
         "rundir-results-is-a-folder",
         finished(RESUME_FIN, results_is_a_folder),
         ("results.jsonl",),
-        fails=x("traceback", NEW + "IsADirectoryError appending to results.jsonl"),
     ),
     Case(
         "rundir-results-no-final-newline",
         finished(RESUME_FIN, with_bytes("fin/results.jsonl", lambda b: b[:-1])),
         check=keeps_every_record(),
-        fails=x("data loss", "--resume deletes a complete last record that lacks its newline"),
     ),
     Case(
         "rundir-results-strict-json",
         finished(["compare", "fin", "fin"]),
         check=strict_json_results("fin"),
-        fails=x(
-            "accepted-but-wrong", "results.jsonl holds bare NaN tokens (strict JSON parsers reject them)"
-        ),
     ),
     Case(
         "report-torn-last-line",
         finished(["report", "fin"], with_bytes("fin/results.jsonl", lambda b: b[:-20])),
         check=report_keeps_or_refuses(),
-        fails=x("data loss", "report says 'No unit has finished yet' and deletes the plots"),
     ),
     Case(
         "report-config-malformed",
         finished(["report", "fin"], replace_bytes("fin/config.yaml", b"a: [1\n")),
         ("config.yaml",),
-        fails=x("traceback", NEW + "yaml ParserError in `clbench report`"),
     ),
     Case(
         "report-config-list",
         finished(["report", "fin"], replace_bytes("fin/config.yaml", b"- 1\n")),
         ("config.yaml",),
-        fails=x("traceback", NEW + "AttributeError ('list' has no 'get') in `clbench report`"),
     ),
     Case(
         "report-env-malformed",
         finished(["report", "fin"], replace_bytes("fin/env.json", b"{bad")),
         ("env.json",),
-        fails=x("traceback", NEW + "JSONDecodeError in `clbench report`"),
     ),
     Case(
         "report-env-list",
         finished(["report", "fin"], replace_bytes("fin/env.json", b"[1]")),
         ("env.json",),
-        fails=x("traceback", NEW + "AttributeError in `clbench report`"),
     ),
     Case(
         "report-results-not-utf8",
         finished(["report", "fin"], with_bytes("fin/results.jsonl", lambda b: b"\xff" + b)),
         ("results.jsonl",),
-        fails=x("traceback", NEW + "UnicodeDecodeError in `clbench report`"),
     ),
     Case(
         "report-record-missing-fields",
@@ -1724,7 +1659,6 @@ CASES: list[Case] = [
             with_bytes("fin/results.jsonl", lambda b: b + b'{"type": "accuracy", "unit": "x", "row": 0}\n'),
         ),
         ("results.jsonl",),
-        fails=x("traceback", NEW + "KeyError 'method' in `clbench report`"),
     ),
     Case(
         "report-no-results",
@@ -1757,7 +1691,6 @@ CASES: list[Case] = [
         "rundir-checkpoint-marker-row-edited",
         interrupted(RESUME_INT, edit_marker(row=2)),
         ("checkpoint.json",),
-        fails=x("silently wrong", "a checkpoint.json edited to row 2 marks the unit done with rows missing"),
     ),
     Case(
         "rundir-stream-data-changed",
@@ -1769,9 +1702,6 @@ CASES: list[Case] = [
             ),
         ),
         ("'first'",),
-        fails=x(
-            "silently wrong", "stream data changed under an interrupted run; --resume mixes old and new data"
-        ),
     ),
     Case(
         "rundir-stream-file-changed",
@@ -1779,9 +1709,6 @@ CASES: list[Case] = [
             RESUME_INT, edit("data/stream.yaml", lambda t: t.replace("train_size: 16", "train_size: 12"))
         ),
         ("stream.yaml",),
-        fails=x(
-            "silently wrong", "the stream file's sizes changed under an interrupted run; --resume goes on"
-        ),
     ),
     Case(
         "rundir-resume-with-other-plugin-method",
@@ -1794,7 +1721,6 @@ CASES: list[Case] = [
         finished(["run", "--methods", "naive", *SYN, "--out", "out"], alter_cached_labels),
         env={"CLBENCH_CACHE": "{tmp}/cache"},
         check=recovers_or_refuses("tokenized"),
-        fails=x("silently wrong", "a tokenised cache file with altered labels is used without a check"),
     ),
     Case(
         "cache-truncated",
@@ -1819,21 +1745,18 @@ CASES: list[Case] = [
         finished(["run", "--methods", "naive", *SYN, "--out", "out"], cache_entry_is_a_folder),
         env={"CLBENCH_CACHE": "{tmp}/cache"},
         check=recovers_or_refuses("tokenized"),
-        fails=x("traceback", NEW + "IsADirectoryError replacing the cache entry"),
     ),
     Case(
         "cache-tokenized-is-a-file",
         finished(["run", "--methods", "naive", *SYN, "--out", "out"], tokenized_is_a_file),
         env={"CLBENCH_CACHE": "{tmp}/cache"},
         check=recovers_or_refuses("tokenized"),
-        fails=x("traceback", NEW + "FileExistsError creating cache/tokenized"),
     ),
     Case(
         "cache-env-is-a-file",
         run(files={"cachefile": "x"}),
         ("cachefile",),
         env={"CLBENCH_CACHE": "{tmp}/cachefile"},
-        fails=x("traceback", NEW + "NotADirectoryError when $CLBENCH_CACHE is a file"),
     ),
     # ---- other commands
     Case("list-unknown", command(["list", "widgets"]), ("'widgets'",)),
@@ -1845,10 +1768,6 @@ CASES: list[Case] = [
         procedure=two_runs_into_one_out,
         slow=True,
         skip=None if sys.platform.startswith("linux") else "uses Linux inotify",
-        fails=x(
-            "data loss",
-            "both runs exit 0; the second rewrites config.yaml and appends to the first's results",
-        ),
     ),
 ]
 

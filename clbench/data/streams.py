@@ -27,11 +27,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from clbench.data import Stream, Task
 from clbench.data.splits import split_validation
-from clbench.errors import StreamError, suggest
+from clbench.errors import StreamError, shown, suggest
+from clbench.yamlio import read_yaml
 
 # Source name -> "module:function" building one Task from a TaskSpec; imported only when used.
 SOURCES: dict[str, str] = {
@@ -133,11 +132,7 @@ def resolve_stream_file(stream: str) -> Path:
 
 def parse_stream_file(path: Path) -> StreamSpec:
     """Parse and check a stream YAML file, collecting every problem before raising once."""
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise StreamError(f"stream file '{path}' is not valid YAML ({first}); fix the syntax") from None
+    raw = read_yaml(path, "stream file", StreamError)
     if not isinstance(raw, dict):
         raise StreamError(f"stream file '{path}' must be a mapping with 'name', 'version' and 'tasks'")
     errors: list[str] = []
@@ -180,7 +175,7 @@ def parse_stream_file(path: Path) -> StreamSpec:
             specs.append(spec)
     for key in ("version", "seed"):
         if key in raw and not isinstance(raw[key], int):
-            errors.append(f"'{key}' must be an integer, got {raw[key]!r}")
+            errors.append(f"'{key}' must be an integer, got {shown(raw[key])}")
     if errors:
         raise StreamError(f"stream file '{path}': " + "; ".join(errors))
     return StreamSpec(name=str(raw["name"]), version=int(raw["version"]), seed=int(raw.get("seed", 0)),
@@ -201,7 +196,7 @@ def _task_spec(raw: dict[str, Any], index: int) -> tuple[TaskSpec | None, list[s
     for key, default in (("train_size", 1000), ("test_size", 500), ("max_length", 128)):
         value = raw.get(key, default)
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-            errors.append(f"{label}: '{key}' must be a positive integer, got {value!r}")
+            errors.append(f"{label}: '{key}' must be a positive integer, got {shown(value)}")
         else:
             sizes[key] = value
     truncation = raw.get("truncation", "head")

@@ -3,12 +3,19 @@
 The key hashes the rendered texts and labels themselves (plus tokenizer fingerprint, max length and
 truncation), so any change to a stream's rendering or the tokenizer invalidates the cache with no version
 bookkeeping, and every method, seed and later run of the same stream reuses one tokenisation.
+
+Each cache file also carries the sha256 of its tensors (`tensors_digest`) in its metadata, checked on every
+use: a file that was truncated, altered or written by something else is tokenised again and replaced, never
+used. Files are written to a temporary name in the same folder and renamed, readable by the group (0644), so
+a cache shared between users and runs never exposes a half-written file.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,6 +23,7 @@ import torch
 
 from clbench.data import EncodedSplit, Stream, Task, TaskSplits
 from clbench.data.render import split_pair
+from clbench.errors import StreamError
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -99,20 +107,32 @@ def cache_key(stream: Stream, fingerprint: str) -> str:
     return digest.hexdigest()[:24]
 
 
+def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 over the names, dtypes, shapes and bytes of `tensors`, in name order."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].contiguous()
+        digest.update(json.dumps([name, str(tensor.dtype), list(tensor.shape)]).encode())
+        digest.update(tensor.numpy().tobytes())
+    return digest.hexdigest()
+
+
 def encode_stream(stream: Stream, tokenizer: PreTrainedTokenizerBase, fingerprint: str,
                   cache: Path | None = None) -> list[TaskSplits]:
-    """(train, val, test) EncodedSplits per task, with global labels; read from / written to `cache` if given."""
-    from safetensors.torch import load_file, save_file
+    """(train, val, test) EncodedSplits per task, with global labels; read from / written to `cache` if given.
 
+    Raises:
+        StreamError: the cache's `tokenized` folder, or this stream's entry in it, is not what it should be (a
+            file where a folder belongs, or the reverse); nothing is deleted that clbench did not write.
+    """
     path = cache / "tokenized" / f"{stream.name}-{cache_key(stream, fingerprint)}.safetensors" if cache else None
     pad = int(tokenizer.pad_token_id or 0)
-    if path is not None and path.is_file():
-        try:
-            tensors = load_file(str(path))
+    if path is not None:
+        _check_entry(path)
+        tensors = _load_verified(path)
+        if tensors is not None:
             return [TaskSplits(*(_split_from(tensors, f"{i}.{part}", pad) for part in PARTS))
                     for i in range(len(stream.tasks))]
-        except Exception:  # noqa: BLE001 -- a truncated or foreign cache file: re-tokenise and overwrite it
-            path.unlink(missing_ok=True)
     out: list[TaskSplits] = []
     tensors = {}
     for info, task in zip(stream.infos(), stream.tasks):
@@ -126,11 +146,52 @@ def encode_stream(stream: Stream, tokenizer: PreTrainedTokenizerBase, fingerprin
                             f"{key}.labels": split.labels, f"{key}.task_ids": split.task_ids})
         out.append(TaskSplits(*parts))
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
-        tmp.replace(path)
+        _save(path, {k: v.contiguous() for k, v in tensors.items()})
     return out
+
+
+def _check_entry(path: Path) -> None:
+    for where, folder in ((path.parent, True), (path, False)):
+        if where.exists() and where.is_dir() != folder:
+            kind = "a file" if folder else "a folder"
+            raise StreamError(f"tokenisation cache entry '{where}' is {kind}, not the {'folder' if folder else 'file'} "
+                              "clbench writes there; delete it (clbench rebuilds it) or set CLBENCH_CACHE elsewhere")
+
+
+def _load_verified(path: Path) -> dict[str, torch.Tensor] | None:
+    """The cached tensors, or None when there are none or they fail their sha256 (then they are re-tokenised)."""
+    from safetensors import safe_open
+
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            recorded = (fh.metadata() or {}).get("sha256")
+            tensors = {key: fh.get_tensor(key) for key in fh.keys()}  # noqa: SIM118 -- safe_open has no __iter__
+    except Exception:  # noqa: BLE001 -- a truncated or foreign file: re-tokenise and replace it
+        return None
+    return tensors if recorded == tensors_digest(tensors) else None
+
+
+def _save(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """Write the cache file under a temporary name in its folder, then rename it into place (best effort: a
+    read-only cache only costs tokenising again next time)."""
+    from safetensors.torch import save_file
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+    except OSError:
+        return
+    try:
+        save_file(tensors, tmp, metadata={"sha256": tensors_digest(tensors)})
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except OSError:
+        return
+    finally:
+        Path(tmp).unlink(missing_ok=True)
 
 
 def _encode_split(task: Task, texts: tuple[str, ...], labels: tuple[int, ...], offset: int, index: int,

@@ -12,6 +12,7 @@ import datetime as dt
 from collections.abc import Callable
 from pathlib import Path
 
+from clbench.errors import RunDirError
 from clbench.reporting import plots
 from clbench.reporting.rundata import RunData, complete_matrices, load_run, method_samples, unit_scores
 from clbench.reporting.tables import (
@@ -22,7 +23,7 @@ from clbench.reporting.tables import (
     method_rows,
     til_columns,
 )
-from clbench.results import RESULTS
+from clbench.results import RESULTS, torn_tail
 
 REPORT = "report.md"
 
@@ -70,6 +71,29 @@ def header(run: RunData) -> list[str]:
         f"- run date: {_run_date(run)}; report generated {now} from `results.jsonl` by `clbench report`",
         "",
     ]
+
+
+def provenance_section(run: RunData) -> list[str]:
+    """Where the hyper-parameters came from: a tuned config's provenance, or the defaults and the command."""
+    provenance = run.config.get("provenance") or {}
+    if provenance.get("tuned_by") != "clbench tune":
+        return ["## Hyper-parameters", "",
+                ("Set by hand or left at their defaults (no `clbench tune` provenance in config.yaml); every value "
+                "used is in [config.yaml](config.yaml)."), ""]
+    lines = ["## Hyper-parameters", "",
+             (f"Chosen by `clbench tune` in `{provenance.get('tuning_dir')}` on {provenance.get('selected_on')} data "
+              f"of **{provenance.get('tuned_on')}** ({provenance.get('objective')}; {provenance.get('budget')}, search "
+              f"seeds {provenance.get('search_seeds')}). Test data were "
+              f"{'not ' if provenance.get('test_data_read') is False else ''}read while choosing them; the tables "
+              "below are on test."), "", "| method | values | chosen trial (validation ACC) |", "|---|---|---|"]
+    for method, chosen in (provenance.get("chosen") or {}).items():
+        if not isinstance(chosen, dict):  # every trial was pruned or failed: the method kept its defaults
+            lines.append(f"| {method} | defaults | {chosen} |")
+            continue
+        values = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                           for k, v in chosen.get("values", {}).items())
+        lines.append(f"| {method} | {values} | {chosen['trial']} ({chosen['validation_acc']:.3f}) |")
+    return [*lines, ""]
 
 
 def _units_section(run: RunData) -> list[str]:
@@ -124,9 +148,14 @@ def write_report(run_dir: Path) -> Path:
         The path of ``report.md``.
 
     Raises:
-        RunDirError: If the directory holds no results.
+        RunDirError: If the directory holds no results, a file cannot be read, or the results end in a partly
+            written record (the report would miss that unit's last records, so nothing is rewritten).
     """
     run = load_run(Path(run_dir))
+    if torn_tail(run.path):
+        raise RunDirError(f"'{run.path / RESULTS}' ends in a partly written record (a run stopped or still writing "
+                          f"there); wait for the run, or continue it with `clbench run --out {run_dir} --resume`, "
+                          "then report")
     samples = method_samples(run)
     tasks = run.tasks
     out = run.path / PLOTS
@@ -135,7 +164,7 @@ def write_report(run_dir: Path) -> Path:
         old.unlink()  # a plot skipped this time must not leave a stale file behind
     colours = plots.method_palette(run.methods)
     memory_note = "peak GPU memory" if run.on_cuda else "CPU run: peak RSS"
-    lines = header(run)
+    lines = header(run) + provenance_section(run)
 
     lines += ["## Summary: class-incremental", ""]
     if samples:

@@ -37,6 +37,7 @@ from clbench.evaluators.accuracy import (
     forward_transfer,
 )
 from clbench.results import RESULTS, read_records
+from clbench.yamlio import read_yaml
 
 TRAIN_PHASES = ("train", "method_before", "method_after")
 
@@ -99,18 +100,14 @@ def load_run(run_dir: Path) -> RunData:
         The run's records, config and environment.
 
     Raises:
-        RunDirError: If the directory has no results file.
+        RunDirError: If the directory has no results file, or a file of it cannot be read.
     """
-    import yaml
-
     run_dir = Path(run_dir)
-    if not (run_dir / RESULTS).is_file():
+    if not (run_dir / RESULTS).exists():
         raise RunDirError(f"'{run_dir}' holds no {RESULTS}; pass a run directory written by `clbench run`")
     records = read_records(run_dir)
-    config_file, env_file = run_dir / "config.yaml", run_dir / "env.json"
-    config = yaml.safe_load(config_file.read_text(encoding="utf-8")) if config_file.is_file() else {}
-    env = json.loads(env_file.read_text(encoding="utf-8")) if env_file.is_file() else {}
-    run = RunData(run_dir, run_dir.resolve().name, records, config or {}, env)
+    run = RunData(run_dir, run_dir.resolve().name, records, _read_mapping(run_dir / "config.yaml"),
+                  _read_mapping(run_dir / "env.json"))
     for r in records:
         run.unit_method.setdefault(r["unit"], r["method"])
         run.status.setdefault(r["unit"], "incomplete")
@@ -121,6 +118,23 @@ def load_run(run_dir: Path) -> RunData:
     ordered = [m for m in run.config.get("methods", []) if m in run.unit_method.values()]
     run.methods = ordered + sorted(set(run.unit_method.values()) - set(ordered))
     return run
+
+
+def _read_mapping(file: Path) -> dict[str, Any]:
+    """config.yaml or env.json of a run as a dict ({} when absent), or RunDirError naming the file."""
+    if not file.exists():
+        return {}
+    fix = "restore it (or delete it: the report then leaves out what it held)"
+    if file.suffix == ".json":
+        try:
+            data = json.loads(file.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
+            raise RunDirError(f"'{file}' is not readable JSON ({type(exc).__name__}); {fix}") from None
+    else:
+        data = read_yaml(file, "config file", RunDirError)
+    if data is not None and not isinstance(data, dict):
+        raise RunDirError(f"'{file}' must be a mapping, not a {type(data).__name__}; {fix}")
+    return data or {}
 
 
 def accuracy_matrices(records: list[dict[str, Any]], metric: str = "acc_cil",

@@ -1,7 +1,7 @@
 """Per-unit checkpoints for `clbench run --resume`: safetensors + JSON, never pickled objects.
 
 After each finished task the runner saves, under
-`DIR/checkpoints/<method>/seed<k>/task<i>/`:
+`DIR/checkpoints/<method>/seed<k>/task<i>/` (`<method>` escaped one-to-one by `folder_name`):
 
 - `model.safetensors`: the model's whole `state_dict()` (trainable and frozen parameters and buffers);
 - `method.safetensors` + `method.json`: the method's `state_dict()`, tensors in the first file and the plain
@@ -23,6 +23,7 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,11 +34,12 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from clbench.data.fetch import sha256_file
-from clbench.errors import ClbenchError, RunDirError
+from clbench.errors import RunDirError, UnitFailed
 
 CHECKPOINTS = "checkpoints"
 MARKER = "checkpoint.json"
 FORMAT = 1
+FILES = ("model.safetensors", "method.safetensors", "method.json", "rng.safetensors", "runner.safetensors")
 
 
 @dataclass
@@ -51,8 +53,14 @@ class Checkpoint:
     logits: list[Tensor]  # [n_test_j, num_labels] per task, from the evaluation after task `row`
 
 
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]", "_", name)
+SAFE = re.compile(r"[A-Za-z0-9_-]")
+
+
+def folder_name(name: str) -> str:
+    """A method name as one folder name, one-to-one: letters, digits, '_' and '-' stay, every other character
+    becomes %XX per UTF-8 byte (`naive@a` -> `naive%40a`, never the same folder as a method called `naive_a`;
+    '.' is escaped too, so no name can climb out of `checkpoints/`)."""
+    return "".join(c if SAFE.fullmatch(c) else "".join(f"%{b:02X}" for b in c.encode()) for c in name)
 
 
 def _tensors_for_saving(state: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -87,8 +95,8 @@ def encode_state(state: Any, tensors: dict[str, Tensor], where: str = "state") -
         return [encode_state(v, tensors, f"{where}[{i}]") for i, v in enumerate(state)]
     if state is None or isinstance(state, (bool, int, float, str)):
         return state
-    raise ClbenchError(f"{where} is a {type(state).__name__}; a method's state_dict() may hold only tensors, "
-                       "numbers, strings, None, lists, tuples and dicts (checkpoints are never pickled)")
+    raise UnitFailed(f"{where} is a {type(state).__name__}; a method's state_dict() may hold only tensors, "
+                     "numbers, strings, None, lists, tuples and dicts (checkpoints are never pickled)")
 
 
 def decode_state(tree: Any, tensors: dict[str, Tensor], device: torch.device | None = None) -> Any:
@@ -143,18 +151,18 @@ class CheckpointStore:
         self.keep = keep
 
     def unit_dir(self, method: str, seed: int) -> Path:
-        return self.root / _safe(method) / f"seed{seed}"
+        return self.root / folder_name(method) / f"seed{seed}"
 
     def save(self, method_name: str, seed: int, row: int, task: str, model: nn.Module,
              method_state: dict[str, Any], rng: dict[str, Tensor], logits: list[Tensor]) -> None:
         """Write the checkpoint after row `row` (task `task`), then point the marker at it, then prune."""
+        method_tensors: dict[str, Tensor] = {}  # encoded first: a state that cannot be saved leaves no folder
+        tree = encode_state(method_state, method_tensors, f"method '{method_name}' state_dict()")
         unit = self.unit_dir(method_name, seed)
         folder = unit / f"task{row}"
         if folder.exists():
             shutil.rmtree(folder)
         folder.mkdir(parents=True)
-        method_tensors: dict[str, Tensor] = {}
-        tree = encode_state(method_state, method_tensors, f"method '{method_name}' state_dict()")
         files = {
             "model.safetensors": _tensors_for_saving(model.state_dict()),
             "method.safetensors": _tensors_for_saving(method_tensors),
@@ -191,6 +199,38 @@ class CheckpointStore:
             raise RunDirError(f"checkpoint marker '{path}' is corrupted; delete the folder '{path.parent}' "
                               "to restart that unit from its first task") from None
         return dict(marker)
+
+    def check(self, method_name: str, seed: int, tasks: Sequence[str], rows_recorded: int) -> None:
+        """Refuse a checkpoint that does not fit the run, before a resumed run writes anything: its marker must
+        name this unit, a task of the stream (not the last unless checkpoints are kept: a unit is done after
+        it), its own folder and the files a checkpoint holds, the results must hold the evaluation after that task
+        (`rows_recorded`: the unit's last recorded row), and every file must match its sha256.
+
+        Raises:
+            RunDirError: naming the marker or file and how to restart the unit.
+        """
+        marker = self.marker(method_name, seed)
+        if marker is None:
+            return
+        path = self.unit_dir(method_name, seed) / MARKER
+        hint = f"; delete the folder '{path.parent}' to restart that unit from its first task"
+        row = int(marker["row"])
+        problem = None
+        if (marker.get("method"), marker.get("seed")) != (method_name, seed):
+            problem = f"belongs to {marker.get('method')!r} seed {marker.get('seed')!r}"
+        elif not 1 <= row < len(tasks) + self.keep or marker.get("task") != tasks[row - 1]:
+            # after the last task a unit is done: only kept checkpoints (--keep-checkpoints) are written there
+            problem = f"names row {row} ({marker.get('task')!r}), which is not a finished task of this stream"
+        elif marker["folder"] != f"task{row}" or set(marker["sha256"]) != set(FILES):
+            problem = "does not list the files of one checkpoint"
+        elif rows_recorded < row:
+            problem = f"names row {row} but the results end at row {rows_recorded} for this unit"
+        if problem is not None:
+            raise RunDirError(f"checkpoint marker '{path}' {problem}{hint}")
+        folder = path.parent / marker["folder"]
+        for name, digest in marker["sha256"].items():
+            if not (folder / name).is_file() or sha256_file(folder / name) != digest:
+                raise RunDirError(f"checkpoint file '{folder / name}' is missing or corrupted (sha256 mismatch){hint}")
 
     def load(self, method_name: str, seed: int, device: torch.device) -> Checkpoint | None:
         """A unit's last checkpoint (verified against its sha256s), or None when it has none."""

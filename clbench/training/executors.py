@@ -17,24 +17,76 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Sequence
-from dataclasses import replace
+import socket
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from clbench.config import RunConfig, method_config, method_own_options
 from clbench.data.prepare import Prepared
-from clbench.errors import ClbenchError, ConfigError
+from clbench.errors import ClbenchError, ConfigError, UnitFailed
 from clbench.protocol import Hooks
 from clbench.registry import MethodRegistry
-from clbench.results import MemoryRecords, RunDir, unit_id
+from clbench.results import MemoryRecords, RecordSink, unit_id
 from clbench.training.checkpoint import CheckpointStore
 from clbench.training.progress import Progress
 from clbench.training.records import UnitRecorder
-from clbench.training.runner import UnitFailed, resolve_device, train_unit
+from clbench.training.runner import resolve_device, train_unit
 from clbench.training.sharing import SharedStart
 
 FORWARDED_ENV = ("CLBENCH_CACHE", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HF_HOME")
+RAY_CONNECT_TIMEOUT_S = 3.0  # ray.init retries an unreachable address for minutes; a socket answers at once
+
+
+def executor_errors(config: RunConfig) -> list[str]:
+    """What the chosen executor needs and the run lacks: a `--ray-address` that answers (checked with one short
+    TCP connection, so a dead address is refused at once instead of hanging in ray.init)."""
+    address = config.ray_address
+    if config.executor != "ray" or not address or address in ("auto", "local"):
+        return []
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    fix = "start the cluster first (`ray start --head`) or drop --ray-address to start a local one"
+    if not host or not port.isdigit():
+        return [f"--ray-address '{address}' is not HOST:PORT (or ray://HOST:PORT, auto); {fix}"]
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=RAY_CONNECT_TIMEOUT_S).close()
+    except OSError as exc:
+        return [f"cannot reach Ray at --ray-address '{address}' ({exc.strerror or exc}); {fix}"]
+    return []
+
+
+def hook_failure(exc: Exception, method: Hooks) -> UnitFailed | None:
+    """A one-line unit failure naming the method and the hook that raised `exc`, or None when `exc` did not come
+    from the method's code (a clbench bug keeps its traceback).
+
+    The hook is the outermost frame of the traceback that runs on the method object: the runner's call into it.
+    """
+    if isinstance(exc, UnitFailed):
+        return exc
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_locals.get("self") is not method:
+        tb = tb.tb_next
+    if tb is None:
+        return None
+    text = " ".join(str(exc).split())[:300]
+    return UnitFailed(f"method '{method.name}' failed in {tb.tb_frame.f_code.co_name}() with "
+                      f"{type(exc).__name__}: {text}")
+
+
+def train_or_fail(config: RunConfig, prepared: Prepared, method: Hooks, seed: int, sink: RecordSink,
+                  progress: Progress, **kwargs: Any) -> None:
+    """`train_unit`, with an exception raised by one of the method's hooks turned into `UnitFailed`."""
+    try:
+        train_unit(config, prepared, method, seed, sink, progress, **kwargs)
+    except UnitFailed:
+        raise
+    except Exception as exc:  # a method's bug fails its unit, not the run
+        failure = hook_failure(exc, method)
+        if failure is None:
+            raise
+        progress.end_task()
+        raise failure from None
 
 
 def failed_record(name: str, seed: int, error: str) -> dict[str, Any]:
@@ -42,16 +94,31 @@ def failed_record(name: str, seed: int, error: str) -> dict[str, Any]:
     return UnitRecorder(name, seed, MemoryRecords([])).status("failed", 0, error)
 
 
-def run_local(config: RunConfig, prepared: Prepared, units: Sequence[tuple[str, int]], run_dir: RunDir,
+Observer = Callable[[list[dict[str, Any]]], None]
+
+
+@dataclass
+class ObservedSink:
+    """A record sink that hands every batch to `observer` once the run directory holds it."""
+
+    sink: RecordSink
+    observer: Observer
+
+    def append(self, records: Iterable[Mapping[str, Any]]) -> None:
+        batch = [dict(r) for r in records]
+        self.sink.append(batch)
+        self.observer(batch)
+
+
+def run_local(config: RunConfig, prepared: Prepared, units: Sequence[tuple[str, int]], run_dir: RecordSink,
               progress: Progress, make_method: Callable[[str], Hooks], checkpoints: CheckpointStore,
-              started: set[str]) -> None:
+              started: set[str], shared: SharedStart) -> None:
     """Train `units` one after another in this process; a failed unit is recorded and the others go on."""
-    shared = SharedStart()
     for index, (name, seed) in enumerate(units):
         progress.start_unit(index)
         try:
-            train_unit(config, prepared, make_method(name), seed, run_dir, progress, checkpoints=checkpoints,
-                       shared=shared, resume=unit_id(name, seed) in started)
+            train_or_fail(config, prepared, make_method(name), seed, run_dir, progress, checkpoints=checkpoints,
+                          shared=shared, resume=unit_id(name, seed) in started)
         except UnitFailed as exc:
             run_dir.append([failed_record(name, seed, str(exc))])
             checkpoints.finish(name, seed)
@@ -68,15 +135,16 @@ def unit_records(config: RunConfig, prepared: Prepared, name: str, seed: int, th
     method = cls(method_config(cls.config_cls, name, method_own_options(config, name)))
     sink = MemoryRecords([])
     try:
-        train_unit(config, prepared, method, seed, sink, Progress("quiet"))
+        train_or_fail(config, prepared, method, seed, sink, Progress("quiet"))
     except UnitFailed as exc:
         sink.append([failed_record(name, seed, str(exc))])
     return sink.records
 
 
-def run_ray(config: RunConfig, prepared: Prepared, units: Sequence[tuple[str, int]], run_dir: RunDir,
+def run_ray(config: RunConfig, prepared: Prepared, units: Sequence[tuple[str, int]], run_dir: RecordSink,
             progress: Progress, started: set[str]) -> None:
-    """Run `units` as Ray tasks and append their records to `run_dir` as they finish.
+    """Run `units` as Ray tasks and append their records to `run_dir` as they finish (each asks for 1 CPU and,
+    on CUDA, `gpus_per_unit` of a GPU, so several units can share one card).
 
     Args:
         started: units that already have records (an interrupted earlier run): a `resume` record with row -1
@@ -89,7 +157,7 @@ def run_ray(config: RunConfig, prepared: Prepared, units: Sequence[tuple[str, in
 
     # plugin files are imported again on the workers, whose working directory differs from ours
     config = replace(config, plugins=tuple(str(Path(p).resolve()) for p in config.plugins))
-    gpus = 1 if resolve_device(config.device).type == "cuda" else 0
+    gpus = config.gpus_per_unit if resolve_device(config.device).type == "cuda" else 0
     owner = not ray.is_initialized()
     if owner:
         try:

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from clbench.config import RunConfig
 from clbench.data import BatchPlan, EncodedSplit, TaskInfo
 from clbench.data.prepare import Prepared
-from clbench.errors import ClbenchError
+from clbench.errors import UnitFailed
 from clbench.evaluators.profile import ProfileRecord, optimizer_state_mb, parameter_counts, profile
 from clbench.models import build_model, model_spec
 from clbench.ops import effective_weights
@@ -32,10 +32,6 @@ from clbench.training.evaluation import autocast, drift_records, evaluate_all, f
 from clbench.training.progress import Progress
 from clbench.training.records import UnitRecorder
 from clbench.training.sharing import SharedStart, TrainedFirstTask
-
-
-class UnitFailed(ClbenchError):
-    """A unit cannot go on; it is recorded as failed and the other units go on."""
 
 
 class Diverged(UnitFailed):

@@ -117,3 +117,36 @@ def test_truncated_cache_file_is_rebuilt(tmp_path: Path, calls) -> None:
     calls.clear()
     splits = encode_stream(stream, tok, tokenizer_fingerprint("tiny"), tmp_path)
     assert calls and len(splits) == len(stream.tasks)
+
+
+def test_a_cache_file_whose_tensors_changed_is_rebuilt(tmp_path: Path, calls) -> None:
+    """The sha256 in a cache file's metadata is checked on every use: altered labels (a valid file whose
+    metadata was kept) are tokenised again, never used."""
+    from safetensors.torch import load_file, save_file
+
+    stream = load_stream("synthetic", train_size=10, test_size=5)
+    tok = load_tokenizer("tiny")
+    first = encode_stream(stream, tok, tokenizer_fingerprint("tiny"), tmp_path)
+    (entry,) = _entries(tmp_path)
+    tensors = load_file(str(entry))
+    tensors["0.train.labels"] = tensors["0.train.labels"].flip(0).contiguous()
+    metadata = {"sha256": tokenize.tensors_digest(load_file(str(entry)))}  # the digest of the original tensors
+    save_file(tensors, str(entry), metadata=metadata)
+    calls.clear()
+    again = encode_stream(stream, tok, tokenizer_fingerprint("tiny"), tmp_path)
+    assert calls, "an altered cache file must be tokenised again"
+    assert torch.equal(again[0][0].labels, first[0][0].labels)
+    assert (entry.stat().st_mode & 0o777) == 0o644  # readable by a group sharing the cache
+    calls.clear()
+    encode_stream(stream, tok, tokenizer_fingerprint("tiny"), tmp_path)
+    assert calls == [], "the rebuilt file verifies"
+
+
+def test_a_cache_folder_that_is_a_file_is_refused_untouched(tmp_path: Path) -> None:
+    from clbench.errors import StreamError
+
+    (tmp_path / "tokenized").write_text("not a folder")
+    stream = load_stream("synthetic", train_size=10, test_size=5)
+    with pytest.raises(StreamError, match="tokenized' is a file, not the folder"):
+        encode_stream(stream, load_tokenizer("tiny"), tokenizer_fingerprint("tiny"), tmp_path)
+    assert (tmp_path / "tokenized").read_text() == "not a folder"

@@ -75,7 +75,8 @@ def test_sigkill_in_the_middle_of_a_task_then_resume_gives_identical_results(tmp
     killed = read_records(out)
     assert not any(r["type"] == "unit" for r in killed)  # no unit had finished
 
-    result = CliRunner().invoke(main, ["run", "--out", str(out), "--resume", "--quiet"])
+    # the saved config.yaml lists the plugin file; importing it from there takes the explicit flag (#16)
+    result = CliRunner().invoke(main, ["run", "--out", str(out), "--resume", "--quiet", "--allow-config-plugins"])
     assert result.exit_code == 0, result.output
     reference = tiny_run(tmp_path / "ref", ("naive", "counter"), plugins=(FAULTS,), max_steps=150)
     assert comparable(read_records(out)) == comparable(reference)

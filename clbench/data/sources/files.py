@@ -4,7 +4,7 @@ Example task::
 
     - name: tickets
       source: files
-      train: data/tickets_train.csv      # relative to the stream file (or to --data-dir / $CLBENCH_DATA_DIR)
+      train: data/tickets_train.csv      # under the stream file's folder (or --data-dir / $CLBENCH_DATA_DIR)
       test: data/tickets_test.csv        # optional: without it the train file is split (grouped, stratified)
       text: body                         # text column (default "text"), a template or a pair
       label: queue                       # label column (default "label")
@@ -24,6 +24,11 @@ or a 0-based class index; without it the raw value itself must be a class name o
 may be left out when `label_map` is given (the classes are then its values, in order). The format follows
 the file suffix (`.csv`, `.jsonl`/`.json` one object per line, `.parquet`), or the `format` option.
 Every problem raises a one-line `StreamError` naming the task, the file and the value.
+
+Paths are confined: a data file must lie, once symlinks are resolved, inside the stream file's folder,
+`--data-dir` or `$CLBENCH_DATA_DIR`. A stream file is data that may come from someone else, and must not make a
+run read (or print in an error) a file elsewhere, such as `../secret.csv` or `/etc/passwd`. To read files kept
+in another folder, pass that folder as `--data-dir` and write the paths relative to it.
 """
 
 from __future__ import annotations
@@ -91,17 +96,19 @@ class LabelMapper:
 
 
 def resolve_path(task: str, value: Any, ctx: SourceContext) -> Path:
-    """A data path: absolute, else tried under the stream file's folder, --data-dir and $CLBENCH_DATA_DIR."""
+    """A data file under the stream file's folder, --data-dir or $CLBENCH_DATA_DIR (tried in that order),
+    refused when it leads outside all of them (see the module docstring)."""
+    roots = [Path(root) for root in (ctx.stream_dir, ctx.data_dir, os.environ.get("CLBENCH_DATA_DIR")) if root]
     path = Path(str(value)).expanduser()
-    if path.is_absolute():
-        candidates = [path]
-    else:
-        roots = [ctx.stream_dir, ctx.data_dir, os.environ.get("CLBENCH_DATA_DIR"), Path.cwd()]
-        candidates = [Path(root) / path for root in roots if root]
-    for candidate in candidates:
-        if candidate.is_file():
+    candidates = [path] if path.is_absolute() else [root / path for root in roots]
+    found = [c for c in candidates if c.is_file()]
+    for candidate in found:
+        if any(candidate.resolve().is_relative_to(root.resolve()) for root in roots):
             return candidate
-    tried = ", ".join(str(c) for c in candidates)
+    if found:
+        raise StreamError(f"task '{task}': data file '{value}' lies outside the stream file's folder and "
+                          "--data-dir; move it there, or pass its folder as --data-dir and the path relative to it")
+    tried = ", ".join(str(c) for c in candidates) or "no folder: give --data-dir"
     raise StreamError(f"task '{task}': data file '{value}' not found (tried {tried}); fix the path")
 
 
@@ -293,6 +300,7 @@ def build_task(spec: TaskSpec, ctx: SourceContext) -> Task:
                                None if group_col is None else str(group_col), mapper)
 
     train_records = load("train")
+    files = ", ".join(f"'{spec.options[k]}'" for k in ("train", "test") if k in spec.options)
     if "test" in spec.options:
         # while choosing hyper-parameters the test file is never opened (the stream drops test sets anyway)
         test = sample_records(load("test"), spec.test_size, task_rng(ctx.seed, f"{spec.name}/test")) \
@@ -304,8 +312,9 @@ def build_task(spec: TaskSpec, ctx: SourceContext) -> Task:
                               seed=ctx.seed, task_name=spec.name)
         train, test = split.train, split.test
     if not train or (ctx.read_test and not test):
-        raise StreamError(f"task '{spec.name}': no {'training' if not train else 'test'} examples left after "
-                          "filtering empty texts and duplicates; check the files and the text column")
+        raise StreamError(f"task '{spec.name}': no {'training' if not train else 'test'} examples left from {files} "
+                          f"after filtering empty texts and duplicates (needs rows with text in column "
+                          f"{', '.join(repr(c) for c in text.columns)}); check the files and the text column")
     return Task(name=spec.name, classes=mapper.classes, train_texts=tuple(r.text for r in train),
                 train_labels=tuple(r.label for r in train), test_texts=tuple(r.text for r in test),
                 test_labels=tuple(r.label for r in test), max_length=spec.max_length,

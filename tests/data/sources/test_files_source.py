@@ -131,6 +131,21 @@ def test_user_csv_stream_runs_through_clbench_run(tmp_path: Path) -> None:
     assert any(r["type"] == "unit" and r["value"] == "done" for r in records)
 
 
+def test_data_paths_are_confined_to_the_stream_folder_unless_data_dir_names_theirs(tmp_path: Path) -> None:
+    """A path that leads outside the stream file's folder is refused without being read; passing the data's
+    folder as --data-dir (data_dir) is the explicit way to use it."""
+    (tmp_path / "elsewhere").mkdir()
+    write_csv(tmp_path / "elsewhere" / "train.csv", tickets(30), header="text,label")
+    (tmp_path / "streams").mkdir()
+    stream = write_stream(tmp_path / "streams", "  - {name: t, source: files, train: ../elsewhere/train.csv, "
+                                                "classes: [billing, refund, bug], train_size: 10, test_size: 4}\n")
+    with pytest.raises(StreamError, match="lies outside the stream file's folder and --data-dir"):
+        load_stream(str(stream))
+    stream.write_text(stream.read_text().replace("../elsewhere/train.csv", "train.csv"))
+    task = load_stream(str(stream), data_dir=tmp_path / "elsewhere").tasks[0]
+    assert len(task.train_texts) + len(task.val_texts) == 10
+
+
 def test_choosing_hyper_parameters_never_opens_a_test_file(tmp_path: Path) -> None:
     (tmp_path / "data").mkdir()
     write_csv(tmp_path / "data" / "train.csv", [(f"text {i}", "ab"[i % 2]) for i in range(60)], "text,label")

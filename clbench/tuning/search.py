@@ -1,0 +1,237 @@
+"""The search: one Optuna study per method, the same trial budget for each, chosen on validation data.
+
+A trial is an ordinary run of one method (every search seed) into `DIR/trials/<method>/<number>/` with the
+trial's values in the method's section, `eval_split: val` (the stream is built without its test data, so no
+test example is read) and the tuning stream. Its objective is the validation ACC after the whole stream
+(`clbench.evaluators.average_accuracy` of the class-incremental matrix by default), averaged over seeds; a
+unit that fails (e.g. diverges) scores 0. After each task the mean validation accuracy over the tasks seen
+so far is reported to the study's pruner, which may stop a hopeless trial early.
+
+What the trials share: the tokenised stream (prepared once), row 0, and the trained first task of every
+(seed, learning rate, budget) already seen (`clbench.training.sharing.SharedStart`), so a trial of a method
+whose first task is plain fine-tuning trains it only when no earlier trial did with the same settings.
+
+The study lives in `DIR/study.journal` (Optuna's journal storage): `--resume` continues a killed search
+without repeating finished or pruned trials; a trial that was running when the search died is marked failed
+and does not count towards the budget. Samplers are seeded (TPE, seed = `sampler_seed` + the method's
+position), so a search that is not interrupted is reproducible.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from clbench.config import RunConfig, dump_yaml, from_saved, load_yaml, validate
+from clbench.data.prepare import prepare
+from clbench.data.streams import load_stream_spec
+from clbench.errors import ClbenchError, ConfigError, RunDirError
+from clbench.evaluators.accuracy import average_accuracy
+from clbench.registry import MethodRegistry
+from clbench.reporting.rundata import accuracy_matrices
+from clbench.results import RunDir, read_records
+from clbench.training.progress import Progress
+from clbench.training.run import run
+from clbench.training.sharing import SharedStart
+from clbench.tuning.settings import OBJECTIVES, PRUNERS, SETTINGS, STUDY, TuneSettings
+from clbench.tuning.space import Param, method_space
+
+
+class Pruned(Exception):
+    """Raised from inside a trial's run when the pruner stops it (not an error: the search goes on)."""
+
+
+@dataclass
+class PruningObserver:
+    """Reports a trial's mean validation accuracy over the tasks seen so far after each task; raises `Pruned`
+    when the study's pruner says the trial cannot catch up."""
+
+    trial: Any
+    objective: str
+    seeds: Sequence[int]
+    num_tasks: int
+
+    def __call__(self, records: list[dict[str, Any]]) -> None:
+        rows: dict[tuple[int, int], list[float]] = {}
+        for r in records:
+            if r["type"] == "accuracy" and r["metric"] == self.objective and r["row"] >= 1 \
+                    and r["eval_index"] < r["row"]:
+                rows.setdefault((int(r["seed"]), int(r["row"])), []).append(float(r["value"]))
+        for (seed, row), values in sorted(rows.items()):
+            self.trial.report(float(np.mean(values)), self.seeds.index(seed) * self.num_tasks + row)
+            if self.trial.should_prune():
+                raise Pruned
+
+
+def check_settings(config: RunConfig, settings: TuneSettings) -> list[str]:
+    """Every problem of the search settings, as one-line messages."""
+    errors = []
+    if settings.trials < 1:
+        errors.append(f"--trials {settings.trials} must be at least 1")
+    if settings.objective not in OBJECTIVES:
+        errors.append(f"--objective '{settings.objective}' must be one of {', '.join(OBJECTIVES)}")
+    if settings.pruner not in PRUNERS:
+        errors.append(f"--pruner '{settings.pruner}' must be one of {', '.join(PRUNERS)}")
+    if not settings.eval_seeds or len(set(settings.eval_seeds)) != len(settings.eval_seeds):
+        errors.append(f"--eval-seeds {list(settings.eval_seeds)} must list distinct seeds, e.g. 0,1,2")
+    if config.out is None:
+        errors.append("clbench tune needs --out DIR for the study, the trials and tuned.yaml")
+    if settings.tune_stream is not None:
+        try:
+            tasks = (len(load_stream_spec(config.stream).tasks), len(load_stream_spec(settings.tune_stream).tasks))
+        except ClbenchError as exc:
+            errors.append(str(exc))
+        else:
+            if tasks[0] != tasks[1]:
+                errors.append(f"--tune-stream '{settings.tune_stream}' has {tasks[1]} tasks but --stream "
+                              f"'{config.stream}' has {tasks[0]}; tune on a stream of the same length")
+    return errors
+
+
+def tune(config: RunConfig, settings: TuneSettings, *, registry: MethodRegistry | None = None,
+         progress: Progress | None = None, command: str | None = None, resume: bool = False) -> Path:
+    """Search every method of `config` with the same budget and write `DIR/tuned.yaml` and `DIR/tuning.md`.
+
+    Args:
+        config: what to train (methods, stream, model, search seeds, sizes); `out` is the tuning directory.
+        settings: how to search.
+        resume: continue the search in `config.out` (same configuration and settings).
+
+    Returns:
+        The path of tuned.yaml.
+
+    Raises:
+        ClbenchError: bad input, found before any trial runs.
+    """
+    import optuna
+
+    registry = registry or MethodRegistry.default(config.plugins)
+    search_config = replace(config, stream=settings.tune_stream or config.stream, eval_split="val", out=None)
+    errors = check_settings(config, settings)
+    try:
+        validate(search_config, registry)
+    except ClbenchError as exc:
+        errors.append(str(exc))
+    spaces: dict[str, list[Param]] = {}
+    for name in config.methods if not errors else ():
+        try:
+            spaces[name] = method_space(name, registry.get(name), settings.params, config.max_steps is not None)
+        except ClbenchError as exc:
+            errors.append(str(exc))
+    if errors:
+        raise ConfigError("; ".join(errors))
+    out = Path(str(config.out))
+    progress = progress or Progress()
+    check_tuning_dir(out, config, settings, resume)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    with RunDir(out) as tuning_dir:
+        if not resume:
+            tuning_dir.write_text(SETTINGS, dump_yaml(replace(config, provenance={"tune": settings.to_dict(),
+                                                                                   "command": command})))
+        from optuna.storages.journal import JournalFileBackend
+
+        storage = optuna.storages.JournalStorage(JournalFileBackend(str(out / STUDY)))
+        prepared = prepare(search_config)
+        shared = SharedStart(max_seeds=len(config.seeds))
+        for position, name in enumerate(config.methods):
+            study = optuna.create_study(study_name=name, storage=storage, direction="maximize",
+                                        load_if_exists=True, sampler=sampler(settings, position),
+                                        pruner=pruner(settings))
+            run_trials(study, name, spaces[name], search_config, settings, out, prepared, shared, registry,
+                       progress)
+        from clbench.tuning.summary import write_summary, write_tuned
+
+        tuned = write_tuned(out, config, settings, storage, command)
+        write_summary(out, config, settings, storage)
+    return tuned
+
+
+def sampler(settings: TuneSettings, position: int) -> Any:
+    """TPE, seeded per method; random for the first third of the budget (at least 3 trials)."""
+    import optuna
+
+    startup = min(settings.trials, max(3, settings.trials // 3))
+    return optuna.samplers.TPESampler(seed=settings.sampler_seed + position, n_startup_trials=startup)
+
+
+def pruner(settings: TuneSettings) -> Any:
+    """Stop a trial whose running validation accuracy is below the 25th percentile (or median) of earlier
+    trials at the same task, once 3 trials have finished."""
+    import optuna
+
+    if settings.pruner == "none":
+        return optuna.pruners.NopPruner()
+    if settings.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=3)
+    return optuna.pruners.PercentilePruner(25.0, n_startup_trials=3)
+
+
+def run_trials(study: Any, name: str, params: list[Param], search_config: RunConfig, settings: TuneSettings,
+               out: Path, prepared: Any, shared: SharedStart, registry: MethodRegistry, progress: Progress) -> None:
+    """Run trials of one method until its budget (finished + pruned trials) is spent."""
+    import optuna
+
+    for stale in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        study.tell(stale.number, state=optuna.trial.TrialState.FAIL)  # the search was killed during it
+    counted = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    while len(study.get_trials(deepcopy=False, states=counted)) < settings.trials:
+        trial = study.ask()
+        values = {p.name: p.sample(trial) for p in params}
+        config = trial_config(search_config, name, values, out / "trials" / name / f"{trial.number:03d}")
+        Path(str(config.out)).parent.mkdir(parents=True, exist_ok=True)
+        observer = PruningObserver(trial, settings.objective, config.seeds, len(prepared.infos))
+        started = time.perf_counter()
+        try:
+            run(config, registry=registry, progress=Progress("quiet"), prepared=prepared, shared=shared,
+                observer=observer)
+        except Pruned:
+            trial.set_user_attr("seconds", time.perf_counter() - started)
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            progress.message(f"tune {name}: trial {trial.number} pruned {values}")
+            continue
+        scores = seed_scores(Path(str(config.out)), settings.objective, config.seeds, len(prepared.infos))
+        trial.set_user_attr("seconds", time.perf_counter() - started)
+        trial.set_user_attr("seed_scores", scores)
+        study.tell(trial, float(np.mean(scores)))
+        progress.message(f"tune {name}: trial {trial.number} validation ACC {np.mean(scores):.3f} {values}")
+
+
+def trial_config(search_config: RunConfig, name: str, values: dict[str, Any], out: Path) -> RunConfig:
+    """The run of one trial: one method, the trial's values in its section, into `out`."""
+    section = {**search_config.method_options.get(name, {}), **values}
+    return replace(search_config, methods=(name,), out=str(out), method_options={name: section})
+
+
+def seed_scores(run_dir: Path, objective: str, seeds: Sequence[int], num_tasks: int) -> list[float]:
+    """Validation ACC after the whole stream per seed (0 for a unit that did not finish, e.g. diverged)."""
+    matrices = accuracy_matrices(read_records(run_dir), objective, num_tasks)
+    scores = []
+    for seed in seeds:
+        R = next((m for unit, m in matrices.items() if unit.endswith(f"/seed{seed}")), None)
+        scores.append(0.0 if R is None or np.isnan(R[-1]).any() else average_accuracy(R))
+    return scores
+
+
+def check_tuning_dir(out: Path, config: RunConfig, settings: TuneSettings, resume: bool) -> None:
+    """A new search needs an empty place; a resumed one the same configuration and settings."""
+    saved = out / SETTINGS
+    if not resume:
+        if saved.exists() or (out / STUDY).exists():
+            raise RunDirError(f"'{out}' already holds a search; pass --resume to continue it or choose another --out")
+        return
+    if not saved.is_file():
+        raise RunDirError(f"nothing to resume in '{out}' (no {SETTINGS}); run without --resume or fix --out")
+    saved_config = from_saved(load_yaml(saved))
+    before = {k: v for k, v in saved_config.to_dict().items() if k not in ("provenance", "out")}
+    now = {k: v for k, v in config.to_dict().items() if k not in ("provenance", "out")}
+    changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+    if (saved_config.provenance or {}).get("tune") != settings.to_dict():
+        changed.append("search settings")
+    if changed:
+        raise RunDirError(f"--resume: '{out}' was searched with a different configuration ({', '.join(changed[:6])});"
+                          " resume with the same flags or choose another --out")
