@@ -123,8 +123,9 @@ class Run:
         from clbench.reporting.export import write_summary
         from clbench.reporting.report import write_report
 
+        report = write_report(self.path)  # refuses a torn results file before anything is rewritten
         write_summary(self.path)
-        return write_report(self.path)
+        return report
 
 
 def load(path: str | Path) -> Run:

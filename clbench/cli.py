@@ -328,8 +328,9 @@ def report(run_dir: str) -> None:
     from clbench.reporting.export import write_summary
     from clbench.reporting.report import write_report
 
+    report_file = write_report(Path(run_dir))  # refuses a torn results file before anything is rewritten
     write_summary(Path(run_dir))
-    click.echo(write_report(Path(run_dir)))
+    click.echo(report_file)
 
 
 @main.command()

@@ -18,8 +18,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from clbench.errors import RunDirError
 from clbench.evaluators.stats import summarize
 from clbench.reporting.rundata import RunData, load_run, unit_scores
+from clbench.results import RESULTS, torn_tail
 
 SUMMARY_CSV = "summary.csv"
 SUMMARY_JSON = "summary.json"
@@ -125,9 +127,13 @@ def write_summary(run_dir: Path) -> tuple[Path, Path]:
         The paths of the CSV and the JSON file.
 
     Raises:
-        RunDirError: If the directory holds no results.
+        RunDirError: If the directory holds no results, or they end in a partly written record (a run stopped or
+            still writing there: nothing is rewritten, as for the report).
     """
     run = load_run(Path(run_dir))
+    if torn_tail(run.path):
+        raise RunDirError(f"'{run.path / RESULTS}' ends in a partly written record; wait for the run or resume "
+                          "it, then write the summary")
     document = summary_document(run)
     written = []
     for name, text in ((SUMMARY_CSV, to_csv(document["units"])),
