@@ -152,3 +152,7 @@ def test_base_install_runs_reports_and_compares(tmp_path: Path) -> None:
     compared = cli("compare", str(out), str(tmp_path / "copy"), "--format", "csv")
     assert compared.returncode == 0, compared.stderr
     assert compared.stdout.startswith("run,")
+    tuned = cli("tune", "--methods", "naive", "--stream", "synthetic", "--model", "tiny", "--trials", "2", "--out",
+                str(tmp_path / "t"))
+    assert tuned.returncode == 2 and "pip install 'clbench[tune]'" in tuned.stderr, tuned.stderr
+    assert len(tuned.stderr.strip().splitlines()) == 1 and not (tmp_path / "t").exists()
