@@ -45,6 +45,7 @@ def test_run_writes_config_env_results_and_summary(tmp_path: Path) -> None:
         assert (out / name).is_file()
     env = json.loads((out / "env.json").read_text())
     assert env["packages"]["torch"] and env["stream"]["name"] == "synthetic" and env["stream"]["version"] == 2
+    assert env["started"].endswith(" UTC") and env["finished"] >= env["started"]  # recorded, not file times
     assert "naive" in result.output and "ACC" in result.output
     summary = result.output.splitlines()
     assert any(line.startswith("naive") and " 2 " in line for line in summary)  # two seeds averaged

@@ -32,14 +32,13 @@ PLOTS = "plots"
 
 
 def _run_date(run: RunData) -> str:
-    for key in ("started", "date"):
-        if run.env.get(key):
-            return str(run.env[key])
-    env_file = run.path / "env.json"
-    if env_file.is_file():
-        stamp = dt.datetime.fromtimestamp(env_file.stat().st_mtime, dt.timezone.utc)
-        return stamp.strftime("%Y-%m-%d %H:%M UTC") + " (env.json written)"
-    return "unknown"
+    """Start and end as env.json recorded them (runs written before they were recorded say so)."""
+    started, finished = run.env.get("started"), run.env.get("finished")
+    if not started:
+        return "not recorded"
+    resumed = run.env.get("resumed") or []
+    return (f"started {started}, " + (f"resumed {', '.join(resumed)}, " if resumed else "")
+            + (f"finished {finished}" if finished else "not finished"))
 
 
 def header(run: RunData) -> list[str]:
@@ -68,7 +67,7 @@ def header(run: RunData) -> list[str]:
          + (f"`{env['git_commit']}`" if env.get("git_commit") else "not recorded (not run from a git checkout)")),
         (f"- hardware: {env.get('platform', '?')}, {env.get('cpu_count', '?')} CPUs "
         f"({env.get('torch_threads', '?')} torch threads), {gpu}"),
-        f"- run date: {_run_date(run)}; report generated {now} from `results.jsonl` by `clbench report`",
+        f"- run: {_run_date(run)}; report generated {now} from `results.jsonl` by `clbench report`",
         "",
     ]
 

@@ -9,6 +9,7 @@ and its data and checkpoints are checked against them), and the units go to an e
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import time
 from collections.abc import Sequence
@@ -75,6 +76,7 @@ def run(config: RunConfig, *, registry: MethodRegistry | None = None, progress: 
         started, finished = check_out_dir(out, config, registry, resume, prepared)
         if resume:
             run_dir.repair_tail()
+            stamp_environment(run_dir, "resumed")
             progress.message(f"resuming {out}: {len(finished)} unit(s) finished, "
                              f"{len(started - finished)} to continue")
         else:
@@ -102,13 +104,33 @@ def run(config: RunConfig, *, registry: MethodRegistry | None = None, progress: 
         finally:
             if trackers is not None:
                 trackers.close()
+        stamp_environment(run_dir, "finished")
     return out
+
+
+def utc_now() -> str:
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def stamp_environment(run_dir: RunDir, event: str) -> None:
+    """Record when the run finished (or was resumed) in env.json, beside the start time written first."""
+    path = run_dir.path / "env.json"
+    try:
+        env = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # a run directory without a readable env.json keeps it as it is
+    if event == "resumed":
+        env.setdefault("resumed", []).append(utc_now())
+    else:
+        env[event] = utc_now()
+    run_dir.write_text("env.json", json.dumps(env, indent=1))
 
 
 def run_environment(prepared: Prepared, command: str | None) -> dict[str, Any]:
     """env.json: versions, hardware and commit, plus the stream's name, version, seed and task sizes."""
     env = environment(command)
     env["model"] = prepared.model_info
+    env["started"] = utc_now()
     env["stream"] = {"name": prepared.stream.name, "version": prepared.stream.version, "seed": prepared.stream.seed,
                      "eval_split": prepared.eval_split,
                      "tasks": [{"name": t.name, "classes": list(t.classes), "train": len(s.train), "val": len(s.val),

@@ -78,11 +78,29 @@ def write_summary(out: Path, config: RunConfig, settings: TuneSettings, storage:
                      f"| {name} | {count[states.COMPLETE]} / {count[states.PRUNED]} / {count[states.FAIL]} | – | – "
                      f"| – | {seconds:.0f} |")
     lines += ["", ("![Validation ACC of every trial, in order; pruned trials at their last reported value]"
-              "(plots/tuning.png)"), "", "Per-trial records: `trials/<method>/<number>/results.jsonl`.", ""]
+              "(plots/tuning.png)"), "", ("Every trial with its values, state and objective: `trials.csv`; its run "
+              "(records, config, environment): `trials/<method>/<number>/`."), ""]
     plot_trials(all_studies, out / "plots" / "tuning.png")
+    write_trials_csv(all_studies, out / "trials.csv")
     path = out / SUMMARY
     path.write_text("\n".join(lines), encoding="utf-8")
     return path
+
+
+def write_trials_csv(all_studies: dict[str, Any], path: Path) -> None:
+    """One row per trial: method, number, state, objective (or last reported value), seconds, values."""
+    import csv
+
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["method", "trial", "state", "validation_acc", "last_reported", "seed_scores", "seconds",
+                         "values"])
+        for name, study in all_studies.items():
+            for t in study.get_trials(deepcopy=False):
+                last = t.intermediate_values[max(t.intermediate_values)] if t.intermediate_values else ""
+                writer.writerow([name, t.number, t.state.name.lower(), "" if t.value is None else t.value, last,
+                                 t.user_attrs.get("seed_scores", ""), round(float(t.user_attrs.get("seconds", 0)), 1),
+                                 "; ".join(f"{k}={v}" for k, v in t.params.items())])
 
 
 def plot_trials(all_studies: dict[str, Any], path: Path) -> None:

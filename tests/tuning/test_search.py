@@ -1,0 +1,166 @@
+"""`clbench tune`: equal budgets, validation only (the test set is never read), resumable, replayable."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+from click.testing import CliRunner
+
+from clbench.cli import main
+from clbench.config import build_config, validate
+from clbench.registry import MethodRegistry
+from clbench.training.progress import Progress
+from clbench.tuning import search
+from clbench.tuning.search import Pruned, PruningObserver, tune
+from clbench.tuning.settings import TuneSettings
+from clbench.tuning.space import method_space
+
+SMALL = {"stream": "synthetic", "model": "tiny", "train_size": 60, "test_size": 24, "max_steps": 3,
+         "batch_size": 8, "eval_batch_size": 32, "buffer_size": 8, "seeds": [0]}
+
+
+def small_config(tmp_path: Path, methods: tuple[str, ...], **overrides: Any) -> Any:
+    return build_config({**SMALL, "methods": list(methods), "out": str(tmp_path / "tune"), **overrides})
+
+
+def trial_values(out: Path) -> dict[tuple[str, int], tuple[float | None, dict[str, Any]]]:
+    from optuna.storages.journal import JournalFileBackend
+
+    storage = optuna.storages.JournalStorage(JournalFileBackend(str(out / "study.journal")))
+    return {(s.study_name, t.number): (t.value, t.params)
+            for s in optuna.get_all_study_summaries(storage)
+            for t in optuna.load_study(study_name=s.study_name, storage=storage).get_trials()}
+
+
+def test_every_builtin_search_space_samples_values_the_config_accepts() -> None:
+    registry = MethodRegistry.default([])
+    builtins = [n for n in registry.names() if not n.startswith("avalanche:")]
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    searched = 0
+    for name in builtins:
+        params = method_space(name, registry.get(name))
+        assert {p.name for p in params} >= {"lr", "epochs"}  # the run's shared fields, for every method
+        for _ in range(5):
+            trial = study.ask()
+            section = {p.name: p.sample(trial) for p in params}
+            config = build_config({**SMALL, "methods": [name]}, {f"{name}.{k}": v for k, v in section.items()})
+            validate(config, registry)  # raises on any sampled value the method or the run refuses
+            searched += len(section)
+    assert searched > 5 * 2 * len(builtins)  # methods declare spaces of their own beyond lr and epochs
+
+
+def test_max_steps_drops_epochs_and_params_restrict_the_search() -> None:
+    ewc = MethodRegistry.default([]).get("ewc")
+    assert [p.name for p in method_space("ewc", ewc, fixed_steps=True)] == ["lr", "penalty_weight"]
+    assert [p.name for p in method_space("ewc", ewc, ("ewc.penalty_weight",))] == ["penalty_weight"]
+    with pytest.raises(Exception, match="no search space for ewc"):
+        method_space("ewc", ewc, ("ewc.gamma",))
+
+
+def test_the_pruner_sees_running_validation_accuracy_per_task() -> None:
+    class Trial:
+        def __init__(self) -> None:
+            self.reports: list[tuple[float, int]] = []
+
+        def report(self, value: float, step: int) -> None:
+            self.reports.append((value, step))
+
+        def should_prune(self) -> bool:
+            return len(self.reports) >= 2
+
+    trial = Trial()
+    observer = PruningObserver(trial, "acc_cil", seeds=[3, 5], num_tasks=3)
+    row = [{"type": "accuracy", "metric": "acc_cil", "seed": 5, "row": 2, "eval_index": j, "value": v}
+           for j, v in enumerate((0.9, 0.5, 0.0))]  # task 3 not trained yet: left out
+    observer(row + [{"type": "accuracy", "metric": "acc_til", "seed": 5, "row": 2, "eval_index": 0, "value": 1.0}])
+    assert trial.reports == [(0.7, 1 * 3 + 2)]
+    with pytest.raises(Pruned):
+        observer(row)
+
+
+def test_a_search_gives_every_method_the_same_budget_and_run_replays_it_on_test(tmp_path: Path) -> None:
+    config = small_config(tmp_path, ("naive", "ewc"))
+    tuned = tune(config, TuneSettings(trials=2, eval_seeds=(0, 1), pruner="none"), progress=Progress("quiet"))
+    values = trial_values(tmp_path / "tune")
+    assert sorted(values) == [("ewc", 0), ("ewc", 1), ("naive", 0), ("naive", 1)]
+    assert all(v is not None for v, _ in values.values())
+    text = tuned.read_text()
+    assert text.startswith("# ") and "test data were not read" in text and "ewc:" in text
+    assert (tmp_path / "tune" / "tuning.md").is_file() and (tmp_path / "tune" / "plots" / "tuning.png").is_file()
+    for method in ("naive", "ewc"):  # each trial is an ordinary run on validation data only
+        env = (tmp_path / "tune" / "trials" / method / "000" / "env.json").read_text()
+        assert '"eval_split": "val"' in env and '"test": 0' in env
+    out = tmp_path / "replay"
+    result = CliRunner().invoke(main, ["run", "--config", str(tuned), "--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    report = (out / "report.md").read_text()
+    assert "Chosen by `clbench tune`" in report and "Test data were not read" in report
+    assert '"eval_split": "test"' in (out / "env.json").read_text()
+
+
+def test_the_test_set_is_never_read_while_tuning(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = "\n".join(f"{'red' if i % 2 else 'blue'} thing {i},{'ab'[i % 2]}" for i in range(80))
+    (data / "train.csv").write_text("text,label\n" + rows + "\n")
+    (data / "test.csv").write_text("text,label\n" + rows.replace("thing", "held") + "\n")
+    stream = tmp_path / "user.yaml"
+    stream.write_text("name: user\nversion: 1\nseed: 0\ntasks:\n"
+                      "  - {name: t1, source: files, classes: [a, b], train: data/train.csv, test: data/test.csv,"
+                      " train_size: 60, test_size: 20, max_length: 16}\n"
+                      "  - {name: t2, source: files, classes: [c, d], train: data/train.csv, test: data/test.csv,"
+                      " train_size: 60, test_size: 20, max_length: 16, label_map: {a: c, b: d}}\n")
+    settings = TuneSettings(trials=2, pruner="none")
+    tune(small_config(tmp_path / "clean", ("naive",), stream=str(stream)), settings, progress=Progress("quiet"))
+    (data / "test.csv").write_bytes(b"\x00\xff poisoned")
+    tune(small_config(tmp_path / "poisoned", ("naive",), stream=str(stream)), settings, progress=Progress("quiet"))
+    assert trial_values(tmp_path / "clean" / "tune") == trial_values(tmp_path / "poisoned" / "tune")
+
+
+def test_a_killed_search_resumes_without_repeating_finished_trials(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    config = small_config(tmp_path, ("naive",))
+    settings = TuneSettings(trials=3, pruner="none")
+    real_run = search.run
+    calls: list[str] = []
+
+    def killed_on_the_second_trial(config: Any, **kwargs: Any) -> Path:
+        calls.append(config.out)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_run(config, **kwargs)
+
+    monkeypatch.setattr(search, "run", killed_on_the_second_trial)
+    with pytest.raises(KeyboardInterrupt):
+        tune(config, settings, progress=Progress("quiet"))
+    first = tmp_path / "tune" / "trials" / "naive" / "000" / "results.jsonl"
+    digest = hashlib.sha256(first.read_bytes()).hexdigest()
+    calls.clear()
+    monkeypatch.setattr(search, "run", lambda config, **kwargs: (calls.append(config.out), real_run(config, **kwargs))[1])
+    with pytest.raises(Exception, match="already holds a search"):
+        tune(config, settings, progress=Progress("quiet"))  # a fresh search refuses the directory
+    tune(config, settings, progress=Progress("quiet"), resume=True)
+    assert [Path(c).name for c in calls] == ["002", "003"]  # trial 0 kept, trial 1 (killed) replaced
+    assert hashlib.sha256(first.read_bytes()).hexdigest() == digest
+    states = {n: v is not None for (_, n), (v, _) in trial_values(tmp_path / "tune").items()}
+    assert states == {0: True, 1: False, 2: True, 3: True}
+    with pytest.raises(Exception, match="different configuration"):
+        tune(small_config(tmp_path, ("naive",), max_steps=4), settings, progress=Progress("quiet"), resume=True)
+
+
+@pytest.mark.slow
+def test_ray_runs_trials_with_the_local_results(tmp_path: Path) -> None:
+    ray = pytest.importorskip("ray")
+    settings = TuneSettings(trials=2, pruner="none")
+    tune(small_config(tmp_path / "local", ("naive", "ewc"), seeds=[0, 1]), settings, progress=Progress("quiet"))
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    try:
+        tune(small_config(tmp_path / "ray", ("naive", "ewc"), seeds=[0, 1], executor="ray"), settings,
+             progress=Progress("quiet"))
+    finally:
+        ray.shutdown()
+    assert trial_values(tmp_path / "ray" / "tune") == trial_values(tmp_path / "local" / "tune")
