@@ -50,15 +50,8 @@ def _config_differences(runs: Sequence[RunData]) -> list[str]:
     return ["Configuration settings that differ:", "", *lines, ""]
 
 
-def compare_runs(run_dirs: Iterable[Path], out: Path | None = None) -> str:
-    """Put the summary rows of several runs of the same stream side by side.
-
-    Args:
-        run_dirs: Two or more run directories.
-        out: If given, the markdown is also written to ``out/compare.md``.
-
-    Returns:
-        The comparison as markdown.
+def load_comparable(run_dirs: Iterable[Path]) -> tuple[list[RunData], list[str]]:
+    """Read runs to compare and label them (folder names, or full paths when two folders share a name).
 
     Raises:
         ReportError: If fewer than two runs are given or the runs use different streams (name or version).
@@ -74,6 +67,24 @@ def compare_runs(run_dirs: Iterable[Path], out: Path | None = None) -> str:
     labels = [run.name for run in runs]
     if len(set(labels)) < len(labels):
         labels = [str(run.path) for run in runs]
+    return runs, labels
+
+
+def compare_runs(run_dirs: Iterable[Path], out: Path | None = None) -> str:
+    """Put the summary rows of several runs of the same stream side by side.
+
+    Args:
+        run_dirs: Two or more run directories.
+        out: If given, the markdown is also written to ``out/compare.md``.
+
+    Returns:
+        The comparison as markdown.
+
+    Raises:
+        ReportError: If fewer than two runs are given or the runs use different streams (name or version).
+        RunDirError: If a directory holds no results.
+    """
+    runs, labels = load_comparable(run_dirs)
     merged = SideBySide(dict(zip(labels, runs)))
     rows = {f"{label}: {method}": units for label, run in zip(labels, runs)
             for method, units in method_units(run).items()}

@@ -30,6 +30,7 @@ from clbench.data.prepare import Prepared, prepare, task_digest
 from clbench.errors import ClbenchError, RunDirError
 from clbench.registry import MethodRegistry
 from clbench.results import RESULTS, RunDir, environment, read_records, unit_id
+from clbench.trackers import open_trackers
 from clbench.training.checkpoint import CheckpointStore
 from clbench.training.executors import ObservedSink, Observer, executor_errors, run_local, run_ray
 from clbench.training.progress import Progress
@@ -85,16 +86,25 @@ def run(config: RunConfig, *, registry: MethodRegistry | None = None, progress: 
         progress.message(f"run directory: {out}")
         checkpoints = CheckpointStore(out, keep=config.keep_checkpoints)
         units = [(name, seed) for name, seed in config_units(config) if unit_id(name, seed) not in finished]
+        run_dir.listeners.append(progress)  # accuracy lines as each task's evaluation is written
+        progress.start_run(len(units), len(prepared.infos))
         for name, seed in config_units(config):
             if unit_id(name, seed) in finished:
                 checkpoints.finish(name, seed)  # left over when a run stopped right after a unit finished
+        trackers = open_trackers(config.log, out, config.to_dict(), progress.message) if config.log else None
+        if trackers is not None:
+            run_dir.listeners.append(trackers)
         sink = ObservedSink(run_dir, observer) if observer is not None else run_dir
-        if config.executor == "ray":
-            run_ray(config, prepared, units, sink, progress, started)
-        else:
-            run_local(config, prepared, units, sink, progress,
-                      lambda name: registry.get(name)(method_configs[name]), checkpoints, started,
-                      shared or SharedStart())
+        try:
+            if config.executor == "ray":
+                run_ray(config, prepared, units, sink, progress, started)
+            else:
+                run_local(config, prepared, units, sink, progress,
+                          lambda name: registry.get(name)(method_configs[name]), checkpoints, started,
+                          shared or SharedStart())
+        finally:
+            if trackers is not None:
+                trackers.close()
         stamp_environment(run_dir, "finished")
     return out
 
@@ -122,6 +132,7 @@ def run_environment(prepared: Prepared, command: str | None, methods: dict[str, 
     """env.json: versions, hardware and commit; the stream's name, version, seed, task sizes and each task's
     chance level on the evaluated split (its largest class's share); each method's role and optimiser."""
     env = environment(command)
+    env["model"] = prepared.model_info
     env["started"] = utc_now()
     env["stream"] = {"name": prepared.stream.name, "version": prepared.stream.version, "seed": prepared.stream.seed,
                      "eval_split": prepared.eval_split,
