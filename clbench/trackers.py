@@ -10,7 +10,9 @@ Scalars per row: ``acc_cil/<task>``, ``acc_til/<task>``, ``f1_cil/<task>``, ``f1
 ``acc_cil/mean_seen`` (mean over the tasks trained so far); ``drift/frobenius_task`` and
 ``drift/frobenius_total``; ``functional/<distance>/<earlier task>``; ``profile/<phase>/<metric>`` (time,
 throughput, memory). When a unit finishes: ``final/acc_cil``, ``final/bwt_cil``, ``final/fwt_cil``,
-``final/forgetting_cil`` and their task-aware twins (docs/metrics.md), and its status.
+``final/forgetting_all_cil`` (over every earlier task: a live tracker cannot yet tell which tasks were learned,
+so the report's ``forgetting_cil`` over learned tasks only is in ``summary.csv``) and their task-aware twins
+(docs/metrics.md), and its status.
 
 Where they write:
 
@@ -213,7 +215,7 @@ def unit_scores(accuracy: Iterable[Mapping[str, Any]]) -> dict[str, float]:
         if R.shape != (tasks + 1, tasks) or math.isnan(float(R.sum())):
             return {}
         scores.update({f"acc_{suffix}": average_accuracy(R), f"bwt_{suffix}": backward_transfer(R),
-                       f"fwt_{suffix}": forward_transfer(R), f"forgetting_{suffix}": forgetting(R),
+                       f"fwt_{suffix}": forward_transfer(R), f"forgetting_all_{suffix}": forgetting(R),
                        "tasks": float(tasks)})
     return {k: float(v) for k, v in scores.items()}
 
