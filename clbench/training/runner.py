@@ -24,11 +24,10 @@ from clbench.data.prepare import Prepared
 from clbench.errors import UnitFailed
 from clbench.evaluators.profile import ProfileRecord, optimizer_state_mb, parameter_counts, profile
 from clbench.models import build_model, model_spec
-from clbench.ops import effective_weights
 from clbench.protocol import Hooks, LoopSettings, RunContext
 from clbench.results import RecordSink
 from clbench.training.checkpoint import CheckpointStore, rng_states, set_rng_states
-from clbench.training.evaluation import autocast, drift_records, evaluate_all, functional_records
+from clbench.training.evaluation import DriftReferences, autocast, evaluate_all, functional_records
 from clbench.training.progress import Progress
 from clbench.training.records import UnitRecorder
 from clbench.training.sharing import SharedStart, TrainedFirstTask
@@ -135,10 +134,12 @@ def _train_unit(config: RunConfig, prepared: Prepared, method: Hooks, seed: int,
                 progress: Progress, checkpoints: CheckpointStore | None, shared: SharedStart | None,
                 resume: bool) -> None:
     unit = build_unit(config, prepared, method, seed, sink, progress, checkpoints, shared)
-    weights_start = effective_weights(unit.model)  # drift "since the start" is measured from here
+    drift = DriftReferences(unit.model)
     first_row, logits = restore_or_row0(unit, seed, resume)
+    if first_row:
+        drift.restart(unit.model)
     for info in prepared.infos[first_row:]:
-        logits = run_task(unit, info, logits, weights_start)
+        logits = run_task(unit, info, logits, drift)
     unit.records.append([unit.records.status("done", len(prepared.infos))])
     if checkpoints is not None:
         checkpoints.finish(method.name, seed)
@@ -183,13 +184,11 @@ def restore_or_row0(unit: Unit, seed: int, resume: bool) -> tuple[int, list[Tens
     return 0, logits
 
 
-def run_task(unit: Unit, info: TaskInfo, logits_before: list[Tensor], weights_start: dict[str, Tensor]
-             ) -> list[Tensor]:
+def run_task(unit: Unit, info: TaskInfo, logits_before: list[Tensor], drift: DriftReferences) -> list[Tensor]:
     """Stages 3–5 for one task: prepare, train, finish, then evaluate and record; returns the new logits."""
     method, model = unit.method, unit.model
     unit.progress.message(f"{unit.label}: task {info.index + 1}/{len(unit.prepared.infos)} '{info.name}'")
     unit.ctx.task_index = info.index
-    weights_before = effective_weights(model)
     train_splits = unit.prepared.train
     with profile(unit.ctx.device) as rec_before:  # the method prepares: anchors, teacher outputs, its data
         method.before_task(info, model)
@@ -200,13 +199,14 @@ def run_task(unit: Unit, info: TaskInfo, logits_before: list[Tensor], weights_st
     with profile(unit.ctx.device) as rec_eval:
         logits = unit.evaluate(info.index + 1, info.name, step=trained.steps)
         rec_eval.add(examples=sum(len(s) for s in unit.prepared.evaluated))
-    records = drift_records(unit.records, info, weights_before, weights_start, effective_weights(model))
+    more_tasks = info.index + 1 < len(unit.prepared.infos)
+    records = drift.records(unit.records, info, model, more_tasks)
     records += functional_records(unit.records, info, logits_before, logits, unit.prepared.infos)
     records += profile_records(unit, info, trained, {"train": trained.profile, "eval": rec_eval,
                                                       "method_before": rec_before, "method_after": rec_after})
     unit.records.append(records)
     checkpoints = unit.checkpoints
-    if checkpoints is not None and (info.index + 1 < len(unit.prepared.infos) or checkpoints.keep):
+    if checkpoints is not None and (more_tasks or checkpoints.keep):
         checkpoints.save(method.name, unit.ctx.seed, info.index + 1, info.name, model, method.state_dict(),
                          rng_states(unit.generator, unit.ctx.generator, unit.ctx.device), logits)
     return logits
