@@ -138,8 +138,13 @@ def _train_unit(config: RunConfig, prepared: Prepared, method: Hooks, seed: int,
     first_row, logits = restore_or_row0(unit, seed, resume)
     if first_row:
         drift.restart(unit.model)
-    for info in prepared.infos[first_row:]:
-        logits = run_task(unit, info, logits, drift)
+    try:
+        for info in prepared.infos[first_row:]:
+            logits = run_task(unit, info, logits, drift)
+    except BaseException:
+        if checkpoints is not None:
+            checkpoints.wait(quiet=True)  # the last finished task's checkpoint is on disk before the run stops
+        raise
     unit.records.append([unit.records.status("done", len(prepared.infos))])
     if checkpoints is not None:
         checkpoints.finish(method.name, seed)
