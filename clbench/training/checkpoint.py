@@ -200,7 +200,7 @@ class CheckpointStore:
     def _write_or_keep_error(self, *args: Any) -> None:
         try:
             self._write(*args)
-        except Exception as exc:  # handed to the training thread by `wait`
+        except Exception as exc:  # noqa: BLE001 - handed to the training thread, which raises it in `wait`
             self._error = exc
 
     def _write(self, method_name: str, seed: int, row: int, task: str, files: dict[str, dict[str, Tensor]],

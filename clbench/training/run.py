@@ -91,7 +91,7 @@ def run(config: RunConfig, *, registry: MethodRegistry | None = None, progress: 
         else:
             run_local(config, prepared, units, sink, progress,
                       lambda name: registry.get(name)(method_configs[name]), checkpoints, started,
-                      shared or SharedStart())
+                      shared or SharedStart(units=units))
     return out
 
 

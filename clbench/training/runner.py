@@ -185,7 +185,7 @@ def restore_or_row0(unit: Unit, seed: int, resume: bool) -> tuple[int, list[Tens
     cached = unit.shared.row0_logits(seed, unit.model) if unit.shared is not None else None
     logits = unit.evaluate(0, None, cached=cached)
     if unit.shared is not None and cached is None:
-        unit.shared.add_row0(seed, unit.model, logits)
+        unit.shared.add_row0(seed, unit.label, unit.model, logits)
     return 0, logits
 
 
