@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,6 +69,7 @@ class Unit:
     progress: Progress
     checkpoints: CheckpointStore | None
     shared: SharedStart | None
+    forward: Callable[..., Any]  # the training step's forward: the model, or its torch.compile wrapper
 
     @property
     def label(self) -> str:
@@ -162,8 +163,9 @@ def build_unit(config: RunConfig, prepared: Prepared, method: Hooks, seed: int, 
                      batch_size=config.batch_size, head=prepared.head, lr=lr, weight_decay=config.weight_decay,
                      active_classes=config.active_classes)
     model = method.setup(built, ctx)
+    forward = torch.compile(model) if config.compile else model  # shares the model's parameters
     return Unit(config, prepared, method, model, built, ctx, generator, UnitRecorder(method.name, seed, sink),
-                progress, checkpoints, shared)
+                progress, checkpoints, shared, forward)
 
 
 def restore_or_row0(unit: Unit, seed: int, resume: bool) -> tuple[int, list[Tensor]]:
@@ -260,7 +262,7 @@ def step_loop(unit: Unit, info: TaskInfo, plan: BatchPlan, params: Sequence[nn.P
             if step >= total:
                 break
             loss = train_step(unit.model, unit.method, unit.ctx, batch.to(unit.ctx.device), params, optimizer,
-                              unit.config)
+                              unit.config, forward=unit.forward)
             scheduler.step()
             step += 1
             rec.add(examples=len(batch), tokens=batch.num_tokens, steps=1)
@@ -289,13 +291,17 @@ def check_finite(unit: Unit, info: TaskInfo, loss: float, step: int) -> None:
 
 
 def train_step(model: nn.Module, method: Hooks, ctx: RunContext, batch: Any, params: Sequence[nn.Parameter],
-               optimizer: torch.optim.Optimizer, config: RunConfig) -> float:
-    """One optimiser step: forward, the method's loss, backward, hooks, clipping, update."""
+               optimizer: torch.optim.Optimizer, config: RunConfig, *, forward: Callable[..., Any] | None = None
+               ) -> float:
+    """One optimiser step: forward, the method's loss, backward, hooks, clipping, update.
+
+    `forward` computes the outputs in place of `model` (e.g. `torch.compile(model)`, sharing its parameters).
+    """
     model.train()
     extra = method.extra_inputs(batch)
     inputs = batch if extra is None else batch.concat(extra)
     with autocast(ctx.device, config.precision):
-        outputs = model(**inputs.model_inputs())
+        outputs = (model if forward is None else forward)(**inputs.model_inputs())
         logits = ctx.loss_logits(outputs.logits[:len(batch)], batch.task_ids)  # [batch, num_labels]
         task_loss = nn.functional.cross_entropy(logits.float(), batch.labels)
         loss = method.loss(model, batch, outputs, task_loss)
