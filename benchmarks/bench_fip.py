@@ -35,9 +35,9 @@ leaves rows out.
 operation; `fused_forward` targets steps bound by kernel launches (small models on a GPU), which a CPU run,
 tiny or not, does not reproduce.
 
-    python -m clbench.benchmarks.bench_fip [--data fixed|reviews] [--model minilm|tiny] [--steps 2]
+    python -m clbench.benchmarks.bench_fip [--data fixed|reviews] [--model minilm|tiny|FOLDER] [--steps 2]
         [--repeats 3] [--batch 16] [--seq-len 128] [--buffer 200] [--precision fp32|bf16]
-        [--compile [--compile-mode default|reduce-overhead]] [--skip ROW,...]
+        [--compile [--compile-mode default|reduce-overhead]] [--skip ROW,...] [--json PATH]
 """
 
 from __future__ import annotations
@@ -123,6 +123,13 @@ def build_variant(name: str, options: dict[str, Any], args: argparse.Namespace, 
     return lambda batch: train_step(model, method, ctx, batch, params, optimizer, config, forward=forward)
 
 
+def write_json(path: str, figures: dict[str, Any]) -> None:
+    import json
+    from pathlib import Path
+
+    Path(path).write_text(json.dumps(figures, indent=1, default=str), encoding="utf-8")
+
+
 def old_lengths(split: EncodedSplit) -> str:
     lengths = split.lengths.float()
     return f"old inputs {lengths.mean():.0f} tokens on average (max {int(lengths.max())})"
@@ -153,7 +160,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--buffer", type=int, default=200, help="old-task inputs in the FIP buffers")
     parser.add_argument("--data", choices=("fixed", "reviews"), default="fixed",
                         help="fixed: random ids of --seq-len tokens; reviews: the reviews stream's own texts")
-    parser.add_argument("--model", choices=("minilm", "tiny"), default="minilm")
+    parser.add_argument("--model", default="minilm", help="minilm, tiny or a local model folder")
+    parser.add_argument("--json", help="also write the figures to this JSON file")
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                         help="the run's precision (bf16: autocast on CUDA; the CPU stays fp32)")
     parser.add_argument("--compile", action="store_true",
@@ -215,11 +223,20 @@ def main(argv: list[str] | None = None) -> None:
         time_ratio = median_ratio(times[label], times["naive"])
         peak = f"{peaks[label]:>9.0f} {peaks[label] / peaks['naive']:>9.2f}" if label in peaks else f"{'-':>9} {'-':>9}"
         print(f"{label:<28} {min(times[label]) / args.steps:>8.3f} {time_ratio:>7.2f} {peak}")
+    table: dict[str, dict[str, Any]] = {}
     for label in rows:
+        table[label] = {"s_per_step": min(times[label]) / args.steps,
+                        "time_ratio": median_ratio(times[label], times["naive"]),
+                        "time_ratios": [a / b for a, b in zip(times[label], times["naive"])],
+                        "peak_mib": peaks.get(label), "first_step_s": first[label][1], "first_loss": first[label][0]}
         if label.endswith(COMPILED):
             eager_loss = first[label.removesuffix(COMPILED)][0]
+            table[label]["first_loss_rel_diff"] = abs(first[label][0] - eager_loss) / abs(eager_loss)
             print(f"{label}: first step (compilation) {first[label][1]:.1f} s; its loss {first[label][0]:.6f} vs "
-                  f"eager {eager_loss:.6f} (relative difference {abs(first[label][0] - eager_loss) / abs(eager_loss):.1e})")
+                  f"eager {eager_loss:.6f} (relative difference {table[label]['first_loss_rel_diff']:.1e})")
+    if args.json:
+        write_json(args.json, {"machine": machine(), "device": str(device), "args": vars(args), "unit": unit,
+                               "rows": table})
     if "fip" in rows:
         print(f"\nfip step time: {median_ratio(times['fip'], times['naive']):.2f}× naive — "
               f"{verdict(median_ratio(times['fip'], times['naive']), 1.6)}")

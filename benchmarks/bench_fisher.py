@@ -15,7 +15,7 @@ Inputs (`--data`): `fixed` (default) random ids, every example `--seq-len` token
 stream's first task (star sentences, 22 tokens on average; needs the pinned archives in the cache).
 
     python -m clbench.benchmarks.bench_fisher [--n 320] [--seq-len 64] [--chunk 16] [--repeats 3]
-        [--estimator empirical] [--data fixed|reviews] [--model minilm|tiny] [--func]
+        [--estimator empirical] [--data fixed|reviews] [--model minilm|tiny|FOLDER] [--func] [--json PATH]
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from clbench.benchmarks._timing import interleaved, machine, median_ratio, verdict
-from clbench.benchmarks.bench_fip import release_memory, rss_mb
+from clbench.benchmarks.bench_fip import release_memory, rss_mb, write_json
 from clbench.config import build_config
 from clbench.data import BatchPlan, EncodedSplit, TaskInfo
 from clbench.evaluators.profile import profile
@@ -100,7 +100,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--estimator", choices=("empirical", "exact"), default="empirical")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--data", choices=("fixed", "reviews"), default="fixed")
-    parser.add_argument("--model", choices=("minilm", "tiny"), default="minilm")
+    parser.add_argument("--model", default="minilm", help="minilm, tiny or a local model folder")
+    parser.add_argument("--json", help="also write the figures to this JSON file")
     parser.add_argument("--func", action="store_true", help="also time the torch.func fallback")
     args = parser.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -132,9 +133,16 @@ def main(argv: list[str] | None = None) -> None:
           + ", ".join(f"{a / b:.3f}" for a, b in zip(times["fisher (hooks)"], times["epoch"])))
     ratio = median_ratio(times["fisher (hooks)"], times["epoch"])
     print(f"fisher (hooks): {ratio:.2f}x one epoch - {verdict(ratio, 1.5)}")
-    if args.func:
-        print(f"hooks vs torch.func Fisher: worst max|diff|/max|F| over parameters "
-              f"{worst_relative(results['fisher (hooks)'], results['fisher (torch.func)']):.1e}")
+    agreement = worst_relative(results["fisher (hooks)"], results["fisher (torch.func)"]) if args.func else None
+    if agreement is not None:
+        print(f"hooks vs torch.func Fisher: worst max|diff|/max|F| over parameters {agreement:.1e}")
+    if args.json:
+        write_json(args.json, {"machine": machine(), "device": str(device), "args": vars(args),
+                               "rows": {name: {"median_s": statistics.median(times[name]),
+                                               "epoch_ratio": median_ratio(times[name], times["epoch"]),
+                                               "epoch_ratios": [a / b for a, b in zip(times[name], times["epoch"])],
+                                               "peak_mib": peaks[name]} for name in runs},
+                               "hooks_vs_func_worst_rel": agreement})
 
 
 if __name__ == "__main__":

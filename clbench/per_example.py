@@ -1,7 +1,7 @@
 """Per-example gradient maths: sums of squared per-example gradients, e.g. EWC's diagonal Fisher.
 
-The diagonal Fisher estimators need, for every parameter θ_i, Σ_k (∂ℓ_k/∂θ_i)² over examples k, where ℓ_k is a
-per-example scalar: log p(y_k | x_k) (empirical Fisher), or √p(c | x_k) · log p(c | x_k) with p held constant,
+The diagonal Fisher estimators need, for every parameter θ_i, Σ_k (∂ℓ_k/∂θ_i)² over examples k, where ℓ_k is
+a per-example scalar: log p(y_k | x_k) (empirical Fisher), or √p(c | x_k) · log p(c | x_k) with p held constant,
 one term per class c (exact Fisher: its square is p(c | x_k) (∇ log p(c | x_k))²). Two ways to compute it:
 
 **Hooks** (`SquaredGradSums`, the default). Per-example gradients are assembled from what one batched forward
