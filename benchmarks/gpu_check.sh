@@ -235,4 +235,6 @@ for name, row in rows.items():
             line += f"\n      {label:<30} {fig['epoch_ratio']:.2f}x one epoch"
     print(line + (f"  ({row['reason']})" if "reason" in row else ""))
 EOF
-log "done; results in $OUT"
+failed=$(cut -f2 "$ROWS" | grep -c -E '^(failed|timeout)$')
+log "done; results in $OUT; rows failed or timed out: $failed"
+[ "$failed" = 0 ]
