@@ -89,6 +89,9 @@ class RunConfig:
                                   "parquet)", flag=True)
     device: str = option("auto", "auto, cpu, cuda or cuda:N", flag=True)
     precision: str = option("fp32", "fp32, bf16 or fp16 (autocast on CUDA; fp32 on CPU)")
+    compile: bool = option(False, "compile the model's training forward and backward with torch.compile; every "
+                           "new input shape pays a compilation first (evaluation and method hooks stay eager)",
+                           flag=True)
     eval_every: int = option(0, "also evaluate every task every N training steps (0: only after tasks)",
                              flag=True)
     plugins: tuple[str, ...] = option((), "extra method files to register")

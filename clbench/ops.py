@@ -17,12 +17,18 @@ def canonical_name(name: str) -> str:
         ".original_module.", ".")
 
 
-def effective_weights(model: nn.Module) -> dict[str, Tensor]:
-    """Detached CPU copies of the weights the model computes with, by canonical name.
+def effective_weights(model: nn.Module, device: torch.device | str | None = "cpu", copy: bool = True
+                      ) -> dict[str, Tensor]:
+    """Detached float32 copies of the weights the model computes with, by canonical name.
 
     For a LoRA-wrapped layer the weight is W + Σ_adapters ΔW with ΔW = (α/r)·B·A (peft's `get_delta_weight`,
     which applies the scaling α/r), so weight drift for LoRA is measured on what the network uses. The adapter
     factors themselves are not listed.
+
+    Args:
+        device: where the copies go; None keeps each weight on its own device.
+        copy: False returns the parameters themselves (detached) wherever no conversion is needed: for reading
+            at once, before the model changes again.
     """
     out: dict[str, Tensor] = {}
     lora_layers = {}
@@ -35,14 +41,14 @@ def effective_weights(model: nn.Module) -> dict[str, Tensor]:
                 continue
             if ".original_module." in name:
                 continue  # peft keeps an untrained copy of modules_to_save; the trained copy is what runs
-            out[canonical_name(name)] = param.detach().to("cpu", copy=True).float()
+            out[canonical_name(name)] = param.detach().to(device or param.device, torch.float32, copy=copy)
         for module_name, module in lora_layers.items():
             key = canonical_name(module_name + ".base_layer.weight")
             weight = module.base_layer.weight.detach().float()
             for adapter in getattr(module, "active_adapters", []):
                 if adapter in getattr(module, "lora_A", {}) and not getattr(module, "merged", False):
                     weight = weight + module.get_delta_weight(adapter).float()
-            out[key] = weight.to("cpu", copy=True)
+            out[key] = weight.to(device or weight.device, copy=copy)
     return out
 
 

@@ -7,10 +7,14 @@ task's training data and stored with the parameters θ* reached on it. Later tas
 F ← γ F + F_new and whose anchor is the latest θ*. The Fisher is estimated in one of three ways:
 
 - `empirical` (default): mean over examples of the squared per-example gradient of log p(y | x) for the true
-  label y, computed with torch.func (functional_call + vmap + grad) in chunks, dropout off;
+  label y, dropout off;
 - `exact`: the expectation under the model's own prediction, mean_x Σ_c p(c | x) (∇ log p(c | x))²;
 - `batched`: squared gradients of the mean loss over mini-batches of the run's batch size, averaged over
   batches, as Avalanche's EWCPlugin does (cheap but biased towards zero: squares of averages).
+
+The per-example estimators run `clbench.per_example.diagonal_fisher`: one batched forward and one backward per
+term over chunks of `fisher_batch_size` examples, with per-example gradients formed from layer inputs and
+output gradients; a model with layers it does not cover falls back to torch.func's vmap, with one warning.
 
 Hooks: `loss` adds the penalty; `after_task` estimates the Fisher and stores the anchor.
 """
@@ -18,16 +22,17 @@ Hooks: `loss` adds the penalty; `after_task` estimates the Fisher and stores the
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, grad, vmap
 
 from clbench.data import Batch, BatchPlan, EncodedSplit, TaskInfo
 from clbench.methods import Hooks, MethodConfig, option
 from clbench.ops import quadratic_penalty, snapshot
+from clbench.per_example import diagonal_fisher
 from clbench.search import LogUniform
 
 ESTIMATORS = ("empirical", "exact", "batched")
@@ -44,8 +49,11 @@ class EWCConfig(MethodConfig):
                             "classes) or batched (squared mini-batch gradients, as Avalanche)")
     fisher_samples: int = option(0, "training examples drawn (with the method's generator) to estimate F; "
                                  "0 uses the whole training split")
-    fisher_batch_size: int = option(16, "examples per chunk of per-example gradients (memory grows as chunk × "
-                                    "parameters); the batched estimator uses the run's batch size instead")
+    fisher_batch_size: int = option(16, "examples per chunk of the per-example Fisher; peak memory grows linearly "
+                                    "with it: a training step's activations at this batch size plus chunk × out × "
+                                    "in floats per distinct nn.Linear weight shape (MiniLM at 16: ~85 MB), or "
+                                    "chunk × all trainable parameters where the torch.func fallback runs (MiniLM "
+                                    "at 16: ~1.5 GB); the batched estimator uses the run's batch size instead")
     online: bool = option(False, "online EWC: one penalty with decayed Fisher γF + F_new anchored at the latest "
                           "θ* instead of one penalty per earlier task")
     gamma: float = option(1.0, "γ of online EWC (Schwarz et al. 2018): decay of the accumulated Fisher")
@@ -133,78 +141,18 @@ class EWC(Hooks):
 
     def _per_example_fisher(self, model: nn.Module, data: EncodedSplit, names: list[str]) -> dict[str, Tensor]:
         ctx = self.context
-        params = dict(model.named_parameters())
-        total = {n: torch.zeros_like(params[n]) for n in names}
-        for index in BatchPlan(data, self.config.fisher_batch_size, shuffle=False).indices():
-            batch = data.batch(index).to(ctx.device)
-            if self.config.estimator == "empirical":
-                weighted = [(batch.labels, None)]
-            else:
-                with torch.no_grad():
-                    probs = ctx.forward(model, batch).float().softmax(-1)  # [batch, num_labels]
-                weighted = [(torch.full_like(batch.labels, c), probs[:, c]) for c in range(probs.shape[1])
-                            if bool((probs[:, c] > 0).any())]
-            for targets, weight in weighted:
-                grads = self.per_example_grads(model, batch, targets, names)  # name -> [batch, *shape]
-                for n, g in grads.items():
-                    sq = g.pow(2)
-                    if weight is not None:
-                        sq = sq * weight.view(-1, *([1] * (sq.dim() - 1)))
-                    total[n] += sq.sum(0)
-        return {n: t / max(len(data), 1) for n, t in total.items()}
 
-    def per_example_grads(self, model: nn.Module, batch: Batch, targets: Tensor, names: list[str],
-                          ) -> dict[str, Tensor]:
-        """∇_θ log p(targets_k | x_k) for every example k: name -> [batch, *param shape].
+        def chunks() -> Iterator[Batch]:
+            for index in BatchPlan(data, self.config.fisher_batch_size, shuffle=False).indices():
+                yield data.batch(index).to(ctx.device)
 
-        Uses torch.func with an additive 4-D attention mask (HF's mask builder branches on data, which vmap
-        cannot trace); models that refuse it fall back to a loop over examples, with a warning.
-        """
-        try:
-            return self._vmap_grads(model, batch, targets, names)
-        except (RuntimeError, TypeError, ValueError) as exc:
-            if not self._warned_fallback:
-                warnings.warn(f"ewc: torch.func per-example gradients failed ({type(exc).__name__}: "
-                              f"{str(exc)[:160]}); falling back to a slower loop over examples", stacklevel=2)
-                self._warned_fallback = True
-            return self._loop_grads(model, batch, targets, names)
+        return diagonal_fisher(model, chunks, self.config.estimator, names=names, logits_fn=ctx.logits,
+                               chunk=self.config.fisher_batch_size, on_fallback=self._warn_once)
 
-    def _vmap_grads(self, model: nn.Module, batch: Batch, targets: Tensor, names: list[str]) -> dict[str, Tensor]:
-        ctx = self.context
-        all_params = dict(model.named_parameters())
-        trainable = {n: all_params[n].detach() for n in names}
-        frozen = {n: p.detach() for n, p in all_params.items() if n not in trainable}
-        frozen.update(dict(model.named_buffers()))
-        dtype = next(iter(trainable.values())).dtype
-
-        def log_likelihood(theta: dict[str, Tensor], ids: Tensor, mask: Tensor, task_id: Tensor,
-                           target: Tensor) -> Tensor:
-            # one example: ids, mask [seq]; additive mask [1, 1, 1, seq] is used by HF as given
-            additive = (1.0 - mask.to(dtype))[None, None, None, :] * torch.finfo(dtype).min
-            out = functional_call(model, (theta, frozen), args=(),
-                                  kwargs={"input_ids": ids[None], "attention_mask": additive})
-            logits = ctx.logits(out.logits, task_id[None]).float()  # [1, num_labels]
-            return logits.log_softmax(-1)[0].gather(0, target[None])[0]
-
-        with warnings.catch_warnings():
-            # CPU flash attention has no batching rule yet; torch falls back to a loop inside vmap
-            warnings.filterwarnings("ignore", message=".*not yet implemented the batching rule.*")
-            return vmap(grad(log_likelihood), in_dims=(None, 0, 0, 0, 0))(
-                trainable, batch.input_ids, batch.attention_mask, batch.task_ids, targets)
-
-    def _loop_grads(self, model: nn.Module, batch: Batch, targets: Tensor, names: list[str]) -> dict[str, Tensor]:
-        ctx = self.context
-        params = dict(model.named_parameters())
-        out: dict[str, list[Tensor]] = {n: [] for n in names}
-        for k in range(len(batch)):
-            width = int(batch.attention_mask[k].sum())
-            one = Batch(batch.input_ids[k:k + 1, :width], batch.attention_mask[k:k + 1, :width],
-                        batch.labels[k:k + 1], batch.task_ids[k:k + 1])
-            logp = ctx.forward(model, one).float().log_softmax(-1)[0, targets[k]]
-            grads = torch.autograd.grad(logp, [params[n] for n in names], allow_unused=True)
-            for n, g in zip(names, grads):
-                out[n].append(g if g is not None else torch.zeros_like(params[n]))
-        return {n: torch.stack(gs) for n, gs in out.items()}
+    def _warn_once(self, reason: str) -> None:
+        if not self._warned_fallback:
+            warnings.warn(f"ewc: {reason}", stacklevel=2)
+            self._warned_fallback = True
 
     def state_dict(self) -> dict[str, Any]:
         state: dict[str, Any] = {"terms": len(self.fishers)}

@@ -11,7 +11,9 @@ After each finished task the runner saves, under
 - `runner.safetensors`: the logits of the last evaluation (the next task's functional drift needs them).
 
 Then `checkpoint.json` in the unit folder names the finished row, the task folder and every file's sha256;
-it is written atomically last, so a crash while saving leaves the previous checkpoint in force. Older task
+it is written atomically last, so a crash while saving leaves the previous checkpoint in force. The state is
+copied when the runner saves; the files are written by a background thread while the next task trains, and
+joined before the next checkpoint, when the unit ends and when it stops on an error or an interrupt. Older task
 folders are deleted after the marker is in place: at most one checkpoint per unit exists, except for a moment while the
 next one is written. A unit's checkpoint is deleted once the unit is done (its last task's checkpoint is then
 not even written) unless `keep_checkpoints` is set, which keeps the checkpoint after the final task.
@@ -23,6 +25,7 @@ import json
 import os
 import re
 import shutil
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,21 +64,6 @@ def folder_name(name: str) -> str:
     becomes %XX per UTF-8 byte (`naive@a` -> `naive%40a`, never the same folder as a method called `naive_a`;
     '.' is escaped too, so no name can climb out of `checkpoints/`)."""
     return "".join(c if SAFE.fullmatch(c) else "".join(f"%{b:02X}" for b in c.encode()) for c in name)
-
-
-def _tensors_for_saving(state: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Contiguous CPU tensors with no shared storage (safetensors refuses tied or overlapping tensors)."""
-    out: dict[str, Tensor] = {}
-    seen: set[int] = set()
-    for key, value in state.items():
-        tensor = value.detach().to("cpu").contiguous()
-        ptr = tensor.untyped_storage().data_ptr() if tensor.numel() else -1
-        if ptr in seen:
-            tensor = tensor.clone()
-        if ptr != -1:
-            seen.add(ptr)
-        out[key] = tensor
-    return out
 
 
 def encode_state(state: Any, tensors: dict[str, Tensor], where: str = "state") -> Any:
@@ -146,29 +134,84 @@ def _fsync(path: Path) -> None:
 class CheckpointStore:
     """Checkpoints of every unit of one run directory."""
 
-    def __init__(self, run_dir: Path, keep: bool = False) -> None:
+    def __init__(self, run_dir: Path, keep: bool = False, background: bool = True) -> None:
         self.root = Path(run_dir) / CHECKPOINTS
         self.keep = keep
+        self.background = background  # write files in a thread while the next task trains
+        self._writer: threading.Thread | None = None
+        self._error: Exception | None = None
+        self._buffers: dict[tuple[str, str], Tensor] = {}  # CPU copies of the state being written, reused
 
     def unit_dir(self, method: str, seed: int) -> Path:
         return self.root / folder_name(method) / f"seed{seed}"
 
     def save(self, method_name: str, seed: int, row: int, task: str, model: nn.Module,
              method_state: dict[str, Any], rng: dict[str, Tensor], logits: list[Tensor]) -> None:
-        """Write the checkpoint after row `row` (task `task`), then point the marker at it, then prune."""
+        """Checkpoint the unit after row `row` (task `task`): the state is copied now, and the files, the marker
+        and the pruning of older checkpoints are written by a background thread while training goes on (in
+        this thread when the store is not `background`). `wait` joins it; the next `save` and `finish` do.
+
+        Raises:
+            UnitFailed: the method's state holds something a checkpoint cannot (before anything is written).
+        """
+        self.wait()
         method_tensors: dict[str, Tensor] = {}  # encoded first: a state that cannot be saved leaves no folder
         tree = encode_state(method_state, method_tensors, f"method '{method_name}' state_dict()")
+        files = {
+            "model.safetensors": self._snapshot("model", model.state_dict()),
+            "method.safetensors": self._snapshot("method", method_tensors),
+            "rng.safetensors": self._snapshot("rng", rng),
+            "runner.safetensors": self._snapshot("runner", {f"logits.{j}": t for j, t in enumerate(logits)}),
+        }
+        if not self.background:
+            self._write(method_name, seed, row, task, files, tree)
+            return
+        self._writer = threading.Thread(target=self._write_or_keep_error, name="clbench-checkpoint",
+                                        args=(method_name, seed, row, task, files, tree))
+        self._writer.start()
+
+    def wait(self, quiet: bool = False) -> None:
+        """Block until the checkpoint being written in the background is on disk.
+
+        Raises:
+            OSError: (or whatever the write raised) unless `quiet`, for use while another exception is on its
+                way; a failed write leaves the previous checkpoint in force either way.
+        """
+        if self._writer is not None:
+            self._writer.join()
+            self._writer = None
+        error, self._error = self._error, None
+        if error is not None and not quiet:
+            raise error
+
+    def _snapshot(self, file: str, state: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Contiguous CPU copies of `state`'s tensors that training cannot change while they are written, in
+        buffers reused from save to save (fresh large allocations cost page faults); no two share storage,
+        which safetensors would refuse."""
+        out: dict[str, Tensor] = {}
+        for key, value in state.items():
+            value = value.detach()
+            buffer = self._buffers.get((file, key))
+            if buffer is None or (buffer.shape, buffer.dtype) != (value.shape, value.dtype):
+                buffer = self._buffers[(file, key)] = torch.empty(value.shape, dtype=value.dtype)
+            out[key] = buffer.copy_(value)
+        return out
+
+    def _write_or_keep_error(self, *args: Any) -> None:
+        try:
+            self._write(*args)
+        except Exception as exc:  # noqa: BLE001 - handed to the training thread, which raises it in `wait`
+            self._error = exc
+
+    def _write(self, method_name: str, seed: int, row: int, task: str, files: dict[str, dict[str, Tensor]],
+               tree: Any) -> None:
+        """Files first (each fsynced), then the marker naming them atomically, then older folders deleted: a
+        crash at any point leaves either the previous checkpoint or this one in force."""
         unit = self.unit_dir(method_name, seed)
         folder = unit / f"task{row}"
         if folder.exists():
             shutil.rmtree(folder)
         folder.mkdir(parents=True)
-        files = {
-            "model.safetensors": _tensors_for_saving(model.state_dict()),
-            "method.safetensors": _tensors_for_saving(method_tensors),
-            "rng.safetensors": _tensors_for_saving(rng),
-            "runner.safetensors": _tensors_for_saving({f"logits.{j}": t for j, t in enumerate(logits)}),
-        }
         for name, tensors in files.items():
             save_file(tensors, str(folder / name))
         (folder / "method.json").write_text(json.dumps(tree), encoding="utf-8")
@@ -260,7 +303,10 @@ class CheckpointStore:
                           logits=[runner[f"logits.{j}"] for j in range(len(runner))])
 
     def finish(self, method_name: str, seed: int) -> None:
-        """The unit is done: delete its checkpoint unless checkpoints are kept."""
+        """The unit is done (or failed): wait for its checkpoint being written, then delete its checkpoint unless
+        checkpoints are kept."""
+        self.wait()
+        self._buffers.clear()
         if self.keep:
             return
         unit = self.unit_dir(method_name, seed)

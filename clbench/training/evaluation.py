@@ -17,6 +17,7 @@ from clbench.evaluators.accuracy import (
     task_aware_predictions,
 )
 from clbench.evaluators.drift import frobenius_drift_norms, functional_drift
+from clbench.ops import effective_weights
 from clbench.protocol import RunContext
 from clbench.training.records import UnitRecorder
 
@@ -65,6 +66,40 @@ def evaluate_all(model: nn.Module, prepared: Prepared, ctx: RunContext, records:
                                       split=prepared.eval_split, metric=metric, value=value))
     records.append(out)
     return all_logits
+
+
+class DriftReferences:
+    """The effective weights drift is measured from: at the unit's start, and before the task being trained.
+
+    Kept on the model's device, so drift is computed there. "Before" task i+1 is "after" task i, so each task
+    takes one snapshot (none after the last task) into buffers reused from task to task; before the first task
+    trained in this process it is the start itself, unless the unit resumed from a checkpoint (`restart`).
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.start = effective_weights(model, device=None)  # drift "since the start" is measured from here
+        self.before = self.start
+
+    def restart(self, model: nn.Module) -> None:
+        """The model was restored from a checkpoint: the next task's drift is measured from these weights."""
+        self.before = effective_weights(model, device=None)
+
+    def records(self, records: UnitRecorder, info: TaskInfo, model: nn.Module, more_tasks: bool
+                ) -> list[dict[str, Any]]:
+        """The drift records of task `info` (the model as trained); keeps it as the next task's "before"."""
+        after = effective_weights(model, device=None, copy=False)  # read now, before the model changes
+        out = drift_records(records, info, self.before, self.start, after)
+        if more_tasks:
+            before = {} if self.before is self.start else self.before
+            for name, weight in after.items():
+                kept = before.get(name)
+                if kept is not None and (kept.shape, kept.dtype, kept.device) == (weight.shape, weight.dtype,
+                                                                                  weight.device):
+                    kept.copy_(weight)
+                else:
+                    before[name] = weight.clone()
+            self.before = {name: before[name] for name in after}
+        return out
 
 
 def drift_records(records: UnitRecorder, info: TaskInfo, before: dict[str, Tensor], start: dict[str, Tensor],

@@ -101,7 +101,7 @@ def run(config: RunConfig, *, registry: MethodRegistry | None = None, progress: 
             else:
                 run_local(config, prepared, units, sink, progress,
                           lambda name: registry.get(name)(method_configs[name]), checkpoints, started,
-                          shared or SharedStart())
+                          shared or SharedStart(units=units))
         finally:
             if trackers is not None:
                 trackers.close()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,11 +24,10 @@ from clbench.data.prepare import Prepared
 from clbench.errors import UnitFailed
 from clbench.evaluators.profile import ProfileRecord, optimizer_state_mb, parameter_counts, profile
 from clbench.models import build_model, model_spec
-from clbench.ops import effective_weights
 from clbench.protocol import Hooks, LoopSettings, RunContext
 from clbench.results import RecordSink
 from clbench.training.checkpoint import CheckpointStore, rng_states, set_rng_states
-from clbench.training.evaluation import autocast, drift_records, evaluate_all, functional_records
+from clbench.training.evaluation import DriftReferences, autocast, evaluate_all, functional_records
 from clbench.training.progress import Progress
 from clbench.training.records import UnitRecorder
 from clbench.training.sharing import SharedStart, TrainedFirstTask
@@ -70,6 +69,7 @@ class Unit:
     progress: Progress
     checkpoints: CheckpointStore | None
     shared: SharedStart | None
+    forward: Callable[..., Any]  # the training step's forward: the model, or its torch.compile wrapper
 
     @property
     def label(self) -> str:
@@ -135,10 +135,17 @@ def _train_unit(config: RunConfig, prepared: Prepared, method: Hooks, seed: int,
                 progress: Progress, checkpoints: CheckpointStore | None, shared: SharedStart | None,
                 resume: bool) -> None:
     unit = build_unit(config, prepared, method, seed, sink, progress, checkpoints, shared)
-    weights_start = effective_weights(unit.model)  # drift "since the start" is measured from here
+    drift = DriftReferences(unit.model)
     first_row, logits = restore_or_row0(unit, seed, resume)
-    for info in prepared.infos[first_row:]:
-        logits = run_task(unit, info, logits, weights_start)
+    if first_row:
+        drift.restart(unit.model)
+    try:
+        for info in prepared.infos[first_row:]:
+            logits = run_task(unit, info, logits, drift)
+    except BaseException:
+        if checkpoints is not None:
+            checkpoints.wait(quiet=True)  # the last finished task's checkpoint is on disk before the run stops
+        raise
     unit.records.append([unit.records.status("done", len(prepared.infos))])
     if checkpoints is not None:
         checkpoints.finish(method.name, seed)
@@ -156,8 +163,9 @@ def build_unit(config: RunConfig, prepared: Prepared, method: Hooks, seed: int, 
                      batch_size=config.batch_size, head=prepared.head, lr=lr, weight_decay=config.weight_decay,
                      active_classes=config.active_classes)
     model = method.setup(built, ctx)
+    forward = torch.compile(model) if config.compile else model  # shares the model's parameters
     return Unit(config, prepared, method, model, built, ctx, generator, UnitRecorder(method.name, seed, sink),
-                progress, checkpoints, shared)
+                progress, checkpoints, shared, forward)
 
 
 def restore_or_row0(unit: Unit, seed: int, resume: bool) -> tuple[int, list[Tensor]]:
@@ -179,17 +187,15 @@ def restore_or_row0(unit: Unit, seed: int, resume: bool) -> tuple[int, list[Tens
     cached = unit.shared.row0_logits(seed, unit.model) if unit.shared is not None else None
     logits = unit.evaluate(0, None, cached=cached)
     if unit.shared is not None and cached is None:
-        unit.shared.add_row0(seed, unit.model, logits)
+        unit.shared.add_row0(seed, unit.label, unit.model, logits)
     return 0, logits
 
 
-def run_task(unit: Unit, info: TaskInfo, logits_before: list[Tensor], weights_start: dict[str, Tensor]
-             ) -> list[Tensor]:
+def run_task(unit: Unit, info: TaskInfo, logits_before: list[Tensor], drift: DriftReferences) -> list[Tensor]:
     """Stages 3–5 for one task: prepare, train, finish, then evaluate and record; returns the new logits."""
     method, model = unit.method, unit.model
     unit.progress.begin_task(unit.label, info.index, len(unit.prepared.infos), info.name)
     unit.ctx.task_index = info.index
-    weights_before = effective_weights(model)
     train_splits = unit.prepared.train
     with profile(unit.ctx.device) as rec_before:  # the method prepares: anchors, teacher outputs, its data
         method.before_task(info, model)
@@ -200,13 +206,14 @@ def run_task(unit: Unit, info: TaskInfo, logits_before: list[Tensor], weights_st
     with profile(unit.ctx.device) as rec_eval:
         logits = unit.evaluate(info.index + 1, info.name, step=trained.steps)
         rec_eval.add(examples=sum(len(s) for s in unit.prepared.evaluated))
-    records = drift_records(unit.records, info, weights_before, weights_start, effective_weights(model))
+    more_tasks = info.index + 1 < len(unit.prepared.infos)
+    records = drift.records(unit.records, info, model, more_tasks)
     records += functional_records(unit.records, info, logits_before, logits, unit.prepared.infos)
     records += profile_records(unit, info, trained, {"train": trained.profile, "eval": rec_eval,
                                                       "method_before": rec_before, "method_after": rec_after})
     unit.records.append(records)
     checkpoints = unit.checkpoints
-    if checkpoints is not None and (info.index + 1 < len(unit.prepared.infos) or checkpoints.keep):
+    if checkpoints is not None and (more_tasks or checkpoints.keep):
         checkpoints.save(method.name, unit.ctx.seed, info.index + 1, info.name, model, method.state_dict(),
                          rng_states(unit.generator, unit.ctx.generator, unit.ctx.device), logits)
     return logits
@@ -258,7 +265,7 @@ def step_loop(unit: Unit, info: TaskInfo, plan: BatchPlan, params: Sequence[nn.P
             if step >= total:
                 break
             loss = train_step(unit.model, unit.method, unit.ctx, batch.to(unit.ctx.device), params, optimizer,
-                              unit.config)
+                              unit.config, forward=unit.forward)
             scheduler.step()
             step += 1
             rec.add(examples=len(batch), tokens=batch.num_tokens, steps=1)
@@ -287,13 +294,17 @@ def check_finite(unit: Unit, info: TaskInfo, loss: float, step: int) -> None:
 
 
 def train_step(model: nn.Module, method: Hooks, ctx: RunContext, batch: Any, params: Sequence[nn.Parameter],
-               optimizer: torch.optim.Optimizer, config: RunConfig) -> float:
-    """One optimiser step: forward, the method's loss, backward, hooks, clipping, update."""
+               optimizer: torch.optim.Optimizer, config: RunConfig, *, forward: Callable[..., Any] | None = None
+               ) -> float:
+    """One optimiser step: forward, the method's loss, backward, hooks, clipping, update.
+
+    `forward` computes the outputs in place of `model` (e.g. `torch.compile(model)`, sharing its parameters).
+    """
     model.train()
     extra = method.extra_inputs(batch)
     inputs = batch if extra is None else batch.concat(extra)
     with autocast(ctx.device, config.precision):
-        outputs = model(**inputs.model_inputs())
+        outputs = (model if forward is None else forward)(**inputs.model_inputs())
         logits = ctx.loss_logits(outputs.logits[:len(batch)], batch.task_ids)  # [batch, num_labels]
         task_loss = nn.functional.cross_entropy(logits.float(), batch.labels)
         loss = method.loss(model, batch, outputs, task_loss)

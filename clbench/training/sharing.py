@@ -17,11 +17,12 @@ its own evaluations. The step hooks (`extra_inputs`, `loss`, `after_backward`, `
 unit are not called on task 1: a method that declares `first_task_is_finetuning` promises they leave training
 unchanged there (SI's path integral, which needs them, must not declare it). Row 0 is shared likewise
 whenever two units' models are identical after `setup`. Only the latest seeds' entries are kept (a few
-model copies in memory).
+model copies in memory), and within one run a unit keeps no copy that no later unit of its seed could reuse.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from clbench.data import EncodedSplit
+from clbench.results import unit_id
 
 
 def _state(model: nn.Module) -> dict[str, Tensor]:
@@ -66,10 +68,22 @@ class SharedStart:
     is kept per key (e.g. one per learning rate).
     """
 
-    def __init__(self, max_seeds: int = 1) -> None:
+    def __init__(self, max_seeds: int = 1, units: Sequence[tuple[str, int]] | None = None) -> None:
+        """`units`: the (method, seed) units of the one run this cache serves, in training order; a unit then
+        stores nothing (no copy of the model's state) when no later unit of its seed could reuse it. None: store
+        everything (a caller that reuses the cache across runs, e.g. a tuning search)."""
         self.max_seeds = max_seeds
+        self.units = [unit_id(name, seed) for name, seed in units] if units is not None else None
+        self.seeds = [seed for _, seed in units] if units is not None else []
         self.row0: dict[int, list[tuple[dict[str, Tensor], list[Tensor]]]] = {}
         self.firsts: dict[int, dict[tuple[Any, ...], TrainedFirstTask]] = {}
+
+    def _reusable_later(self, seed: int, producer: str) -> bool:
+        """Whether a unit trained after `producer` could reuse what it stores for `seed`."""
+        if self.units is None:
+            return True
+        later = self.units.index(producer) + 1 if producer in self.units else 0
+        return seed in self.seeds[later:]
 
     def _for_seed(self, seed: int) -> None:
         """Make `seed` the most recent seed, dropping the oldest beyond `max_seeds`."""
@@ -87,9 +101,11 @@ class SharedStart:
                 return logits
         return None
 
-    def add_row0(self, seed: int, model: nn.Module, logits: list[Tensor]) -> None:
+    def add_row0(self, seed: int, producer: str, model: nn.Module, logits: list[Tensor]) -> None:
+        """Keep the row-0 logits of `producer`'s model for identical models of later units."""
         self._for_seed(seed)
-        self.row0[seed].append((_state(model), logits))
+        if self._reusable_later(seed, producer):
+            self.row0[seed].append((_state(model), logits))
 
     @staticmethod
     def key(method: Any, built: nn.Module, model: nn.Module, data: EncodedSplit, base: EncodedSplit,
@@ -117,7 +133,7 @@ class SharedStart:
     def begin(self, seed: int, key: tuple[Any, ...] | None, producer: str, model: nn.Module) -> None:
         """Called before a unit trains task 1 itself: remember its starting point if it could be shared."""
         self._for_seed(seed)
-        if key is not None and key not in self.firsts[seed]:
+        if key is not None and key not in self.firsts[seed] and self._reusable_later(seed, producer):
             self.firsts[seed][key] = TrainedFirstTask(producer, key, _state(model))
 
     def end(self, seed: int, producer: str, model: nn.Module, generator: torch.Generator, steps: int,

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
-from clbench.data import EncodedSplit, TaskInfo
+from clbench.data import BatchPlan, EncodedSplit, TaskInfo
 from clbench.methods import RunContext
 from clbench.methods.ewc import EWC, EWCConfig
 from clbench.models import build_model
+from clbench.per_example import diagonal_fisher
 
 TASKS = (TaskInfo(0, "a", ("x", "y", "z"), 0), TaskInfo(1, "b", ("x", "y"), 3))
 
@@ -98,20 +101,35 @@ def test_exact_is_the_expectation_over_predicted_labels(head: str) -> None:
     assert close(fisher, expected)
 
 
-def test_vmap_and_loop_per_example_gradients_agree_on_a_minilm_shaped_model() -> None:
-    from transformers import BertConfig, BertForSequenceClassification
-
-    torch.manual_seed(0)
-    model = BertForSequenceClassification(BertConfig(
-        vocab_size=64, hidden_size=384, num_hidden_layers=1, num_attention_heads=12, intermediate_size=1536,
-        num_labels=5, hidden_dropout_prob=0.1)).eval()  # MiniLM's width and heads, one layer
-    ewc, _ = method()
-    batch = split(2, width=6).batch(torch.arange(2))
+@pytest.mark.parametrize("estimator", ["empirical", "exact"])
+def test_fisher_equals_the_torch_func_path_it_replaced(estimator: str) -> None:
+    data = split(7)
+    ewc, model = method(head="per-task", estimator=estimator, fisher_batch_size=3)
     names = [n for n, _ in model.named_parameters()]
-    vmapped = ewc._vmap_grads(model, batch, batch.labels, names)
-    looped = ewc._loop_grads(model, batch, batch.labels, names)
-    assert not ewc._warned_fallback
-    assert close(vmapped, looped, atol=1e-6)
+    func = diagonal_fisher(model, lambda: [data.batch(i) for i in BatchPlan(data, 3, shuffle=False).indices()],
+                           estimator, names=names, logits_fn=ewc.context.logits, backend="torch.func")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the tiny BERT is covered: no fallback
+        assert close(ewc.fisher(model, data), func)
+
+
+def test_an_uncovered_model_falls_back_to_torch_func_with_one_warning(monkeypatch: pytest.MonkeyPatch) -> None:
+    from clbench import per_example
+
+    def refuse(*args: object, **kwargs: object) -> object:
+        raise per_example.UnsupportedModelError("per-example gradients by hooks are not available for: x")
+
+    data = split(5)
+    ewc, model = method(fisher_batch_size=2)
+    expected = method(fisher_batch_size=2)[0].fisher(model, data)
+    monkeypatch.setattr(per_example, "hook_squared_grad_sums", refuse)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got = ewc.fisher(model, data)
+        ewc.fisher(model, data)
+    assert [str(w.message) for w in caught if "ewc:" in str(w.message) and "torch.func" in str(w.message)] \
+        and len([w for w in caught if "ewc:" in str(w.message)]) == 1
+    assert close(got, expected)
 
 
 def test_separate_terms_and_online_decay() -> None:

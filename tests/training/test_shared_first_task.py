@@ -5,7 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from runs_util import FAULTS, comparable, tiny_run
+
+from clbench.training.sharing import SharedStart
 
 METHODS = ("naive", "ewc", "counter", "fip", "lora")
 
@@ -25,3 +28,18 @@ def test_a_method_with_its_own_lr_trains_its_own_first_task(tmp_path: Path) -> N
     assert not [r for r in records if r["type"] == "note" and r["metric"] == "shared_first_task"]
     lrs = {r["unit"]: r["value"] for r in records if r["type"] == "profile" and r["metric"] == "lr"}
     assert lrs == {"naive/seed0": 1e-3, "ewc/seed0": 3e-3}  # tiny's default lr, and ewc's own
+
+
+def test_a_unit_stores_no_copy_that_no_later_unit_of_its_seed_could_reuse() -> None:
+    model = torch.nn.Linear(2, 2)
+    shared = SharedStart(units=[("naive", 0), ("ewc", 0), ("naive", 1)])
+    shared.add_row0(0, "naive/seed0", model, [])
+    assert shared.row0_logits(0, model) == []  # ewc/seed0 comes later and may reuse it
+    shared.add_row0(0, "ewc/seed0", model, [])
+    shared.begin(0, ("key",), "ewc/seed0", model)
+    assert len(shared.row0[0]) == 1 and not shared.firsts[0]  # nothing after ewc/seed0 has seed 0
+    shared.begin(1, ("key",), "naive/seed1", model)
+    assert not shared.firsts[1]
+    everything = SharedStart()  # a cache reused across runs (tuning) keeps every entry
+    everything.begin(1, ("key",), "naive/seed1", model)
+    assert everything.firsts[1]
