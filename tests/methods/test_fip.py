@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import torch
+from model_util import without_dropout
 from torch import nn
 
 from clbench.config import build_config
@@ -92,10 +93,12 @@ def test_summed_distance_is_one_eighth_fisher_quadratic_form() -> None:
 def test_cached_anchor_equals_frozen_copy_in_eval_mode() -> None:
     model = build_model("tiny", 5, 0)
     frozen = copy.deepcopy(model).eval()
-    method = _fip_after_first_task(model)
+    method = _fip_after_first_task(model)  # q cached while the model is in train mode, as in a run
+    assert model.training  # ... and left in train mode
     with torch.no_grad():  # move away from the anchor
         for param in model.parameters():
             param.add_(0.01 * torch.randn_like(param))
+    model.eval()  # no dropout in p: the reference below must see the same network as the loss
     state = method.context.generator.get_state()
     cached = method.loss(model, None, None, torch.zeros(()))  # type: ignore[arg-type]
     assert method.replay is not None
@@ -133,10 +136,7 @@ def test_fused_forward_takes_the_same_step(name: str) -> None:
     config = build_config({"methods": [name], "model": "tiny", "stream": "synthetic"})
     steps = []
     for fused in (False, True):
-        model = build_model("tiny", 5, 0)
-        for module in model.modules():  # no dropout: both modes must then give the same numbers
-            if isinstance(module, nn.Dropout):
-                module.p = 0.0
+        model = without_dropout(build_model("tiny", 5, 0))  # both modes must then give the same numbers
         method: Hooks
         if name == "fip":
             method = _fip_after_first_task(model, fused_forward=fused, ce_weight=0.7)
