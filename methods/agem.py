@@ -7,6 +7,9 @@ tasks seen, see `clbench.episodic`), computes its gradient g_ref, and if the cur
 against it (gᵀg_ref < 0) replaces g by its projection onto the half-space, in closed form (Eq. 11):
 g̃ = g − (gᵀg_ref / g_refᵀg_ref) g_ref. No QP is solved.
 
+The reference gradient comes from `sample_size` memory examples, 256 by default as in the authors' code (the
+whole memory while it holds fewer), not from a batch the size of the training batch.
+
 Optimiser: the projection guarantees ⟨g̃, g_ref⟩ ≥ 0, so a plain SGD step −η·g̃ does not increase the memory
 sample's loss to first order; Adam's per-coordinate scaling of the step breaks that. The authors train with
 plain SGD, and so does `optimizer=sgd` (the default): `configure_optimizer` returns
@@ -50,9 +53,9 @@ def agem_project(grad: Tensor, ref: Tensor) -> Tensor:
 class AGEMConfig(MethodConfig):
     """Hyperparameters of A-GEM; symbols follow Chaudhry et al. 2019."""
 
-    sample_size: int = option(0, "examples drawn uniformly from the episodic memory each step to compute the "
-                              "reference gradient g_ref in Eq. 11 (0: the run's batch size)",
-                              search=Choice((16, 64, 256)))
+    sample_size: int = option(256, "examples drawn uniformly from the episodic memory each step to compute the "
+                              "reference gradient g_ref in Eq. 11 (the authors' code uses 256; all of the memory "
+                              "while it holds fewer; 0: the run's batch size)", search=Choice((16, 64, 256)))
     optimizer: str = option("sgd", "update rule: sgd (plain SGD at sgd_lr, as the authors trained: a step along g̃ "
                             "does not increase the memory sample's loss to first order) or adamw (the runner's "
                             "AdamW at the run's lr; its per-coordinate scaling breaks that guarantee)")

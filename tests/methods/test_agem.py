@@ -70,6 +70,20 @@ def filled(**options: object) -> tuple[AGEM, torch.nn.Module]:
     return agem, model
 
 
+def test_reference_gradient_is_the_mean_loss_gradient_over_256_memory_examples() -> None:
+    """The authors' 256 examples: with 12 in memory, g_ref is the gradient of the mean loss over all of them,
+    not over a batch of the run's batch size (4 here)."""
+    assert AGEMConfig().sample_size == 256
+    agem, model = filled()
+    params = [p for p in model.parameters() if p.requires_grad]
+    ref = agem.reference_grad(model, params)
+    memory = agem.memory.all()
+    batch = memory.batch(torch.arange(len(memory)))
+    loss = torch.nn.functional.cross_entropy(model(**batch.model_inputs()).logits, batch.labels)
+    expected = torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, params)])
+    torch.testing.assert_close(ref, expected, rtol=1e-4, atol=1e-7)
+
+
 def test_plain_sgd_at_sgd_lr_by_default_and_the_runners_adamw_on_request() -> None:
     params = [torch.nn.Parameter(torch.zeros(3))]
     optimizer = AGEM().configure_optimizer(TASKS[1], params)
