@@ -13,7 +13,7 @@ from torch import nn
 
 from clbench.config import build_config
 from clbench.data import Batch, EncodedSplit, TaskInfo
-from clbench.methods.fip import FIP, FIPConfig, bhattacharyya, replay_distance, sample_replay
+from clbench.methods.fip import FIP, FIPConfig, bhattacharyya, cache_log_probs, replay_distance, sample_replay
 from clbench.methods.fip_geometric import OutputMetric
 from clbench.methods.replay import Replay, ReplayConfig
 from clbench.models import build_model
@@ -88,6 +88,18 @@ def test_summed_distance_is_one_eighth_fisher_quadratic_form() -> None:
         distance = replay_distance(model, ctx, batch, log_q)
     assert float(quadratic) > 0
     torch.testing.assert_close(distance, quadratic / 8, rtol=0.02, atol=0)
+
+
+def test_anchor_is_cached_in_eval_mode_from_a_model_in_train_mode() -> None:
+    """q is the deterministic network's softmax (dropout off), whatever mode the runner left the model in."""
+    model = build_model("tiny", 5, 0)
+    data = _split(12, 0, 1)
+    log_q = cache_log_probs(model, _ctx(), data)
+    assert model.training  # the mode is restored
+    model.eval()
+    with torch.no_grad():
+        expected = torch.log_softmax(model(**data.batch(torch.arange(12)).model_inputs()).logits, -1)
+    torch.testing.assert_close(log_q, expected)
 
 
 def test_cached_anchor_equals_frozen_copy_in_eval_mode() -> None:
