@@ -98,6 +98,20 @@ def test_exact_is_the_expectation_over_predicted_labels(head: str) -> None:
     assert close(fisher, expected)
 
 
+@pytest.mark.parametrize("estimator", ["empirical", "exact", "batched"])
+def test_fisher_after_a_task_is_the_eval_mode_networks_and_training_mode_is_restored(estimator: str) -> None:
+    """The runner calls after_task on a model in train mode: F must be the deterministic network's (dropout
+    off), and the model must go back to train mode for the next task."""
+    data = split(6)
+    ewc, model = method(batch_size=3, estimator=estimator, fisher_batch_size=3)
+    assert model.training
+    ewc.after_task(TASKS[0], model, data)
+    assert model.training
+    reference, _ = method(batch_size=3, estimator=estimator, fisher_batch_size=3)
+    expected = reference.fisher(model.eval(), data)
+    assert close(ewc.fishers[0], expected, atol=0.0)
+
+
 def test_vmap_and_loop_per_example_gradients_agree_on_a_minilm_shaped_model() -> None:
     from transformers import BertConfig, BertForSequenceClassification
 
