@@ -123,6 +123,27 @@ def test_cached_anchor_equals_frozen_copy_in_eval_mode() -> None:
     torch.testing.assert_close(cached, reference)
 
 
+def test_loss_is_summed_distance_on_the_replay_batch_plus_lambda_times_ce() -> None:
+    """L = Σ_replay −log Σ_c √(p_c q_c) + λ·CE written out by hand: summed (not averaged) over the replay
+    batch, λ on the CE only, q from the model before the task."""
+    model = build_model("tiny", 5, 0)
+    frozen = copy.deepcopy(model).eval()
+    method = _fip_after_first_task(model, ce_weight=0.7, replay_batch_size=64)  # the whole buffer each step
+    with torch.no_grad():  # move away from the anchor
+        for param in model.parameters():
+            param.add_(0.02 * torch.randn(param.shape, generator=torch.Generator().manual_seed(5)))
+    model.eval()
+    assert method.replay is not None and len(method.replay) == 16
+    replay = method.replay.batch(torch.arange(16))
+    with torch.no_grad():
+        p = torch.softmax(model(**replay.model_inputs()).logits, -1)  # [16, 5]
+        q = torch.softmax(frozen(**replay.model_inputs()).logits, -1)
+    expected = -torch.log((p * q).sqrt().sum(-1)).sum() + 0.7 * 1.3
+    loss = method.loss(model, None, None, torch.tensor(1.3))  # type: ignore[arg-type]
+    assert float(expected) > 0.7 * 1.3 + 1e-4
+    torch.testing.assert_close(loss.detach(), expected, rtol=1e-4, atol=1e-6)
+
+
 def test_separate_backward_gives_joint_gradients() -> None:
     grads = []
     new = _split(4, 1, 5).batch(torch.arange(4))
