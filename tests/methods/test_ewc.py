@@ -147,6 +147,19 @@ def test_separate_terms_and_online_decay() -> None:
     assert close(online.fishers[0], expected)
     assert close(online.anchors[0], separate.anchors[1])
 
+    # the penalties: one term per earlier task, against one decayed term at the latest anchor
+    g = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        for p, p2 in zip(model.parameters(), model2.parameters()):
+            p.add_(0.1 * torch.randn(p.shape, generator=g))
+            p2.copy_(p)
+    theta = dict(model.named_parameters())
+    by_task = sum((f[n] * (theta[n] - a[n]) ** 2).sum() for a, f in zip(separate.anchors, separate.fishers)
+                  for n in f)
+    decayed = sum((expected[n] * (theta[n] - separate.anchors[1][n]) ** 2).sum() for n in expected)
+    torch.testing.assert_close(separate.penalty(model), by_task, rtol=1e-5, atol=0)
+    torch.testing.assert_close(online.penalty(model2), decayed, rtol=1e-5, atol=0)
+
 
 def test_fisher_samples_draws_a_deterministic_subset() -> None:
     data = split(12)
