@@ -96,6 +96,19 @@ def test_hook_projection_is_non_negative_against_every_memory_gradient() -> None
     assert torch.allclose(projected, solve_dual_qp(G, g, 0.0, 1e-9), atol=1e-6)
 
 
+def test_each_row_of_G_is_one_earlier_tasks_mean_memory_loss_gradient() -> None:
+    gem, model = filled()
+    params = [p for p in model.parameters() if p.requires_grad]
+    G = gem.memory_grads(model, params)  # [tasks, params]
+    assert G.shape[0] == 2
+    for row, task in enumerate((0, 1)):
+        memory = gem.memory.splits[task]
+        batch = memory.batch(torch.arange(len(memory)))  # 8 examples, in two chunks of the batch size inside
+        loss = torch.nn.functional.cross_entropy(model(**batch.model_inputs()).logits, batch.labels)
+        expected = torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, params)])
+        torch.testing.assert_close(G[row], expected, rtol=1e-4, atol=1e-7)
+
+
 def test_no_projection_without_conflict() -> None:
     gem, model = filled()
     set_gradient(model)
