@@ -237,3 +237,32 @@ def test_fip_lora_trains_adapters_at_adapter_lr() -> None:
     assert optimizer is not None and optimizer.param_groups[0]["lr"] == 3e-4
     assert params and all(".lora_" in n or ".modules_to_save." in n
                           for n, p in model.named_parameters() if p.requires_grad)
+
+
+def test_fip_lora_loss_is_fips_on_the_adapted_model() -> None:
+    """After task 1 the buffer and q come from FIP: at the anchor the distance is 0 (loss = λ·CE), and once the
+    adapters move it is the summed distance to q, the frozen copy's softmax, plus λ·CE."""
+    from clbench.methods.fip_lora import FIPLoRA, FIPLoRAConfig
+
+    method = FIPLoRA(FIPLoRAConfig(rank=2, ce_weight=0.7, replay_batch_size=64))
+    model = method.setup(build_model("tiny", 5, 0), _ctx())
+    method.after_task(TASKS[0], model, _split(20, 0, 1))
+    method.before_task(TASKS[1], model)
+    frozen = copy.deepcopy(model).eval()
+    model.eval()
+    task_loss = torch.tensor(1.3)
+    torch.testing.assert_close(method.loss(model, None, None, task_loss), 0.7 * task_loss)  # type: ignore[arg-type]
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if ".lora_B." in name:
+                param.add_(0.1 * torch.randn(param.shape, generator=torch.Generator().manual_seed(6)))
+    replay = method.fip.replay
+    assert replay is not None and len(replay) == 16
+    batch = replay.batch(torch.arange(16))
+    with torch.no_grad():
+        p = torch.softmax(model(**batch.model_inputs()).logits, -1)
+        q = torch.softmax(frozen(**batch.model_inputs()).logits, -1)
+    expected = -torch.log((p * q).sqrt().sum(-1)).sum() + 0.7 * task_loss
+    assert float(expected) > 0.7 * 1.3 + 1e-4
+    torch.testing.assert_close(method.loss(model, None, None, task_loss).detach(), expected,  # type: ignore[arg-type]
+                               rtol=1e-4, atol=1e-6)
