@@ -82,6 +82,7 @@ def run_field_options(fn: F) -> F:
               help="Import the plugin files listed under `plugins:` in --config (or in the config.yaml that --resume "
                    "reads); without it such a list is refused, since importing a file runs its code.")
 @click.option("--quiet", is_flag=True, help="Print nothing but errors and the final summary.")
+@click.option("--verbose", is_flag=True, help="Also show the libraries' own warnings and logs (hidden by default).")
 @friendly
 def run(**kwargs: Any) -> None:
     """Train each method through the stream's tasks and write results, summary and report to --out.
@@ -89,6 +90,14 @@ def run(**kwargs: Any) -> None:
     Exit codes: 0 every unit done; 2 bad input (nothing written or changed); 3 some units failed (see the
     summary and results.jsonl); 1 interrupted or an internal error.
     """
+    from clbench.training.progress import quiet_libraries
+
+    with quiet_libraries(kwargs.pop("verbose")):
+        _run(kwargs)
+
+
+def _run(kwargs: dict[str, Any]) -> None:
+    """The body of `clbench run`, inside `quiet_libraries`."""
     from clbench.reporting.summary import summary_table
     from clbench.results import failed_units
     from clbench.training.progress import Progress
@@ -100,7 +109,10 @@ def run(**kwargs: Any) -> None:
     out = run_experiment(config, registry=registry, progress=Progress("quiet" if quiet else None),
                          command=" ".join(["clbench", *sys.argv[1:]]), resume=resume, earlier=errors)
     click.echo(summary_table(out))
+    from clbench.reporting.export import write_summary
     from clbench.reporting.report import write_report_or_warn
+
+    write_summary(out)
 
     report_file = write_report_or_warn(out, lambda message: click.echo(message, err=True))
     if report_file is not None:
@@ -310,25 +322,30 @@ def fetch(streams: tuple[str, ...]) -> None:
 @click.argument("run_dir")
 @friendly
 def report(run_dir: str) -> None:
-    """Regenerate RUN_DIR/report.md and RUN_DIR/plots/*.png from the run's results."""
+    """Regenerate RUN_DIR/report.md, RUN_DIR/plots/*.png and RUN_DIR/summary.{csv,json} from the results."""
     from pathlib import Path
 
+    from clbench.reporting.export import write_summary
     from clbench.reporting.report import write_report
 
-    click.echo(write_report(Path(run_dir)))
+    report_file = write_report(Path(run_dir))  # refuses a torn results file before anything is rewritten
+    write_summary(Path(run_dir))
+    click.echo(report_file)
 
 
 @main.command()
 @click.argument("run_dirs", nargs=-1, required=True)
-@click.option("--out", help="Also write the comparison to OUT/compare.md.")
+@click.option("--out", help="Also write the comparison to OUT/compare.<format>.")
+@click.option("--format", "fmt", type=click.Choice(["md", "csv", "json"]), default="md", show_default=True,
+              help="md: the summary tables side by side; csv or json: one row per run, method and seed.")
 @friendly
-def compare(run_dirs: tuple[str, ...], out: str | None) -> None:
+def compare(run_dirs: tuple[str, ...], out: str | None, fmt: str) -> None:
     """Put the summary tables of RUN_DIRS (runs of the same stream) side by side."""
     from pathlib import Path
 
-    from clbench.reporting.compare import compare_runs
+    from clbench.reporting.export import export_comparison
 
-    click.echo(compare_runs([Path(d) for d in run_dirs], Path(out) if out else None))
+    click.echo(export_comparison([Path(d) for d in run_dirs], fmt, Path(out) if out else None), nl=fmt == "md")
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from typing import Any
 import yaml
 
 from clbench.errors import ClbenchError, ConfigError, shown, suggest
+from clbench.hints import option_hint, run_key_hint
 from clbench.search import Choice, IntRange
 from clbench.yamlio import read_yaml
 
@@ -53,6 +54,8 @@ class RunConfig:
                          flag=True)
     model: str = option("minilm", "model alias (tiny, minilm, bert-base), HF model id or local directory",
                         flag=True)
+    model_args: str | None = option(None, "from_pretrained arguments of a Hub or local model, comma-separated: "
+                                    "revision=BRANCH|TAG|COMMIT, dtype=float32|bfloat16|float16", flag=True)
     seeds: tuple[int, ...] = option((0,), "comma-separated random seeds, e.g. 0,1,2; one unit per method and "
                                     "seed", flag=True)
     out: str | None = option(None, "run directory (default runs/<stream>-<model>-<time>)", flag=True)
@@ -92,6 +95,9 @@ class RunConfig:
     executor: str = option("local", "local (in process) or ray (one Ray task per unit)", flag=True)
     ray_address: str | None = option(None, "address of a Ray cluster for --executor ray (default: start a local "
                                      "one)", flag=True)
+    log: tuple[str, ...] = option((), "experiment trackers that also receive every record, comma-separated: "
+                                  "tensorboard, wandb (offline unless WANDB_MODE=online), mlflow (a file store in "
+                                  "the run directory unless MLFLOW_TRACKING_URI is set)", flag=True)
     gpus_per_unit: float = option(1.0, "share of a GPU each Ray unit asks for on a CUDA run; 0.25 runs four units "
                                   "on one card at once (small models are bound by kernel launches)", flag=True)
     keep_checkpoints: bool = option(False, "keep each unit's checkpoint after it finishes (default: delete it)",
@@ -282,7 +288,7 @@ def _merge(key: str, value: Any, values: dict[str, Any], options: dict[str, dict
         raise ConfigError(f"method section '{key}' needs a mapping of its options, not {shown(value)}; set one "
                           f"with --set {key}.OPTION=VALUE or write `{key}: {{OPTION: VALUE}}` in YAML")
     else:
-        raise ConfigError(f"unknown config key '{key}'{suggest(key, list(RUN_FIELDS) + list(method_names))}")
+        raise ConfigError(f"unknown config key '{key}'{run_key_hint(key, list(RUN_FIELDS) + list(method_names))}")
 
 
 def method_config(cls_config: type, name: str, raw: Mapping[str, Any]) -> Any:
@@ -292,7 +298,7 @@ def method_config(cls_config: type, name: str, raw: Mapping[str, Any]) -> Any:
     kwargs = {}
     for key, value in raw.items():
         if key not in known:
-            hint = suggest(key, known) if known else f" ({name} has no options)"
+            hint = option_hint(name.partition("@")[0], key, {k: f.metadata.get("help", "") for k, f in known.items()})
             errors.append(f"unknown option '{name}.{key}'{hint}")
             continue
         try:
@@ -328,7 +334,8 @@ def validate(config: RunConfig, registry: Any, earlier: Sequence[str] = ()) -> d
     """Check the whole config; return {method name: config instance}. Raises one ConfigError listing all,
     `earlier` problems (e.g. from `collect_config`) first."""
     from clbench.data.streams import cache_dir, load_stream_spec
-    from clbench.models import check_model
+    from clbench.models import check_model, parse_model_args
+    from clbench.trackers import tracker_errors
 
     errors: list[str] = list(earlier)
 
@@ -372,13 +379,18 @@ def validate(config: RunConfig, registry: Any, earlier: Sequence[str] = ()) -> d
 
         if not torch.cuda.is_available():
             errors.append(f"device='{config.device}' but CUDA is not available; use --device cpu or auto")
+    errors += tracker_errors(config.log)
     if config.executor == "ray" and importlib.util.find_spec("ray") is None:
         errors.append("executor='ray' needs Ray; install the extra: pip install 'clbench[ray]'")
     if config.out is not None and Path(config.out).exists() and not Path(config.out).is_dir():
         errors.append(f"--out '{config.out}' is a file, not a directory; choose another --out")
     elif config.out is not None and any(p.exists() and not p.is_dir() for p in Path(config.out).parents):
         errors.append(f"--out '{config.out}' lies under a file, not a folder; choose another --out")
-    check(lambda: check_model(config.model))
+    if config.model in registry.names() and not Path(config.model).is_dir():
+        errors.append(f"'{config.model}' is a method, not a model; pass it to --methods (e.g. --methods "
+                      f"{config.model}) and a model to --model (tiny, minilm, a Hub id or a folder)")
+    elif check(lambda: check_model(config.model)) is not None:
+        check(lambda: parse_model_args(config.model_args, config.model))
     cache = cache_dir()
     if any(p.exists() and not p.is_dir() for p in (cache, *cache.parents)):
         errors.append(f"cache folder '{cache}' ($CLBENCH_CACHE) is a file or lies under one; point "
@@ -498,7 +510,7 @@ def dump_yaml(config: RunConfig) -> str:
 
 
 # Run fields that never change results: a resumed run may set them differently.
-NOT_RESULTS = ("out", "plugins", "executor", "ray_address", "gpus_per_unit", "keep_checkpoints", "provenance")
+NOT_RESULTS = ("out", "plugins", "executor", "ray_address", "gpus_per_unit", "keep_checkpoints", "provenance", "log")
 
 
 def saved_layer(raw: Mapping[str, Any]) -> dict[str, Any]:

@@ -14,12 +14,14 @@ sentence-transformers `1_Pooling/config.json` says mean pooling itself; other mo
 
 from __future__ import annotations
 
+import difflib
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from clbench.errors import ClbenchError, RegistryError, suggest
+from clbench.errors import ClbenchError, ConfigError, RegistryError, suggest
 
 if TYPE_CHECKING:
     from torch import nn
@@ -49,16 +51,134 @@ MODELS: dict[str, ModelSpec] = {
 HUB_IDS = {"bert-base": "bert-base-uncased"}
 
 
+# A Hub repository id: an optional owner and a name of letters, digits, '-', '_' and '.' (bert-base-uncased, gpt2,
+# FacebookAI/roberta-base).
+HUB_ID = re.compile(r"^(?:[A-Za-z0-9][\w.-]{0,95}/)?[A-Za-z0-9][\w.-]{0,95}$")
+TYPO_CUTOFF = 0.88  # an owner-less name this close to an alias is a typo of it (minlm), unless the cache has it
+
+
 def model_spec(name: str) -> ModelSpec:
-    """The spec of an alias, a local directory or an HF id (anything with a '/' or an existing path)."""
+    """The spec of an alias, a local directory or a Hugging Face Hub id (with or without an owner)."""
     if name in MODELS:
         return MODELS[name]
     if Path(name).is_dir():
         return ModelSpec(name, f"local model directory {name}", "local", 5e-5, True)
-    if "/" in name and not name.startswith((".", "/")):
+    path_like = name.startswith((".", "/", "~")) or name.count("/") > 1
+    typo = "/" not in name and difflib.get_close_matches(name, MODELS, n=1, cutoff=TYPO_CUTOFF)
+    if HUB_ID.match(name) and not path_like and not (typo and not _cached(name)):
         return ModelSpec(name, f"Hugging Face model {name}", "hub", 5e-5, False)
-    raise RegistryError(f"unknown model '{name}'{suggest(name, MODELS)}; use an alias, an HF id such as "
-                        "'bert-base-uncased' with a '/' owner, or a local model directory")
+    if path_like:
+        raise RegistryError(f"local model directory '{name}' does not exist; fix the path, or use an alias "
+                            f"({', '.join(MODELS)}) or a Hub id such as bert-base-uncased")
+    raise RegistryError(f"unknown model '{name}'{suggest(name, MODELS)}; use an alias ({', '.join(MODELS)}), a "
+                        "Hugging Face Hub id such as bert-base-uncased or FacebookAI/roberta-base, or a local "
+                        "model directory")
+
+
+def _cached(repo: str) -> bool:
+    """Whether the local Hugging Face cache holds `repo`'s config.json (then an odd name is meant)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(repo, "config.json"), str)
+    except Exception:  # noqa: BLE001 -- an invalid id or an unreadable cache: not cached
+        return False
+
+
+# ---- --model-args: from_pretrained arguments (lm-eval's `--model_args` habit) ----
+
+MODEL_ARGS = {"revision": "a branch, tag or commit of a Hub model (default: main)",
+              "dtype": "the weights' dtype: float32, bfloat16 or float16 (default: the checkpoint's float32)"}
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclass(frozen=True)
+class ModelArgs:
+    """Parsed `--model-args`: which snapshot of a Hub model, and the weights' dtype."""
+
+    revision: str | None = None
+    dtype: str | None = None
+
+
+def parse_model_args(text: str | None, model: str | None = None) -> ModelArgs:
+    """`"revision=v1.0,dtype=bfloat16"` -> ModelArgs; every problem raises one ConfigError naming the fix.
+
+    Args:
+        text: Comma-separated KEY=VALUE pairs (keys in `MODEL_ARGS`), or None.
+        model: The model they apply to; `revision` is refused for models that are not on the Hub.
+    """
+    if not text or not text.strip():
+        return ModelArgs()
+    values: dict[str, str] = {}
+    for item in text.split(","):
+        key, sep, value = (part.strip() for part in item.partition("="))
+        if not sep or not key or not value:
+            raise ConfigError(f"--model-args item '{item.strip()}' is not KEY=VALUE; write e.g. "
+                              "--model-args revision=main,dtype=bfloat16")
+        if key not in MODEL_ARGS:
+            raise ConfigError(f"--model-args: unknown key '{key}'{suggest(key, MODEL_ARGS)}; keys: "
+                              + "; ".join(f"{k} ({h})" for k, h in MODEL_ARGS.items()))
+        values[key] = value
+    if "dtype" in values and values["dtype"] not in DTYPES:
+        raise ConfigError(f"--model-args dtype='{values['dtype']}' must be one of {', '.join(DTYPES)}")
+    if "revision" in values and model is not None and model_spec(model).source != "hub":
+        raise ConfigError(f"--model-args revision applies to Hugging Face Hub models, not to '{model}' "
+                          f"({model_spec(model).source}); drop it")
+    return ModelArgs(**values)
+
+
+def hub_options() -> dict[str, Any]:
+    """The Hub cache and offline mode as the environment says now (`HF_HUB_CACHE`, `HF_HUB_OFFLINE`):
+    huggingface_hub reads them once at import, so a notebook or test that sets them later is honoured too."""
+    options: dict[str, Any] = {}
+    if os.environ.get("HF_HUB_CACHE"):
+        options["cache_dir"] = os.environ["HF_HUB_CACHE"]
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        options["local_files_only"] = True
+    return options
+
+
+def hub_commit(repo: str, revision: str | None) -> str:
+    """The commit a Hub model's `revision` (default main) resolves to, from the Hub or the local cache.
+
+    Raises:
+        ClbenchError: The repository or revision is unknown, or the Hub is unreachable and the cache lacks it.
+    """
+    from huggingface_hub import hf_hub_download
+
+    try:
+        path = Path(str(hf_hub_download(repo, "config.json", revision=revision, **hub_options())))
+    except Exception as exc:  # noqa: BLE001 -- hub errors, OSError, invalid ids: all mean "cannot load"
+        raise _load_error(repo, exc, revision) from None
+    parts = path.parts
+    if "snapshots" in parts[:-1]:
+        return parts[parts.index("snapshots") + 1]
+    return revision or "unknown"
+
+
+def model_provenance(name: str, args: ModelArgs) -> dict[str, Any]:
+    """What env.json records about the model: its source, where it was read, the requested and the resolved
+    revision (the Hub commit; the pinned wheel's sha256 for minilm; a digest of config.json for a folder)."""
+    spec = model_spec(name)
+    info: dict[str, Any] = {"name": name, "source": spec.source, "revision": args.revision,
+                            "resolved_revision": None, "dtype": args.dtype or "float32"}
+    if spec.source == "hub":
+        repo = HUB_IDS.get(name, name)
+        info.update(repo=repo, resolved_revision=hub_commit(repo, args.revision))
+    elif spec.source == "pinned":
+        from clbench.data.fetch import PINNED
+
+        info["resolved_revision"] = f"sha256:{PINNED['minilm'].sha256}"
+    elif spec.source == "local":
+        import hashlib
+
+        config = Path(name) / "config.json"
+        info["path"] = str(Path(name).resolve())
+        if config.is_file():
+            info["resolved_revision"] = "config-sha256:" + hashlib.sha256(config.read_bytes()).hexdigest()
+    else:
+        info["resolved_revision"] = "builtin"
+    return info
 
 
 def model_dir(name: str) -> str:
@@ -104,19 +224,20 @@ def tiny_tokenizer() -> PreTrainedTokenizerBase:
                                    sep_token="[SEP]", mask_token="[MASK]", model_max_length=TINY_POSITIONS)
 
 
-def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
-    """The tokenizer of model `name` (built in memory for `tiny`; fetched and verified for `minilm`)."""
+def load_tokenizer(name: str, revision: str | None = None) -> PreTrainedTokenizerBase:
+    """The tokenizer of model `name` (built in memory for `tiny`; fetched and verified for `minilm`), at
+    `revision` for a Hub model."""
     if name == "tiny":
         return tiny_tokenizer()
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(model_dir(name))
+        return AutoTokenizer.from_pretrained(model_dir(name), revision=revision, **hub_options())
     except (OSError, ValueError) as exc:  # transformers raises ValueError when it finds no tokenizer files
-        raise _load_error(name, exc) from None
+        raise _load_error(name, exc, revision) from None
 
 
-def tokenizer_fingerprint(name: str) -> str:
+def tokenizer_fingerprint(name: str, revision: str | None = None) -> str:
     """A string identifying the tokenizer's vocabulary, used in the tokenisation cache key."""
     if name == "tiny":
         import hashlib
@@ -127,7 +248,7 @@ def tokenizer_fingerprint(name: str) -> str:
         from clbench.data.fetch import PINNED
 
         return f"{name}-{PINNED['minilm'].sha256[:16]}"
-    return name
+    return f"{name}@{revision}" if revision else name
 
 
 POOLINGS = ("cls", "mean")
@@ -149,11 +270,15 @@ def model_pooling(name: str) -> str:
     return "cls"
 
 
-def build_model(name: str, num_labels: int, seed: int, pooling: str | None = None) -> nn.Module:
+def build_model(name: str, num_labels: int, seed: int, pooling: str | None = None,
+                args: ModelArgs | None = None) -> nn.Module:
     """A sequence classifier with `num_labels` outputs; the head (and `tiny`'s body) drawn from `seed`.
 
     `pooling` (default: the model's own, `model_pooling`) chooses the readout; see the module docstring.
+    `args` (`--model-args`) picks a Hub model's revision (pass the resolved commit, so every unit loads the
+    same snapshot) and the weights' dtype. A checkpoint's own classifier head is replaced by ours.
     """
+    args = args or ModelArgs()
     import torch
     from transformers import AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification
     from transformers.utils import logging as hf_logging
@@ -170,14 +295,18 @@ def build_model(name: str, num_labels: int, seed: int, pooling: str | None = Non
         hf_logging.set_verbosity_error()  # "newly initialised classifier" is expected: the head is ours
         hf_logging.disable_progress_bar()
         try:
-            model = AutoModelForSequenceClassification.from_pretrained(model_dir(name), num_labels=num_labels)
+            model = AutoModelForSequenceClassification.from_pretrained(
+                model_dir(name), num_labels=num_labels, revision=args.revision, ignore_mismatched_sizes=True,
+                **hub_options())
         except (OSError, ValueError) as exc:  # ValueError: e.g. no usable weights file
-            raise _load_error(name, exc) from None
+            raise _load_error(name, exc, args.revision) from None
         finally:
             hf_logging.set_verbosity(verbosity)
             hf_logging.enable_progress_bar()
     if (pooling or model_pooling(name)) == "mean":
         use_mean_pooling(model, name)
+    if args.dtype is not None:
+        model = model.to(getattr(torch, args.dtype))
     return model
 
 
@@ -194,11 +323,14 @@ def use_mean_pooling(model: nn.Module, name: str) -> None:
     base.register_forward_pre_hook(pooler.capture_mask, with_kwargs=True)
 
 
-def _load_error(name: str, exc: Exception) -> ClbenchError:
+def _load_error(name: str, exc: Exception, revision: str | None = None) -> ClbenchError:
     offline = [n for n, s in MODELS.items() if s.offline]
-    hint = "; set HF_HUB_OFFLINE=0 and check network access" if os.environ.get("HF_HUB_OFFLINE") != "1" else ""
+    hint = "; set HF_HUB_OFFLINE=0 and check network access" if os.environ.get("HF_HUB_OFFLINE") == "1" else \
+        "; check the id and network access"
     first = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
-    return ClbenchError(f"cannot load model '{name}' ({first}); offline models: {', '.join(offline)}{hint}")
+    at = f" at revision '{revision}'" if revision else ""
+    return ClbenchError(f"cannot load model '{name}'{at} ({type(exc).__name__}: {first}){suggest(name, MODELS)}; "
+                        f"offline models: {', '.join(offline)}{hint}")
 
 
 def describe_models() -> list[dict[str, Any]]:

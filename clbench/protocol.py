@@ -219,14 +219,6 @@ class Hooks:
         """
         return None
 
-    def optimizer_name(self) -> str:
-        """The update rule this method trains with, in words, for reports: "AdamW (runner)" by default.
-
-        A method whose `configure_optimizer` returns another optimiser, or the runner's at another learning
-        rate, overrides this to say so (e.g. GEM: "SGD (lr 0.03)"), so a comparison names every deviation.
-        """
-        return "AdamW (runner)"
-
     def fit_task(self, task: TaskInfo, model: nn.Module, data: EncodedSplit, settings: LoopSettings) -> FitResult:
         """Train `model` on `data` with another library's loop; called instead of the runner's loop.
 
@@ -236,6 +228,14 @@ class Hooks:
         evaluation, drift, profiling and results. Native methods never override this.
         """
         raise NotImplementedError(f"method {self.name!r} sets external_loop but does not implement fit_task")
+
+    def optimizer_name(self) -> str:
+        """The update rule this method trains with, in words, for reports: "AdamW (the runner's)" by default.
+
+        A method whose `configure_optimizer` returns another optimiser, or the runner's at another learning
+        rate, overrides this to say so (e.g. GEM: "SGD (lr 0.03)"), so a comparison names every deviation.
+        """
+        return "AdamW (the runner's)"
 
     def trainable_parameters(self, model: nn.Module) -> Iterator[nn.Parameter]:
         """Parameters handed to the optimiser for the coming task."""

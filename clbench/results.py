@@ -27,7 +27,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Protocol
@@ -118,9 +118,12 @@ class RunDir:
 
     The directory (and a missing parent) is created on entry; if the run writes nothing into it (e.g. a check
     made under the lock refuses the run), what entry created is removed again on exit.
+
+    `listeners` (progress, experiment trackers) receive every record batch after it is safely on disk.
     """
 
     path: Path
+    listeners: list[RecordSink] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._lock: int | None = None
@@ -189,6 +192,10 @@ class RunDir:
             fh.write(lines)
             fh.flush()
             os.fsync(fh.fileno())
+        if self.listeners:
+            written = [_decoded(json.loads(line)) for line in lines.splitlines()]  # as a reader sees them
+            for listener in self.listeners:
+                listener.append(written)
 
 
 def _parses(line: bytes) -> bool:

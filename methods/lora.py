@@ -153,7 +153,7 @@ class LoRA(Hooks):
     def optimizer_name(self) -> str:
         if self.cfg.adapter_lr is None:
             return super().optimizer_name()
-        return f"AdamW (runner; adapters at lr {self.cfg.adapter_lr:g})"
+        return f"AdamW (the runner's; adapters at lr {self.cfg.adapter_lr:g})"
 
     def after_task(self, task: TaskInfo, model: nn.Module, data: EncodedSplit) -> None:
         if self.cfg.adapter_policy == "per_task" and self.trains_adapters(task):

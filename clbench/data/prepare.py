@@ -5,16 +5,23 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from clbench.config import RunConfig
 from clbench.data import EncodedSplit, Stream, Task, TaskInfo, TaskSplits
 from clbench.data.streams import cache_dir, load_stream
 from clbench.data.tokenize import encode_stream
 from clbench.errors import ConfigError
-from clbench.models import load_tokenizer, max_positions, tokenizer_fingerprint
+from clbench.models import (
+    ModelArgs,
+    load_tokenizer,
+    max_positions,
+    model_provenance,
+    parse_model_args,
+    tokenizer_fingerprint,
+)
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -25,13 +32,15 @@ NOT_DATA = ("description", "source")
 
 @dataclass
 class Prepared:
-    """A stream resolved and tokenised once, shared by every unit of a run."""
+    """A stream resolved and tokenised once, shared by every unit of a run, and the model it was tokenised for."""
 
     stream: Stream
     infos: tuple[TaskInfo, ...]
     splits: list[TaskSplits]  # (train, val, test) per task
     head: str
     eval_split: str = "test"  # what every evaluation reads: "test" (verdicts) or "val" (choices)
+    model_args: ModelArgs = field(default_factory=ModelArgs)  # revision resolved to the commit every unit loads
+    model_info: dict[str, Any] = field(default_factory=dict)  # env.json's "model" (`model_provenance`)
 
     @property
     def train(self) -> list[EncodedSplit]:
@@ -51,13 +60,17 @@ def prepare(config: RunConfig) -> Prepared:
     Raises:
         ConfigError: a task's max_length exceeds what the model takes (checked before tokenising).
     """
+    args = parse_model_args(config.model_args, config.model)
+    model_info = model_provenance(config.model, args)  # an unknown Hub id or revision fails before any data
+    if model_info["source"] == "hub":
+        args = replace(args, revision=model_info["resolved_revision"])
     stream = load_stream(config.stream, train_size=config.train_size, test_size=config.test_size,
                          max_length=config.max_length, data_dir=Path(config.data_dir) if config.data_dir else None,
                          val_fraction=config.val_fraction, read_test=config.eval_split == "test")
-    tokenizer = load_tokenizer(config.model)
+    tokenizer = load_tokenizer(config.model, args.revision)
     check_max_length(stream, config.model, tokenizer)
-    splits = encode_stream(stream, tokenizer, tokenizer_fingerprint(config.model), cache_dir())
-    return Prepared(stream, stream.infos(), splits, config.head or stream.head, config.eval_split)
+    splits = encode_stream(stream, tokenizer, tokenizer_fingerprint(config.model, args.revision), cache_dir())
+    return Prepared(stream, stream.infos(), splits, config.head or stream.head, config.eval_split, args, model_info)
 
 
 def check_max_length(stream: Stream, model: str, tokenizer: PreTrainedTokenizerBase) -> None:

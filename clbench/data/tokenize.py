@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from clbench.data import EncodedSplit, Stream, Task, TaskSplits
+from clbench.data.render import split_pair
 from clbench.errors import StreamError
 
 if TYPE_CHECKING:
@@ -42,17 +43,35 @@ def truncate(ids: list[int], budget: int, mode: str) -> list[int]:
     return ids[:budget]
 
 
+def pair_budget(first: int, second: int, budget: int) -> tuple[int, int]:
+    """Token budgets of a pair's two parts: both whole if they fit, else the longer one is cut first (down to
+    half the budget), as transformers' `longest_first` truncation does."""
+    if first + second <= budget:
+        return first, second
+    half = budget // 2
+    if first <= half:
+        return first, budget - first
+    if second <= budget - half:
+        return budget - second, second
+    return half, budget - half
+
+
 def encode_texts(texts: tuple[str, ...], tokenizer: PreTrainedTokenizerBase, max_length: int,
                  truncation: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Texts -> (ids [n, width] padded with the pad id, lengths [n]), framed as [CLS] ... [SEP] (or BOS/EOS)."""
+    """Texts -> (ids [n, width] padded with the pad id, lengths [n]), framed as [CLS] ... [SEP] (or BOS/EOS).
+
+    A text pair (`clbench.data.render`) becomes [CLS] first [SEP] second [SEP], each part truncated by
+    `truncation` within its share of the budget (`pair_budget`).
+    """
     from transformers.utils import logging as hf_logging
 
     if not texts:  # e.g. the test split while choosing hyper-parameters
         return torch.zeros((0, 1), dtype=torch.long), torch.zeros(0, dtype=torch.long)
+    parts = [split_pair(text) for text in texts]
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # we truncate ourselves below; the "longer than maximum" warning is moot
     try:
-        encoded = tokenizer(list(texts), add_special_tokens=False, truncation=False)["input_ids"]
+        flat = tokenizer([p for ps in parts for p in ps], add_special_tokens=False, truncation=False)["input_ids"]
     finally:
         hf_logging.set_verbosity(verbosity)
     first = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
@@ -60,7 +79,15 @@ def encode_texts(texts: tuple[str, ...], tokenizer: PreTrainedTokenizerBase, max
     prefix = [first] if first is not None else []
     suffix = [last] if last is not None else []
     budget = max_length - len(prefix) - len(suffix)
-    rows = [prefix + truncate(ids, budget, truncation) + suffix for ids in encoded]
+    pieces = iter(flat)
+    rows = []
+    for count in map(len, parts):
+        if count == 1:
+            rows.append(prefix + truncate(next(pieces), budget, truncation) + suffix)
+            continue
+        a, b = next(pieces), next(pieces)
+        keep_a, keep_b = pair_budget(len(a), len(b), budget - len(suffix))
+        rows.append(prefix + truncate(a, keep_a, truncation) + suffix + truncate(b, keep_b, truncation) + suffix)
     width = max((len(r) for r in rows), default=1)
     pad = tokenizer.pad_token_id or 0
     ids = torch.full((len(rows), width), pad, dtype=torch.long)

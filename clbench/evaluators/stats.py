@@ -1,4 +1,5 @@
-"""Statistics across seeds: mean, standard deviation, t-based 95% confidence interval, Welch's t-test.
+"""Statistics across seeds: mean, standard deviation, t-based 95% confidence interval, Welch's and the paired
+t-test with Holm's correction, and the test set's own sampling error (Wilson interval).
 
 For a sample x_1..x_n:
 
@@ -125,3 +126,91 @@ def significantly_different(a: Iterable[float], b: Iterable[float], alpha: float
     """
     p = welch_t_test(a, b)
     return not math.isnan(p) and p < alpha
+
+
+def paired_t_test(a: Iterable[float], b: Iterable[float]) -> float:
+    """Two-sided p-value of the paired t-test on a_i − b_i (Student 1908): t = mean(d) / (s_d / sqrt(n)), n − 1
+    degrees of freedom.
+
+    For methods run on the same seeds: seed i of both shares the first task, the data order and the
+    evaluation examples, so their differences, not their spreads, carry the evidence. Matches
+    ``scipy.stats.ttest_rel(a, b)`` where that is defined; with identical differences (zero spread) p = 1 if
+    they are all 0, else 0.
+
+    Returns:
+        The p-value; NaN with fewer than 2 pairs, unequal lengths or NaN values.
+    """
+    from scipy import stats
+
+    xa, xb = _sample(a), _sample(b)
+    if xa.size != xb.size or xa.size < 2 or np.isnan(xa).any() or np.isnan(xb).any():
+        return float("nan")
+    d = xa - xb
+    spread = float(d.std(ddof=1))
+    if spread == 0.0:
+        return 1.0 if float(d.mean()) == 0.0 else 0.0
+    t = float(d.mean()) / (spread / math.sqrt(d.size))
+    return float(2.0 * stats.t.sf(abs(t), d.size - 1))
+
+
+def holm(pvalues: Iterable[float]) -> list[float]:
+    """Holm–Bonferroni adjusted p-values (Holm 1979): sort ascending, p_(k) ← max_{j ≤ k} min(1, (m − j + 1)·p_(j)).
+
+    Rejecting where the adjusted p < α keeps the family-wise error rate at α over the m comparisons. NaN
+    p-values (undefined tests) stay NaN and do not count towards m.
+    """
+    values = list(pvalues)
+    defined = sorted((p, i) for i, p in enumerate(values) if not math.isnan(p))
+    m = len(defined)
+    out = [float("nan")] * len(values)
+    running = 0.0
+    for rank, (p, i) in enumerate(defined):
+        running = max(running, min(1.0, (m - rank) * p))
+        out[i] = running
+    return out
+
+
+def wilson_interval(accuracy: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval (Wilson 1927) of an accuracy measured on n examples: the test set's own sampling
+    error, centred at (p + z²/2n)/(1 + z²/n) with half-width z·sqrt(p(1−p)/n + z²/4n²)/(1 + z²/n)."""
+    if n <= 0 or math.isnan(accuracy):
+        return float("nan"), float("nan")
+    denominator = 1.0 + z * z / n
+    centre = (accuracy + z * z / (2 * n)) / denominator
+    half = z * math.sqrt(accuracy * (1 - accuracy) / n + z * z / (4 * n * n)) / denominator
+    return centre - half, centre + half
+
+
+def accuracy_half_width(values: Iterable[float], n_test: float, level: float = 0.95) -> float:
+    """Half-width of an interval for a mean accuracy that counts both sources of error: the spread over seeds
+    (t-interval, `ci_half_width`) and the test set's own sampling error, sqrt(p(1−p)/n) at the mean p, which a
+    fixed test set shares across seeds and so does not average away. The two are combined in quadrature;
+    with one seed only the test-set term remains.
+
+    Args:
+        values: The accuracy over seeds.
+        n_test: Examples it was measured on (for an average over tasks, the effective n with the same binomial
+            variance: `effective_n`).
+        level: Confidence level.
+    """
+    from scipy import stats
+
+    x = _sample(values)
+    if not x.size or np.isnan(x).any():
+        return float("nan")
+    p = float(x.mean())
+    z = float(stats.norm.ppf(1.0 - (1.0 - level) / 2.0))
+    test = z * math.sqrt(max(p * (1 - p), 0.0) / n_test) if n_test > 0 else float("nan")
+    seeds = ci_half_width(x, level) if x.size >= 2 else 0.0
+    return math.sqrt(seeds**2 + test**2)
+
+
+def effective_n(accuracies: Iterable[float], sizes: Iterable[int]) -> float:
+    """n such that p̄(1−p̄)/n equals the variance of a mean of T accuracies p_j measured on n_j examples,
+    Var = (1/T²) Σ p_j(1−p_j)/n_j (independent test sets). Used for ACC's test-set error."""
+    p, n = _sample(accuracies), _sample(sizes)
+    if not p.size or p.size != n.size or (n <= 0).any():
+        return float("nan")
+    variance = float(np.sum(p * (1 - p) / n)) / p.size**2
+    mean_p = float(p.mean())
+    return mean_p * (1 - mean_p) / variance if variance > 0 else float("inf")

@@ -4,16 +4,39 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from clbench.errors import ClbenchError
 from clbench.reporting.report import REPORT
-from clbench.reporting.rundata import RunData, load_run, method_samples
-from clbench.reporting.tables import TABLE_LEGEND, cil_columns, markdown_table, method_rows, til_columns
+from clbench.reporting.rundata import RunData, load_run, method_units
+from clbench.reporting.tables import TABLE_LEGEND, cil_columns, markdown_table, til_columns
 
 
 class ReportError(ClbenchError):
     """Runs cannot be reported or compared as asked (e.g. runs of different streams)."""
+
+
+@dataclass
+class SideBySide:
+    """Several runs of one stream as one table: rows are labelled `run: method`."""
+
+    runs: dict[str, RunData]  # label -> run
+
+    @property
+    def tasks(self) -> list[str]:
+        return next(iter(self.runs.values())).tasks
+
+    @property
+    def test_sizes(self) -> list[int]:
+        return next(iter(self.runs.values())).test_sizes
+
+    def role(self, name: str) -> str:
+        label, _, method = name.partition(": ")
+        return self.runs[label].role(method)
+
+    def chance(self, task: int) -> tuple[float, bool]:
+        return next(iter(self.runs.values())).chance(task)
 
 
 def _config_differences(runs: Sequence[RunData]) -> list[str]:
@@ -25,6 +48,26 @@ def _config_differences(runs: Sequence[RunData]) -> list[str]:
     for key in differing:
         lines.append(f"| {key} | " + " | ".join(f"`{json.dumps(run.config.get(key))}`" for run in runs) + " |")
     return ["Configuration settings that differ:", "", *lines, ""]
+
+
+def load_comparable(run_dirs: Iterable[Path]) -> tuple[list[RunData], list[str]]:
+    """Read runs to compare and label them (folder names, or full paths when two folders share a name).
+
+    Raises:
+        ReportError: If fewer than two runs are given or the runs use different streams (name or version).
+        RunDirError: If a directory holds no results.
+    """
+    runs = [load_run(Path(d)) for d in run_dirs]
+    if len(runs) < 2:
+        raise ReportError("compare needs at least two run directories; pass DIR_A DIR_B ...")
+    streams = {run.stream for run in runs}
+    if len(streams) > 1:
+        listed = ", ".join(f"{run.name}: {run.stream}" for run in runs)
+        raise ReportError(f"runs use different streams: {listed}; compare runs of the same stream")
+    labels = [run.name for run in runs]
+    if len(set(labels)) < len(labels):
+        labels = [str(run.path) for run in runs]
+    return runs, labels
 
 
 def compare_runs(run_dirs: Iterable[Path], out: Path | None = None) -> str:
@@ -41,19 +84,10 @@ def compare_runs(run_dirs: Iterable[Path], out: Path | None = None) -> str:
         ReportError: If fewer than two runs are given or the runs use different streams (name or version).
         RunDirError: If a directory holds no results.
     """
-    runs = [load_run(Path(d)) for d in run_dirs]
-    if len(runs) < 2:
-        raise ReportError("compare needs at least two run directories; pass DIR_A DIR_B ...")
-    streams = {run.stream for run in runs}
-    if len(streams) > 1:
-        listed = ", ".join(f"{run.name}: {run.stream}" for run in runs)
-        raise ReportError(f"runs use different streams: {listed}; compare runs of the same stream")
-    labels = [run.name for run in runs]
-    if len(set(labels)) < len(labels):
-        labels = [str(run.path) for run in runs]
-    rows = []
-    for label, run in zip(labels, runs):
-        rows += method_rows(run, method_samples(run), prefix=f"{label}: ")
+    runs, labels = load_comparable(run_dirs)
+    merged = SideBySide(dict(zip(labels, runs)))
+    rows = {f"{label}: {method}": units for label, run in zip(labels, runs)
+            for method, units in method_units(run).items()}
     memory = {"peak GPU memory" if run.on_cuda else "CPU run: peak RSS" for run in runs}
     lines = [f"# clbench comparison: {', '.join(labels)}", "",
              f"Stream **{runs[0].stream}**. Runs:", "",
@@ -64,10 +98,10 @@ def compare_runs(run_dirs: Iterable[Path], out: Path | None = None) -> str:
         lines.append(f"| [{label}]({run.path / REPORT}) | `{run.env.get('command')}` | {run.config.get('model')} "
                      f"| {', '.join(str(s) for s in run.config.get('seeds', []))} | {hardware} |")
     lines += ["", *_config_differences(runs),
-              "## Summary: class-incremental", "", markdown_table(rows, cil_columns(), "run: method"), "",
+              "## Summary: class-incremental", "", markdown_table(merged, rows, cil_columns(), "run: method"), "",
               (f"Peak memory: {' / '.join(sorted(memory))}; compare memory and time only between runs on the same "
               "hardware."), "",
-              "## Summary: task-aware", "", markdown_table(rows, til_columns(), "run: method"), "",
+              "## Summary: task-aware", "", markdown_table(merged, rows, til_columns(), "run: method"), "",
               TABLE_LEGEND, ""]
     text = "\n".join(lines)
     if out is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+import zlib
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from clbench.evaluators.drift import layer_key
+from clbench.reporting.rundata import param_part
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -29,20 +31,41 @@ DPI = 130
 Colour = tuple[float, float, float]
 
 
+# Fixed colours (matplotlib's tab20) for the built-in methods, so a method looks the same in every report; other
+# names get a tab20 colour from a hash of their name. Variants (METHOD@LABEL) keep their method's colour and
+# differ by marker.
+BUILTIN_COLOURS = {"naive": 14, "ewc": 0, "si": 1, "gem": 4, "agem": 5, "replay": 2, "lwf": 8, "joint": 15,
+                   "single-task": 7, "lora": 6, "fip": 3, "fip-geometric": 18, "fip-lora": 9, "o-lora": 16,
+                   "dpo": 10}
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h", "*", "p")
+
+
 def method_palette(methods: Sequence[str]) -> dict[str, Colour]:
-    """One colour per method (or run label), stable for a given order: distinct hues up to 10.
+    """One colour per method (or run label), the same in every report whatever the other methods.
 
     Args:
-        methods: Labels in display order.
+        methods: Labels in display order (a `run: method` label is coloured by its method).
 
     Returns:
         label -> RGB colour.
     """
-    import seaborn as sns
+    from matplotlib import colormaps
 
-    name = "tab10" if len(methods) <= 10 else "husl"  # tab10: ten well-separated hues
-    colours = sns.color_palette(name, max(len(methods), 1))
-    return {m: tuple(float(x) for x in colours[i])[:3] for i, m in enumerate(methods)}  # type: ignore[misc]
+    tab20 = colormaps["tab20"]
+    out = {}
+    for label in methods:
+        base = label.rpartition(": ")[2].split("@")[0]
+        index = BUILTIN_COLOURS.get(base, zlib.crc32(base.encode()) % 20)
+        out[label] = tuple(float(c) for c in tab20(index)[:3])
+    return out  # type: ignore[return-value]
+
+
+def method_marker(label: str) -> str:
+    """A marker per method, stable across reports: a variant differs from its method by marker."""
+    method = label.rpartition(": ")[2]
+    if "@" not in method:
+        return "o"
+    return MARKERS[1 + zlib.crc32(method.encode()) % (len(MARKERS) - 1)]
 
 
 def _figure(width: float, height: float) -> Figure:
@@ -195,6 +218,10 @@ def accuracy_curves(run: RunData, colours: Mapping[str, Colour], path: Path) -> 
             for b, name in zip(boundaries, tasks[1:]):
                 ax.axvline(b, color="0.4", linestyle=":", linewidth=1)
                 ax.text(b, 1.02, f" {_short_task(name, 12)} →", fontsize=9, color="0.3", va="bottom")
+            chance, measured = run.chance(index)
+            ax.axhline(chance, color="0.35", linestyle="--", linewidth=1)
+            ax.text(0, chance, f" chance {chance:.2f}" + ("" if measured else " (1/classes)"), fontsize=8,
+                    color="0.35", va="bottom")
             ax.set_title(f"accuracy on {_short_task(task, 30)}", pad=16)
             ax.set_xlabel("global training step (optimiser steps)")
             ax.set_ylabel("class-incremental accuracy")
@@ -253,7 +280,8 @@ def _layer_label(group: str) -> str:
 
 
 def layer_drift(run: RunData, colours: Mapping[str, Colour], path: Path) -> str | None:
-    """Per-layer fractional Frobenius change over each task, one panel per method (the FIP paper's Figure 1).
+    """Per-layer fractional Frobenius change over each task, one panel per method (the FIP paper's Figure 1), on
+    a log scale with rules between embeddings, encoder layers and head.
 
     Args:
         run: The loaded run.
@@ -289,8 +317,12 @@ def layer_drift(run: RunData, colours: Mapping[str, Colour], path: Path) -> str 
                 ax.bar(x + (k - (len(rows) - 1) / 2) * bar, values, bar, color=task_colours[k],
                        label=f"task {row}: {_short_task(name, 20)}")
             ax.set_title(method, color=colours.get(method, "black"), fontweight="bold", loc="left")
+            ax.set_yscale("log")  # the head changes by orders of magnitude more than encoder layers
+            for k in range(1, len(layers)):  # a rule where embeddings end, and where the head begins
+                if param_part(layers[k] + ".w") != param_part(layers[k - 1] + ".w"):
+                    ax.axvline(k - 0.5, color="0.3", linewidth=1)
             if i % ncols == 0:
-                ax.set_ylabel("‖ΔW‖_F / ‖W‖_F")
+                ax.set_ylabel("‖ΔW‖_F / ‖W‖_F (log)")
             ax.set_xticks(x, [_layer_label(g) for g in layers], rotation=45, ha="right")
             ax.grid(axis="y", alpha=0.3)
         for ax in grid[-1]:
@@ -315,7 +347,7 @@ def forgetting_vs_drift(run: RunData, scores: Mapping[str, Mapping[str, float]],
     Returns:
         None, or why the plot was skipped.
     """
-    points = {unit: s for unit, s in scores.items() if not math.isnan(s.get("forgetting_cil", math.nan))}
+    points = {unit: s for unit, s in scores.items() if not math.isnan(s.get("forgetting_all_cil", math.nan))}
     if not points:
         return "forgetting needs at least two tasks and one finished unit"
     from matplotlib.ticker import MaxNLocator
@@ -329,17 +361,21 @@ def forgetting_vs_drift(run: RunData, scores: Mapping[str, Mapping[str, float]],
             for method in run.methods:
                 units = [u for u in points if run.unit_method[u] == method
                          and not math.isnan(points[u].get(key, math.nan))]
-                if units:
-                    ax.scatter([points[u][key] for u in units], [points[u]["forgetting_cil"] for u in units],
-                               s=55, color=colours[method], edgecolor="black", linewidth=0.5, label=method,
-                               alpha=0.9)
+                for learnt in (True, False):  # hollow: the unit did not learn every task (its drift is trivial)
+                    chosen = [u for u in units if (points[u].get("learned_cil", 0.0) >= len(run.tasks)) == learnt]
+                    if chosen:
+                        ax.scatter([points[u][key] for u in chosen], [points[u]["forgetting_all_cil"] for u in chosen],
+                                   s=55, color=colours[method] if learnt else "white", edgecolor=colours[method],
+                                   linewidth=1.2, marker=method_marker(method), alpha=0.9,
+                                   label=method if learnt or not any(
+                                       points[u].get("learned_cil", 0.0) >= len(run.tasks) for u in units) else None)
             ax.set_xlabel(label)
             ax.xaxis.set_major_locator(MaxNLocator(nbins=5))  # drift values like 0.0115 overlap at default density
             ax.grid(alpha=0.3)
         axes[0].set_ylabel("forgetting, class-incremental\n(accuracy, fraction)")
         handles, labels = axes[0].get_legend_handles_labels()
         fig.legend(handles, labels, loc="outside right center", title="method")
-        fig.suptitle("Does drift explain forgetting? (one point per unit)")
+        fig.suptitle("Does drift explain forgetting? (one point per unit; hollow: did not learn every task)")
         _save(fig, path)
     return None
 
@@ -387,3 +423,81 @@ def cost_bars(run: RunData, samples: Mapping[str, Mapping[str, list[float]]], co
         fig.suptitle("Cost per unit (mean over seeds)")
         _save(fig, path)
     return None
+
+
+def stability_plasticity(run: RunData, units: Mapping[str, Mapping[int, Mapping[str, float]]],
+                         colours: Mapping[str, Colour], path: Path, suffix: str = "cil") -> str | None:
+    """The summary figure: per method, accuracy on the new tasks right after learning them (plasticity, x)
+    against accuracy on the earlier tasks after the last task (stability, y), means over seeds with 95%
+    intervals (seed spread and the evaluated splits' sampling error), chance levels as dashed lines, each
+    point labelled; hollow markers for methods with a unit that did not learn every task.
+
+    Args:
+        run: The loaded run.
+        units: `clbench.reporting.rundata.method_units` of the run.
+        colours: The method palette.
+        path: The PNG to write.
+        suffix: "cil" or "til".
+
+    Returns:
+        None, or why the plot was skipped.
+    """
+    from clbench.evaluators.stats import accuracy_half_width, effective_n
+
+    T = len(run.tasks)
+    if T < 2 or not units:
+        return "stability against plasticity needs at least two tasks and one finished unit"
+    sizes = run.test_sizes
+    new, old = range(1, T), range(T - 1)
+    chance_new = float(np.mean([run.chance(t)[0] for t in new]))
+    chance_old = float(np.mean([run.chance(t)[0] for t in old]))
+    points: list[tuple[float, float, str, Colour]] = []
+    with _style():
+        fig = _figure(7.5, 6.0)
+        ax = fig.add_subplot(1, 1, 1)
+        for method, seeds in units.items():
+            xs = [s[f"new_learn_{suffix}"] for s in seeds.values()]
+            ys = [s[f"retained_{suffix}"] for s in seeds.values()]
+            x_n = effective_n([float(np.mean([s[f"learn_{suffix}_{t}"] for s in seeds.values()])) for t in new],
+                              [sizes[t] for t in new])
+            y_n = effective_n([float(np.mean([s[f"final_{suffix}_{t}"] for s in seeds.values()])) for t in old],
+                              [sizes[t] for t in old])
+            learnt = all(s.get(f"learned_{suffix}", 0.0) >= T for s in seeds.values())
+            x, y = float(np.mean(xs)), float(np.mean(ys))
+            ax.errorbar(x, y, xerr=accuracy_half_width(xs, x_n), yerr=accuracy_half_width(ys, y_n),
+                        color=colours[method], marker=method_marker(method), markersize=9,
+                        markerfacecolor=colours[method] if learnt else "white", capsize=3, linewidth=1.2,
+                        linestyle="none", alpha=0.9 if run.role(method) == "method" else 0.6)
+            points.append((x, y, method + ("" if learnt else " †"), colours[method]))
+        place_labels(ax, points)
+        ax.axvline(chance_new, color="0.5", linestyle="--", linewidth=1)
+        ax.axhline(chance_old, color="0.5", linestyle="--", linewidth=1)
+        ax.text(chance_new, 1.0, " chance", fontsize=8, color="0.4", va="top")
+        ax.text(0.0, chance_old, " chance", fontsize=8, color="0.4", va="bottom")
+        kind = "class-incremental" if suffix == "cil" else "task-aware"
+        new_tasks = "task 2" if T == 2 else f"tasks 2..{T}"
+        old_tasks = "task 1" if T == 2 else f"tasks 1..{T - 1}"
+        ax.set_xlabel(f"plasticity: accuracy on {new_tasks} right after learning it ({kind})")
+        ax.set_ylabel(f"stability: accuracy on {old_tasks} after the last task ({kind})")
+        ax.set_xlim(-0.02, 1.02)
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+        ax.set_title("Stability against plasticity (mean over seeds, 95% intervals; hollow †: a unit did not "
+                     "learn every task)", fontsize=10)
+        _save(fig, path)
+    return None
+
+
+def place_labels(ax: Any, points: Sequence[tuple[float, float, str, Colour]], height: float = 0.035) -> None:
+    """Label each point right of it, moving labels up past the ones already placed so none overlap (a text's
+    width is estimated from its length); a moved label gets a thin line back to its point."""
+    placed: list[tuple[float, float, float]] = []  # x, y, width of each label, in data units of a [0, 1] axis
+    for x, y, text, colour in sorted(points, key=lambda p: (p[1], p[0])):
+        width = 0.0125 * len(text)
+        lx, ly = min(x + 0.015, 1.0 - width), y + 0.01
+        while any(abs(ly - py) < height and lx < px + pw and px < lx + width for px, py, pw in placed):
+            ly += height / 2
+        placed.append((lx, ly, width))
+        moved = abs(ly - (y + 0.01)) > 1e-9
+        ax.annotate(text, (x, y), xytext=(lx, ly), textcoords="data", fontsize=9, color=colour, va="bottom",
+                    arrowprops={"arrowstyle": "-", "color": colour, "linewidth": 0.6} if moved else None)

@@ -14,15 +14,16 @@ from pathlib import Path
 
 from clbench.errors import RunDirError
 from clbench.reporting import plots
-from clbench.reporting.rundata import RunData, complete_matrices, load_run, method_samples, unit_scores
-from clbench.reporting.tables import (
-    TABLE_LEGEND,
-    cil_columns,
-    first_two_columns,
-    markdown_table,
-    method_rows,
-    til_columns,
+from clbench.reporting.findings import findings
+from clbench.reporting.rundata import (
+    RunData,
+    complete_matrices,
+    load_run,
+    method_samples,
+    method_units,
+    unit_scores,
 )
+from clbench.reporting.tables import TABLE_LEGEND, cil_columns, markdown_table, task_columns, til_columns
 from clbench.results import RESULTS, torn_tail
 
 REPORT = "report.md"
@@ -54,13 +55,17 @@ def header(run: RunData) -> list[str]:
                       f"test {t.get('test')})" for t in stream.get("tasks", []))
     now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     seeds = ", ".join(str(s) for s in config.get("seeds", []))
+    methods = env.get("methods") or {}
+    optimisers = "; ".join(f"{m}: {methods[m].get('optimizer', '?')}" for m in run.methods if m in methods)
     return [
-        f"# clbench report: {run.name}", "",
         "## Setup", "",
         "Command (from `env.json`):", "", "```", str(env.get("command") or "(not recorded: run from Python)"),
         "```", "",
-        (f"- configuration: [config.yaml](config.yaml) (model `{config.get('model', '?')}`, methods "
-        f"{', '.join(run.methods)}, seeds {seeds}, device `{config.get('device', '?')}`)"),
+        (f"- configuration: [config.yaml](config.yaml) (model `{config.get('model', '?')}` with "
+         f"{config.get('pooling') or 'its default'} pooling, methods {', '.join(run.methods)}, seeds {seeds}, "
+         f"device `{config.get('device', '?')}`, training loss over {config.get('active_classes', 'all')} classes, "
+         f"evaluated on the {run.eval_split} split)"),
+        f"- optimisers: {optimisers or 'not recorded (run before env.json listed them): the runner’s AdamW'}",
         (f"- stream: **{stream.get('name', config.get('stream', '?'))}** version {stream.get('version', '?')}, "
         f"split seed {stream.get('seed', '?')}; tasks in order: {tasks or '?'}"),
         (f"- versions: Python {env.get('python', '?')}, {versions}; git commit "
@@ -117,22 +122,35 @@ def _definitions(run: RunData) -> list[str]:
     return [
         "## Definitions", "",
         ("R[i, j] is the accuracy on task j after training task i; row 0 is the pretrained model before any "
-        "training. T is the number of tasks."), "",
+         "training. T is the number of tasks. Accuracies are fractions in [0, 1], measured on each task's "
+         f"{run.eval_split} split."), "",
         ("- ACC = mean_j R[T, j]; BWT = mean_{j<T} (R[T, j] − R[j, j]) (Lopez-Paz & Ranzato, 2017); "
-        "FWT = mean_{j≥2} (R[j−1, j] − R[0, j]), against the pretrained model; forgetting = mean_{j<T} "
-        "(max_{j≤l<T} R[l, j] − R[T, j]) (Chaudhry et al., 2018). Accuracies are fractions in [0, 1]."),
+         "FWT = mean_{j≥2} (R[j−1, j] − R[0, j]), against the pretrained model. Class-incremental FWT is the same "
+         "for every method whose head rows for task j stay untrained until task j (its accuracy there is 0 "
+         "before and after), so the tables drop it when it carries no information."),
+        ("- learning accuracy: R[t, t], accuracy on task t right after training it (plasticity); "
+         "old tasks after last: mean_{j<T} R[T, j] (stability). A task is *learned* when the 95% Wilson "
+         "interval of R[t, t] on its split lies above chance: the share of the split's largest class, which "
+         "predicting one class for everything reaches."),
+        ("- forgetting = mean over learned tasks j < T of (max_{j≤l<T} R[l, j] − R[T, j]) (Chaudhry et al., "
+         "2018): a unit is never credited for not forgetting what it never learned."),
         ("- class-incremental: argmax over every class of the shared head; task-aware: argmax within the "
-        "evaluated task's own classes."),
-        ("- weight drift: ‖θ_T − θ_0‖_F / ‖θ_0‖_F over all weights after the last task (LoRA: effective "
-        "weights W + (α/r)·B·A)."),
+         "evaluated task's own classes."),
+        ("- Δθ: fractional Frobenius change ‖θ_after − θ_before‖_F / ‖θ_before‖_F of the weights over the last "
+         "task, of the encoder layers alone (embeddings and head apart) over the last task, and since the start "
+         "(LoRA: effective weights W + (α/r)·B·A)."),
         ("- functional drift: Bhattacharyya distance −log Σ_c √(p_c q_c) between the predictions before and "
-        "after training task i, on the test inputs of each earlier task j < i, averaged over inputs and over "
-        "all such (i, j)."),
+         "after training task i, on the evaluated inputs of each earlier learned task j < i, averaged over "
+         "inputs and over all such (i, j)."),
         ("- train time: wall time of training plus the method's before/after-task work, summed over tasks "
          "(evaluation excluded); a unit that reused another unit's first-task fine-tuning is charged that "
-         "training's time and memory."),
+         "training's time and memory. Optimiser steps: summed over tasks (joint trains on the union of the "
+         "tasks so far, so it takes more steps on later tasks)."),
         "- trainable parameters: while training the last task.",
         f"- peak memory: {memory}.",
+        ("- ±: half-width of a 95% interval of the mean over seeds: Student's t over seeds, combined for "
+         "accuracies with the split's binomial sampling error (a fixed test set's error does not average out "
+         "over seeds)."),
         "",
     ]
 
@@ -156,6 +174,8 @@ def write_report(run_dir: Path) -> Path:
                           f"there); wait for the run, or continue it with `clbench run --out {run_dir} --resume`, "
                           "then report")
     samples = method_samples(run)
+    scores = unit_scores(run)
+    units = method_units(run, scores)
     tasks = run.tasks
     out = run.path / PLOTS
     out.mkdir(exist_ok=True)
@@ -163,28 +183,35 @@ def write_report(run_dir: Path) -> Path:
         old.unlink()  # a plot skipped this time must not leave a stale file behind
     colours = plots.method_palette(run.methods)
     memory_note = "peak GPU memory" if run.on_cuda else "CPU run: peak RSS"
-    lines = header(run) + provenance_section(run)
+    lines = [f"# clbench report: {run.name}", "", "## Findings", "", *findings(run, units), ""]
+    summary = plots.stability_plasticity(run, units, colours, out / "stability_plasticity.png")
+    if summary is None:
+        lines += ["![Stability against plasticity per method](plots/stability_plasticity.png)", "",
+                  ("Per method: accuracy on each new task right after learning it (x) against accuracy on the "
+                   "earlier tasks after the last task (y), class-incremental, mean over seeds with 95% intervals; "
+                   "dashed lines: chance. Up and to the right is better; hollow points († in the tables) mark a "
+                   "method with a unit that did not learn every task."), ""]
+    lines += header(run) + provenance_section(run)
 
     lines += ["## Summary: class-incremental", ""]
-    if samples:
-        lines += [markdown_table(method_rows(run, samples), cil_columns()), "", TABLE_LEGEND, "",
-                  (f"Peak memory column: {memory_note}. Weight drift after the last task; functional drift "
-                  "on earlier tasks' test inputs (see Definitions)."), ""]
+    if units:
+        lines += [markdown_table(run, units, cil_columns()), "", TABLE_LEGEND, "",
+                  (f"Peak memory: {memory_note}. Δθ: fractional Frobenius change of the weights over the last "
+                   "task, of the encoder layers alone over the last task, and since the start; functional drift "
+                   "on the evaluated inputs of earlier learned tasks (see Definitions)."), ""]
     else:
         lines += ["No unit has finished yet: nothing to summarise.", ""]
+    if units:
+        chance = " | ".join(f"{run.chance(t)[0]:.3f}" for t in range(len(tasks)))
+        measured = all(run.chance(t)[1] for t in range(len(tasks)))
+        lines += ["## Learning each task", "",
+                  ("Class-incremental accuracy on each task right after training it (R[t, t], plasticity); † marks "
+                   "a method with a unit that did not learn the task (its 95% interval not above chance)."), "",
+                  markdown_table(run, units, task_columns(tasks, "cil"), rank_by="acc_cil"),
+                  f"| chance ({'largest class' if measured else '1/classes'}) | | {chance} |", ""]
     lines += ["## Summary: task-aware", ""]
-    lines += [markdown_table(method_rows(run, samples), til_columns()), "", TABLE_LEGEND, ""] if samples else \
+    lines += [markdown_table(run, units, til_columns()), "", TABLE_LEGEND, ""] if units else \
         ["No unit has finished yet.", ""]
-
-    lines += ["## First two tasks", ""]
-    if len(tasks) >= 2 and samples:
-        accuracy, change = first_two_columns(tasks)
-        lines += [f"Class-incremental accuracy on **{tasks[0]}** and **{tasks[1]}** after training each:", "",
-                  markdown_table(method_rows(run, samples), accuracy), "",
-                  (f"Change in {tasks[0]} accuracy caused by training {tasks[1]} (R[2, 1] − R[1, 1]; negative = "
-                  "forgotten):"), "", markdown_table(method_rows(run, samples), change), ""]
-    else:
-        lines += ["Skipped: the stream has fewer than two tasks or no unit has finished.", ""]
 
     figures: list[tuple[str, str, str, Callable[[Path], str | None]]] = [
         ("Accuracy matrices", "accuracy_matrices.png",
@@ -202,7 +229,7 @@ def write_report(run_dir: Path) -> Path:
          lambda p: plots.layer_drift(run, colours, p)),
         ("Forgetting against drift", "forgetting_vs_drift.png",
          "Class-incremental forgetting against weight drift and against functional drift, one point per unit.",
-         lambda p: plots.forgetting_vs_drift(run, unit_scores(run), colours, p)),
+         lambda p: plots.forgetting_vs_drift(run, scores, colours, p)),
         ("Cost", "cost.png", (f"Train time and peak memory ({memory_note}) per method; bars: mean, error bars: "
          "95% CI, dots: seeds."),
          lambda p: plots.cost_bars(run, samples, colours, p)),

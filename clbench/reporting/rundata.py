@@ -5,10 +5,21 @@ nothing is re-run. Units without a complete accuracy matrix (still running, stop
 
 Scores per unit (one method × one seed), from its accuracy matrix R (`clbench.evaluators.accuracy` defines R
 and the formulas of ACC, BWT, FWT and forgetting), once on class-incremental accuracy (``acc_cil``) and once
-on task-aware accuracy (``acc_til``). Besides them:
+on task-aware accuracy (``acc_til``):
 
-- weight drift: the overall ``frobenius_total`` drift record after the last task;
-- functional drift: mean Bhattacharyya distance over every (task i, earlier task j < i) record;
+- learning accuracy R[t, t] per task (plasticity) and whether the task was *learned*: its accuracy's 95%
+  Wilson interval on the evaluated split lies above the task's chance level (the share of its largest class,
+  which a constant prediction reaches; 1/classes for runs that did not record it);
+- forgetting over the learned earlier tasks only (``forgetting_*``; over all of them: ``forgetting_all_*``),
+  so a unit is never credited for not forgetting what it never learned; old-task accuracy after the last
+  task (``retained_*``, stability).
+
+Besides them:
+
+- weight drift: since the start (``frobenius_total`` after the last task) and over the last task alone
+  (``frobenius_task``), the latter also per part: embeddings, encoder layers, head (pooler, classifier);
+- functional drift: mean Bhattacharyya distance over every (task i, earlier learned task j < i) record;
+- optimiser steps: Σ over tasks (joint takes more on later tasks: it trains on their union);
 - train time: Σ over tasks of the wall time of the ``train``, ``method_before`` and ``method_after`` phases.
   A unit that reused another unit's first-task training (a ``note`` record ``shared_first_task`` naming the
   producer) is charged the producer's task-1 ``train`` time and peak memory, so the cost is what the method
@@ -34,12 +45,16 @@ from clbench.evaluators.accuracy import (
     average_accuracy,
     backward_transfer,
     forgetting,
+    forgetting_per_task,
     forward_transfer,
 )
+from clbench.evaluators.drift import layer_key
+from clbench.evaluators.stats import wilson_interval
 from clbench.results import RESULTS, read_records
 from clbench.yamlio import read_yaml
 
 TRAIN_PHASES = ("train", "method_before", "method_after")
+ROLES_BY_NAME = {"joint": "upper-bound", "single-task": "reference"}  # runs written before env.json said so
 
 
 
@@ -68,6 +83,32 @@ class RunData:
     unit_method: dict[str, str] = field(default_factory=dict)
     status: dict[str, str] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
+
+    def role(self, method: str) -> str:
+        """"method", "upper-bound" (joint) or "reference" (single-task): env.json's, else from the name."""
+        recorded = (self.env.get("methods") or {}).get(method, {}).get("role")
+        if recorded:
+            return str(recorded)
+        return ROLES_BY_NAME.get(method.split("@")[0], "method")
+
+    @property
+    def test_sizes(self) -> list[int]:
+        """Examples in each task's evaluated split (env.json; 0 when not recorded)."""
+        return [int(t.get("val" if self.eval_split == "val" else "test") or 0)
+                for t in self.env.get("stream", {}).get("tasks", [])] or [0] * len(self.tasks)
+
+    @property
+    def eval_split(self) -> str:
+        return str(self.env.get("stream", {}).get("eval_split", "test"))
+
+    def chance(self, task: int) -> tuple[float, bool]:
+        """(chance level of task `task`, measured): the share of its evaluated split's largest class, which a
+        constant prediction reaches; 1/classes when env.json did not record it (measured = False)."""
+        tasks = self.env.get("stream", {}).get("tasks", [])
+        info = tasks[task] if task < len(tasks) else {}
+        if info.get("majority") is not None:
+            return float(info["majority"]), True
+        return 1.0 / max(1, len(info.get("classes") or [0, 0])), False
 
     @property
     def tasks(self) -> list[str]:
@@ -155,6 +196,46 @@ def complete_matrices(run: RunData, metric: str) -> dict[str, np.ndarray]:
             and not np.isnan(R).any()}
 
 
+def learned(accuracy: float, n: int, chance: float) -> bool:
+    """A task counts as learned when its accuracy's 95% Wilson interval on the evaluated split lies above the
+    chance level (a constant prediction's accuracy): the collapse to one class is not learning."""
+    low, _ = wilson_interval(accuracy, n) if n > 0 else (accuracy, accuracy)
+    return bool(low > chance)
+
+
+def param_part(name: str) -> str:
+    """"embeddings", "head" (pooler and classifier) or "encoder" (the transformer layers) for a parameter."""
+    group = layer_key(name)
+    if "embeddings" in group:
+        return "embeddings"
+    if ".layer." in group or ".layers." in group or group.split(".")[-1].isdigit():
+        return "encoder"
+    return "head"
+
+
+def matrix_scores(run: RunData, R: np.ndarray, suffix: str) -> dict[str, float]:
+    """Scores of one accuracy matrix R (T+1 × T): ACC, BWT, FWT, forgetting over every earlier task and over
+    the learned ones, learning accuracy R[t, t] per task (plasticity), old-task accuracy after the last task
+    (stability), and which tasks were learned."""
+    T = R.shape[1]
+    sizes = run.test_sizes
+    learnt = [learned(R[t + 1, t], sizes[t] if t < len(sizes) else 0, run.chance(t)[0]) for t in range(T)]
+    per_task_forgetting = forgetting_per_task(R) if T > 1 else np.array([])
+    kept = [f for f, ok in zip(per_task_forgetting, learnt[:-1]) if ok]
+    out = {f"acc_{suffix}": average_accuracy(R), f"bwt_{suffix}": backward_transfer(R),
+           f"fwt_{suffix}": forward_transfer(R), f"forgetting_all_{suffix}": forgetting(R),
+           f"forgetting_{suffix}": float(np.mean(kept)) if kept else math.nan,
+           f"learn_{suffix}": float(np.mean([R[t + 1, t] for t in range(T)])),
+           f"retained_{suffix}": float(np.mean(R[T, :T - 1])) if T > 1 else math.nan,
+           f"new_learn_{suffix}": float(np.mean([R[t + 1, t] for t in range(1, T)])) if T > 1 else math.nan,
+           f"learned_{suffix}": float(sum(learnt))}
+    for t in range(T):
+        out[f"learn_{suffix}_{t}"] = float(R[t + 1, t])
+        out[f"learned_{suffix}_{t}"] = float(learnt[t])
+        out[f"final_{suffix}_{t}"] = float(R[T, t])
+    return out
+
+
 def unit_scores(run: RunData) -> dict[str, dict[str, float]]:
     """Every reported scalar per complete unit (see the module docstring for definitions).
 
@@ -167,14 +248,9 @@ def unit_scores(run: RunData) -> dict[str, dict[str, float]]:
     cil, til = complete_matrices(run, "acc_cil"), complete_matrices(run, "acc_til")
     scores: dict[str, dict[str, float]] = {}
     for unit, R in cil.items():
-        s = scores[unit] = {}
-        for suffix, matrix in (("cil", R), ("til", til.get(unit))):
-            if matrix is None:
-                continue
-            s[f"acc_{suffix}"] = average_accuracy(matrix)
-            s[f"bwt_{suffix}"] = backward_transfer(matrix)
-            s[f"fwt_{suffix}"] = forward_transfer(matrix)
-            s[f"forgetting_{suffix}"] = forgetting(matrix)
+        s = scores[unit] = matrix_scores(run, R, "cil")
+        if unit in til:
+            s.update(matrix_scores(run, til[unit], "til"))
         if R.shape[1] >= 2:
             s.update(t1_after_t1=R[1, 0], t2_after_t1=R[1, 1], t1_after_t2=R[2, 0], t2_after_t2=R[2, 1],
                      t1_change_cil=R[2, 0] - R[1, 0])
@@ -183,6 +259,7 @@ def unit_scores(run: RunData) -> dict[str, dict[str, float]]:
     last = len(run.tasks)
     functional: dict[str, list[float]] = defaultdict(list)
     train_time: dict[str, float] = defaultdict(float)
+    parts: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(lambda: [0.0, 0.0]))
     memory_metric = "peak_cuda_mb" if run.on_cuda else "peak_rss_mb"
     producer = {r["unit"]: str(r["value"]) for r in run.records
                 if r["type"] == "note" and r["metric"] == "shared_first_task"}
@@ -195,14 +272,21 @@ def unit_scores(run: RunData) -> dict[str, dict[str, float]]:
                 train_time[borrower] += r["value"]
             elif r["metric"] == memory_metric and r["value"] is not None:
                 scores[borrower]["peak_memory_mb"] = max(scores[borrower].get("peak_memory_mb", 0.0), r["value"])
+            elif r["metric"] == "steps":
+                scores[borrower]["steps"] = scores[borrower].get("steps", 0.0) + r["value"]
         if unit not in scores:
             continue
         s = scores[unit]
-        if r["type"] == "drift" and r["param"] == "__overall__" and r["metric"] == "frobenius_total" \
-                and r["row"] == last:
-            s["weight_drift"] = r["value"]
-        elif r["type"] == "functional" and r["metric"] == "bhattacharyya":
-            functional[unit].append(r["value"])
+        if r["type"] == "drift" and r["row"] == last:
+            if r["param"] == "__overall__":
+                s["weight_drift" if r["metric"] == "frobenius_total" else "weight_drift_last"] = r["value"]
+            elif r["metric"] == "frobenius_task" and r.get("norm_before") is not None:
+                squares = parts[unit][param_part(r["param"])]
+                squares[0] += float(r["norm_change"]) ** 2
+                squares[1] += float(r["norm_before"]) ** 2
+        elif r["type"] == "functional" and r["metric"] == "bhattacharyya" \
+                and s.get(f"learned_cil_{r['eval_index']}", 0.0):
+            functional[unit].append(r["value"])  # distance on the inputs of a task the unit had learned
         elif r["type"] == "profile":
             if r["metric"] == "wall_s" and r["phase"] in TRAIN_PHASES:
                 train_time[unit] += r["value"]
@@ -210,11 +294,26 @@ def unit_scores(run: RunData) -> dict[str, dict[str, float]]:
                 s["peak_memory_mb"] = max(s.get("peak_memory_mb", 0.0), r["value"])
             elif r["metric"] == "trainable_params" and r["row"] == last:
                 s["trainable_params"] = r["value"]
+            elif r["metric"] == "steps" and r["phase"] == "train":
+                s["steps"] = s.get("steps", 0.0) + r["value"]
     for unit, s in scores.items():
         s["functional_drift"] = float(np.mean(functional[unit])) if functional[unit] else math.nan
+        for part, (change, before) in parts[unit].items():
+            s[f"{part}_drift_last"] = math.sqrt(change / before) if before > 0 else math.nan
         if unit in train_time:
             s["train_time_s"] = train_time[unit]
     return scores
+
+
+def method_units(run: RunData, scores: dict[str, dict[str, float]] | None = None
+                 ) -> dict[str, dict[int, dict[str, float]]]:
+    """method -> seed -> scores of that unit, in run method order (methods without a complete unit left out)."""
+    scores = unit_scores(run) if scores is None else scores
+    seeds = {r["unit"]: int(r["seed"]) for r in run.records}
+    out: dict[str, dict[int, dict[str, float]]] = {m: {} for m in run.methods}
+    for unit, s in scores.items():
+        out[run.unit_method[unit]][seeds[unit]] = s
+    return {m: dict(sorted(units.items())) for m, units in out.items() if units}
 
 
 def method_samples(run: RunData) -> dict[str, dict[str, list[float]]]:

@@ -114,7 +114,8 @@ def run_local(config: RunConfig, prepared: Prepared, units: Sequence[tuple[str, 
               progress: Progress, make_method: Callable[[str], Hooks], checkpoints: CheckpointStore,
               started: set[str], shared: SharedStart) -> None:
     """Train `units` one after another in this process; a failed unit is recorded and the others go on."""
-    for name, seed in units:
+    for index, (name, seed) in enumerate(units):
+        progress.start_unit(index)
         try:
             train_or_fail(config, prepared, make_method(name), seed, run_dir, progress, checkpoints=checkpoints,
                           shared=shared, resume=unit_id(name, seed) in started)

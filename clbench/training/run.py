@@ -30,6 +30,7 @@ from clbench.data.prepare import Prepared, prepare, task_digest
 from clbench.errors import ClbenchError, RunDirError
 from clbench.registry import MethodRegistry
 from clbench.results import RESULTS, RunDir, environment, read_records, unit_id
+from clbench.trackers import open_trackers
 from clbench.training.checkpoint import CheckpointStore
 from clbench.training.executors import ObservedSink, Observer, executor_errors, run_local, run_ray
 from clbench.training.progress import Progress
@@ -80,20 +81,30 @@ def run(config: RunConfig, *, registry: MethodRegistry | None = None, progress: 
                              f"{len(started - finished)} to continue")
         else:
             run_dir.write_text("config.yaml", dump_yaml(config))
-            run_dir.write_text("env.json", json.dumps(run_environment(prepared, command), indent=1))
+            env = run_environment(prepared, command, method_facts(config, registry, method_configs))
+            run_dir.write_text("env.json", json.dumps(env, indent=1))
         progress.message(f"run directory: {out}")
         checkpoints = CheckpointStore(out, keep=config.keep_checkpoints)
         units = [(name, seed) for name, seed in config_units(config) if unit_id(name, seed) not in finished]
+        run_dir.listeners.append(progress)  # accuracy lines as each task's evaluation is written
+        progress.start_run(len(units), len(prepared.infos))
         for name, seed in config_units(config):
             if unit_id(name, seed) in finished:
                 checkpoints.finish(name, seed)  # left over when a run stopped right after a unit finished
+        trackers = open_trackers(config.log, out, config.to_dict(), progress.message) if config.log else None
+        if trackers is not None:
+            run_dir.listeners.append(trackers)
         sink = ObservedSink(run_dir, observer) if observer is not None else run_dir
-        if config.executor == "ray":
-            run_ray(config, prepared, units, sink, progress, started)
-        else:
-            run_local(config, prepared, units, sink, progress,
-                      lambda name: registry.get(name)(method_configs[name]), checkpoints, started,
-                      shared or SharedStart())
+        try:
+            if config.executor == "ray":
+                run_ray(config, prepared, units, sink, progress, started)
+            else:
+                run_local(config, prepared, units, sink, progress,
+                          lambda name: registry.get(name)(method_configs[name]), checkpoints, started,
+                          shared or SharedStart())
+        finally:
+            if trackers is not None:
+                trackers.close()
         stamp_environment(run_dir, "finished")
     return out
 
@@ -116,16 +127,38 @@ def stamp_environment(run_dir: RunDir, event: str) -> None:
     run_dir.write_text("env.json", json.dumps(env, indent=1))
 
 
-def run_environment(prepared: Prepared, command: str | None) -> dict[str, Any]:
-    """env.json: versions, hardware and commit, plus the stream's name, version, seed and task sizes."""
+def run_environment(prepared: Prepared, command: str | None, methods: dict[str, Any] | None = None
+                    ) -> dict[str, Any]:
+    """env.json: versions, hardware and commit; the stream's name, version, seed, task sizes and each task's
+    chance level on the evaluated split (its largest class's share); each method's role and optimiser."""
     env = environment(command)
+    env["model"] = prepared.model_info
     env["started"] = utc_now()
     env["stream"] = {"name": prepared.stream.name, "version": prepared.stream.version, "seed": prepared.stream.seed,
                      "eval_split": prepared.eval_split,
                      "tasks": [{"name": t.name, "classes": list(t.classes), "train": len(s.train), "val": len(s.val),
-                                "test": len(s.test), "sha256": task_digest(t)}
-                               for t, s in zip(prepared.stream.tasks, prepared.splits)]}
+                                "test": len(s.test), "majority": majority(evaluated), "sha256": task_digest(t)}
+                               for t, s, evaluated in zip(prepared.stream.tasks, prepared.splits, prepared.evaluated)]}
+    if methods is not None:
+        env["methods"] = methods
     return env
+
+
+def majority(split: Any) -> float | None:
+    """The share of the split's most frequent label: what predicting one class for every example scores."""
+    if not len(split):
+        return None
+    return float(split.labels.bincount().max()) / len(split)
+
+
+def method_facts(config: RunConfig, registry: MethodRegistry, method_configs: dict[str, Any]) -> dict[str, Any]:
+    """Per method: its role (method, upper-bound, reference), optimiser and citation, for the report."""
+    facts = {}
+    for name in config.methods:
+        cls = registry.get(name)
+        method = cls(method_configs[name])
+        facts[name] = {"role": cls.role, "optimizer": method.optimizer_name(), "citation": cls.citation}
+    return facts
 
 
 def config_units(config: RunConfig) -> list[tuple[str, int]]:

@@ -149,7 +149,7 @@ def build_unit(config: RunConfig, prepared: Prepared, method: Hooks, seed: int, 
     """Stage 1: the seeded model, the run context, and the method's `setup` (which may wrap the model)."""
     device = resolve_device(config.device)
     generator = torch.Generator().manual_seed(seed)
-    built = build_model(config.model, prepared.stream.num_labels, seed, config.pooling).to(device)
+    built = build_model(config.model, prepared.stream.num_labels, seed, config.pooling, prepared.model_args).to(device)
     lr = config.lr if config.lr is not None else model_spec(config.model).default_lr
     ctx = RunContext(tasks=prepared.infos, num_labels=prepared.stream.num_labels, device=device, seed=seed,
                      generator=torch.Generator().manual_seed(seed + 1_000_003), buffer_size=config.buffer_size,
@@ -187,7 +187,7 @@ def run_task(unit: Unit, info: TaskInfo, logits_before: list[Tensor], weights_st
              ) -> list[Tensor]:
     """Stages 3–5 for one task: prepare, train, finish, then evaluate and record; returns the new logits."""
     method, model = unit.method, unit.model
-    unit.progress.message(f"{unit.label}: task {info.index + 1}/{len(unit.prepared.infos)} '{info.name}'")
+    unit.progress.begin_task(unit.label, info.index, len(unit.prepared.infos), info.name)
     unit.ctx.task_index = info.index
     weights_before = effective_weights(model)
     train_splits = unit.prepared.train
@@ -229,7 +229,10 @@ def train_task(unit: Unit, info: TaskInfo, data: EncodedSplit) -> TrainedTask:
     reused = shared.reusable(seed, key, model) if shared is not None else None
     if shared is not None and reused is None:
         shared.begin(seed, key, unit.label, model)
-    unit.progress.start_task(f"{unit.label} {info.name}", total)
+    if reused is not None:
+        unit.progress.reused(unit.label, info.name, reused.producer, reused.steps)
+    else:
+        unit.progress.start_task(f"{unit.label} {info.name}", total)
     with profile(unit.ctx.device) as rec:
         if reused is not None:
             steps = SharedStart.apply(reused, model, unit.generator)

@@ -19,6 +19,7 @@ position), so a search that is not interrupted is reproducible.
 
 from __future__ import annotations
 
+import importlib.util
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -71,6 +72,9 @@ class PruningObserver:
 def check_settings(config: RunConfig, settings: TuneSettings) -> list[str]:
     """Every problem of the search settings, as one-line messages."""
     errors = []
+    if importlib.util.find_spec("optuna") is None:
+        errors.append("clbench tune needs Optuna, which is not installed; install the extra: "
+                      "pip install 'clbench[tune]'")
     if settings.trials < 1:
         errors.append(f"--trials {settings.trials} must be at least 1")
     if settings.objective not in OBJECTIVES:
@@ -108,8 +112,6 @@ def tune(config: RunConfig, settings: TuneSettings, *, registry: MethodRegistry 
     Raises:
         ClbenchError: bad input, found before any trial runs.
     """
-    import optuna
-
     registry = registry or MethodRegistry.default(config.plugins)
     search_config = replace(config, stream=settings.tune_stream or config.stream, eval_split="val", out=None)
     errors = check_settings(config, settings)
@@ -125,6 +127,8 @@ def tune(config: RunConfig, settings: TuneSettings, *, registry: MethodRegistry 
             errors.append(str(exc))
     if errors:
         raise ConfigError("; ".join(errors))
+    import optuna  # the 'tune' extra, checked with the settings
+
     out = Path(str(config.out))
     progress = progress or Progress()
     check_tuning_dir(out, config, settings, resume)

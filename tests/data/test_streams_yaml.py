@@ -11,7 +11,8 @@ from clbench.data.streams import builtin_stream_files, parse_stream_file
 from clbench.errors import StreamError
 
 STREAMS_DIR = Path(__file__).resolve().parents[2] / "benchmarks" / "streams"
-EXPECTED = {"synthetic", "reviews", "sentiment-domains", "mixed-5", "yelp-imdb"}
+EXPECTED = {"synthetic", "reviews", "sentiment-domains", "mixed-5", "yelp-imdb", "text5-order1", "text5-order2",
+            "text5-order3", "text5-order4"}
 
 
 def test_every_shipped_yaml_parses() -> None:

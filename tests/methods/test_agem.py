@@ -91,7 +91,8 @@ def test_plain_sgd_at_sgd_lr_by_default_and_the_runners_adamw_on_request() -> No
     assert (optimizer.defaults["lr"], optimizer.defaults["momentum"], optimizer.defaults["weight_decay"]) == (0.03, 0, 0)
     assert AGEM(AGEMConfig(sgd_lr=0.01)).optimizer_name() == "SGD (lr 0.01)"
     adamw = AGEM(AGEMConfig(optimizer="adamw"))
-    assert adamw.configure_optimizer(TASKS[1], params) is None and adamw.optimizer_name() == "AdamW (runner)"
+    assert adamw.configure_optimizer(TASKS[1], params) is None
+    assert adamw.optimizer_name() == "AdamW (the runner's)"
     for options, message in (({"optimizer": "adam"}, "optimizer"), ({"sgd_lr": -1.0}, "sgd_lr")):
         with pytest.raises(ValueError, match=message):
             AGEMConfig(**options)  # type: ignore[arg-type]

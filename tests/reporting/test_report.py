@@ -19,11 +19,11 @@ from clbench.reporting.compare import compare_runs
 from clbench.reporting.report import write_report, write_report_or_warn
 from clbench.results import read_records
 
-SECTIONS = ("# clbench report: ", "## Setup", "## Summary: class-incremental", "## Summary: task-aware",
-            "## First two tasks", "## Accuracy matrices", "## Accuracy along training", "## Per-layer weight change",
-            "## Forgetting against drift", "## Cost", "## Units", "## Definitions")
-PLOTS = ("accuracy_matrices.png", "accuracy_matrices_task_aware.png", "accuracy_curves.png", "layer_drift.png",
-         "forgetting_vs_drift.png", "cost.png")
+SECTIONS = ("# clbench report: ", "## Findings", "## Setup", "## Hyper-parameters", "## Summary: class-incremental",
+            "## Learning each task", "## Summary: task-aware", "## Accuracy matrices", "## Accuracy along training",
+            "## Per-layer weight change", "## Forgetting against drift", "## Cost", "## Units", "## Definitions")
+PLOTS = ("stability_plasticity.png", "accuracy_matrices.png", "accuracy_matrices_task_aware.png",
+         "accuracy_curves.png", "layer_drift.png", "forgetting_vs_drift.png", "cost.png")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -67,6 +67,14 @@ def _table_row(text: str, section: str, label: str) -> list[str]:
     raise AssertionError(f"no row {label!r} after {section!r}")
 
 
+def _cells(text: str, section: str, label: str) -> dict[str, str]:
+    """Column title -> cell of the row `label` in the first table after heading `section`."""
+    part = text.split(section, 1)[1]
+    header = next(line for line in part.splitlines() if line.startswith("| "))
+    titles = [c.strip() for c in header.strip("|").split("|")]
+    return dict(zip(titles, _table_row(text, section, label)))
+
+
 def test_report_has_every_section_and_plot(tiny_run: Path) -> None:
     report = write_report(tiny_run)
     text = report.read_text()
@@ -87,31 +95,41 @@ def test_summary_cells_match_hand_computation(tiny_run: Path) -> None:
     from scipy import stats
 
     records = read_records(tiny_run)
+    sizes = [t["test"] for t in json.loads((tiny_run / "env.json").read_text())["stream"]["tasks"]]
     text = write_report(tiny_run).read_text()
-    # ACC (class-incremental) per seed = mean over tasks of the last row; then mean ± t_{0.975,1}·s/√2
-    acc = []
-    change = []
+    # ACC per seed = mean over tasks of the last row. ± combines the seed t-interval, t_{0.975,1}·s/√2, with
+    # the test sets' sampling error at the mean, 1.96·sqrt(p(1−p)/n_eff), n_eff from Σ p_j(1−p_j)/n_j.
+    acc, final, learn = [], [], []
     for seed in (0, 1):
         cells = {(r["row"], r["eval_index"]): r["value"] for r in records
                  if r["type"] == "accuracy" and r["metric"] == "acc_cil" and r["seed"] == seed}
-        acc.append(np.mean([cells[(3, j)] for j in range(3)]))
-        change.append(cells[(2, 0)] - cells[(1, 0)])
-    half = stats.t.ppf(0.975, 1) * np.std(acc, ddof=1) / math.sqrt(2)
-    row = _table_row(text, "## Summary: class-incremental", "naive")
-    assert row[1] == "2"
-    assert row[2].strip("*") == f"{np.mean(acc):.3f} ± {half:.3f}"
+        final.append([cells[(3, j)] for j in range(3)])
+        acc.append(np.mean(final[-1]))
+        learn.append(cells[(2, 1)])
+    p = np.mean(final, axis=0)
+    variance = sum(p[j] * (1 - p[j]) / sizes[j] for j in range(3)) / 9
+    seeds = stats.t.ppf(0.975, 1) * np.std(acc, ddof=1) / math.sqrt(2)
+    half = math.sqrt(seeds**2 + stats.norm.ppf(0.975) ** 2 * variance)
+    row = _cells(text, "## Summary: class-incremental", "naive")
+    assert row["seeds"] == "2"
+    assert row["ACC ↑"].strip("*") == f"{np.mean(acc):.3f} ± {half:.3f}"
     drift = [r["value"] for r in records if r["type"] == "drift" and r["param"] == "__overall__"
              and r["metric"] == "frobenius_total" and r["row"] == 3]
-    assert row[6].startswith(f"{np.mean(drift):.3g} ± ")
-    half = stats.t.ppf(0.975, 1) * np.std(change, ddof=1) / math.sqrt(2)
-    row = _table_row(text, "Change in", "naive")
-    assert row[2].strip("*") == f"{np.mean(change):.3f} ± {half:.3f}"
+    assert row["Δθ since start"].startswith(f"{np.mean(drift):.4f} ± ")
+    # learning accuracy of task 2, R[2, 2], on its own test set
+    seeds = stats.t.ppf(0.975, 1) * np.std(learn, ddof=1) / math.sqrt(2)
+    half = math.sqrt(seeds**2 + stats.norm.ppf(0.975) ** 2 * np.mean(learn) * (1 - np.mean(learn)) / sizes[1])
+    task = json.loads((tiny_run / "env.json").read_text())["stream"]["tasks"][1]["name"]
+    cell = _cells(text, "## Learning each task", "naive")[task]
+    assert cell.strip("*").split(" †")[0] == f"{np.mean(learn):.3f} ± {half:.3f}"
 
 
-def test_single_seed_without_curves_says_n1_and_skips_the_curve_plot(tiny_run: Path, tmp_path: Path) -> None:
+def test_single_seed_has_the_test_sets_interval_and_no_significance_marks(tiny_run: Path, tmp_path: Path) -> None:
     one = _copy(tiny_run, tmp_path / "one", keep=lambda r: r["seed"] == 0 and r["type"] != "curve")
     text = write_report(one).read_text()
-    assert "(n=1)" in _table_row(text, "## Summary: class-incremental", "naive")[2]
+    assert " ± " in _cells(text, "## Summary: class-incremental", "naive")["ACC ↑"]  # the test sets' error
+    tables = text.split("## Summary: class-incremental")[1].split("## Accuracy matrices")[0]
+    assert not [line for line in tables.splitlines() if line.startswith("| ") and "≈" in line]
     assert "Plot `accuracy_curves.png` skipped: no curve records" in text
     assert not (one / "plots" / "accuracy_curves.png").exists()
     assert (one / "plots" / "layer_drift.png").is_file()
@@ -132,9 +150,9 @@ def test_cli_report_and_compare_side_by_side(tiny_run: Path, tmp_path: Path) -> 
     assert result.exit_code == 0, result.output
     text = (tmp_path / "cmp" / "compare.md").read_text()
     assert text.strip() == result.output.strip()
-    ours = _table_row(text, "## Summary: class-incremental", "run_a: naive")
-    theirs = _table_row(text, "## Summary: class-incremental", "run_b: naive")
-    assert ours[2:6] == theirs[2:6]  # same records, same scores
+    ours = _cells(text, "## Summary: class-incremental", "run_a: naive")
+    theirs = _cells(text, "## Summary: class-incremental", "run_b: naive")
+    assert ours["ACC ↑"].strip("*≈ ") == theirs["ACC ↑"].strip("*≈ ")  # same records, same scores
     assert "## Summary: task-aware" in text and "identical apart from `out`" in text
 
 

@@ -1,8 +1,12 @@
 """The `hf` source: Hugging Face datasets from the Hub (`datasets.load_dataset`) or from local copies.
 
-Task options: `dataset` (Hub id, required, e.g. `Yelp/yelp_review_full`), `config` (optional), `text` and
-`label` columns (default `text`, `label`), `train_split` / `test_split` (default `train` / `test`) and an
-optional `label_map` (as in the `files` source). Labels are class indices 0..C-1 unless mapped.
+Task options: `dataset` (Hub id, required, e.g. `Yelp/yelp_review_full`), `config` (optional), `text` (a
+column, a template such as ``"{title} {content}"``, or a pair such as ``[premise, hypothesis]``:
+`clbench.data.render`; default the `text` column), `label` (default `label`), `train_split` / `test_split`
+(default `train` / `test`) and an optional `label_map` (as in the `files` source). Labels are class indices
+0..C-1 unless mapped. `classes` may be left out when the label column is a `datasets.ClassLabel`: its names
+are the classes (the Hub's parquet files and `save_to_disk` copies keep them); when both are given, their
+numbers of classes must agree.
 
 Local copies are looked for first, under `--data-dir` (`SourceContext.data_dir`), then `$CLBENCH_DATA_DIR`,
 in a folder named either after the full Hub id or after its last part::
@@ -32,6 +36,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from clbench.data import Task
+from clbench.data.render import TextSpec, parse_text
 from clbench.data.sources.files import LabelMapper
 from clbench.data.splits import Record, sample_records, task_rng
 from clbench.data.streams import SourceContext, TaskSpec, offline_stream_names
@@ -51,6 +56,17 @@ class SplitReader(Protocol):
 
     def take(self, indices: Sequence[int], columns: Sequence[str]) -> dict[str, list[Any]]: ...
 
+    def class_names(self, column: str) -> list[str] | None: ...
+
+
+def classlabel_names(feature: Any) -> list[str] | None:
+    """The names of a `datasets.ClassLabel` feature (an object or its dict form); None for other features."""
+    if isinstance(feature, Mapping):
+        names = feature.get("names") if feature.get("_type") == "ClassLabel" else None
+    else:
+        names = getattr(feature, "names", None) if type(feature).__name__ == "ClassLabel" else None
+    return [str(n) for n in names] if names else None
+
 
 class DatasetReader:
     """A `datasets.Dataset` (Hub or `load_from_disk`)."""
@@ -68,6 +84,10 @@ class DatasetReader:
     def take(self, indices: Sequence[int], columns: Sequence[str]) -> dict[str, list[Any]]:
         subset = self.dataset.select_columns(list(columns)).select(list(indices))
         return {c: list(subset[c]) for c in columns}
+
+    def class_names(self, column: str) -> list[str] | None:
+        features = getattr(self.dataset, "features", None) or {}
+        return classlabel_names(features.get(column))
 
 
 class ParquetReader:
@@ -88,6 +108,17 @@ class ParquetReader:
 
     def take(self, indices: Sequence[int], columns: Sequence[str]) -> dict[str, list[Any]]:
         return self.table.select(list(columns)).take(list(indices)).to_pydict()  # type: ignore[no-any-return]
+
+    def class_names(self, column: str) -> list[str] | None:
+        """From the features `datasets` stores in the schema's metadata (the Hub's parquet files carry them)."""
+        import json
+
+        raw = (self.table.schema.metadata or {}).get(b"huggingface")
+        try:
+            features = json.loads(raw)["info"]["features"] if raw else {}
+        except (ValueError, KeyError, TypeError):
+            return None
+        return classlabel_names(features.get(column)) if isinstance(features, Mapping) else None
 
 
 def local_roots(ctx: SourceContext) -> list[Path]:
@@ -147,21 +178,38 @@ def open_split(spec: TaskSpec, dataset: str, config: str | None, split: str, ctx
 
 
 def sample_split(spec: TaskSpec, reader: SplitReader, size: int, seed_key: str, ctx: SourceContext,
-                 mapper: LabelMapper, text_col: str, label_col: str, split: str,
+                 mapper: LabelMapper, text: TextSpec, label_col: str, split: str,
                  exclude: frozenset[str] = frozenset()) -> tuple[Record, ...]:
     """Draw a seeded candidate window of the split, then deduplicate and stratify it down to `size`."""
-    for role, col in (("text", text_col), ("label", label_col)):
-        if col not in reader.columns:
-            raise StreamError(f"task '{spec.name}': {role} column '{col}' is not in split '{split}'"
-                              f"{suggest(col, reader.columns)}; set '{role}'")
+    text.check_columns(spec.name, reader.columns, f"split '{split}'")
+    if label_col not in reader.columns:
+        raise StreamError(f"task '{spec.name}': label column '{label_col}' is not in split '{split}'"
+                          f"{suggest(label_col, reader.columns)}; set 'label'")
     rng = task_rng(ctx.seed, f"{spec.name}/{seed_key}")
     order = np.random.default_rng(rng.getrandbits(64)).permutation(len(reader))
     window = sorted(order[: min(len(reader), CANDIDATE_FACTOR * size + 100)].tolist())
-    rows = reader.take(window, [text_col, label_col])
-    records = [Record(str(text), mapper(label, f"{split} row {index}"), f"{split}:{index}")
-               for index, text, label in zip(window, rows[text_col], rows[label_col])
-               if text is not None and str(text).strip()]
+    columns = list(dict.fromkeys([*text.columns, label_col]))
+    taken = reader.take(window, columns)
+    records = []
+    for position, index in enumerate(window):
+        row = {c: taken[c][position] for c in columns}
+        rendered = text.render(row)
+        if rendered is not None:
+            records.append(Record(rendered, mapper(row[label_col], f"{split} row {index}"), f"{split}:{index}"))
     return sample_records(records, size, rng, exclude)
+
+
+def task_classes(spec: TaskSpec, reader: SplitReader, label_col: str, dataset: str) -> tuple[str, ...] | None:
+    """The task's classes: the stream's `classes`, else the label column's ClassLabel names; None when neither
+    (then `label_map` must name them). Both given with different numbers of classes is an error."""
+    names = reader.class_names(label_col) if label_col in reader.columns else None
+    if spec.classes is None:
+        return tuple(names) if names else None
+    if names is not None and len(names) != len(spec.classes):
+        raise StreamError(f"task '{spec.name}': 'classes' lists {len(spec.classes)} names but {dataset}'s label "
+                          f"column '{label_col}' has {len(names)} ({', '.join(names)}); list all {len(names)} or drop "
+                          "'classes' to use the dataset's names")
+    return spec.classes
 
 
 def build_task(spec: TaskSpec, ctx: SourceContext) -> Task:
@@ -175,18 +223,22 @@ def build_task(spec: TaskSpec, ctx: SourceContext) -> Task:
     label_map = spec.options.get("label_map")
     if label_map is not None and not isinstance(label_map, Mapping):
         raise StreamError(f"task '{spec.name}': label_map must be a mapping of raw value -> class")
-    mapper = LabelMapper(spec.name, spec.classes, label_map)
     config = spec.options.get("config")
-    text_col = str(spec.options.get("text", "text"))
+    text = parse_text(spec.name, spec.options.get("text"))
     label_col = str(spec.options.get("label", "label"))
     train_split = str(spec.options.get("train_split", "train"))
     test_split = str(spec.options.get("test_split", "test"))
+    train_reader = open_split(spec, str(dataset), config, train_split, ctx)
+    classes = task_classes(spec, train_reader, label_col, str(dataset))
+    if classes is None and label_map is None:
+        raise StreamError(f"task '{spec.name}': {dataset}'s label column '{label_col}' is no ClassLabel, so give "
+                          "'classes' (or a 'label_map' whose values are the classes)")
+    mapper = LabelMapper(spec.name, classes, label_map)
     test: tuple[Record, ...] = ()
     if ctx.read_test:  # while choosing hyper-parameters the test split is never opened
         test_reader = open_split(spec, str(dataset), config, test_split, ctx)
-        test = sample_split(spec, test_reader, spec.test_size, "test", ctx, mapper, text_col, label_col, test_split)
-    train_reader = open_split(spec, str(dataset), config, train_split, ctx)
-    train = sample_split(spec, train_reader, spec.train_size, "train", ctx, mapper, text_col, label_col,
+        test = sample_split(spec, test_reader, spec.test_size, "test", ctx, mapper, text, label_col, test_split)
+    train = sample_split(spec, train_reader, spec.train_size, "train", ctx, mapper, text, label_col,
                          train_split, frozenset(r.text for r in test))
     return Task(name=spec.name, classes=mapper.classes, train_texts=tuple(r.text for r in train),
                 train_labels=tuple(r.label for r in train), test_texts=tuple(r.text for r in test),

@@ -159,3 +159,54 @@ def test_choosing_hyper_parameters_never_opens_a_test_file(tmp_path: Path) -> No
     assert len(clean.tasks[0].val_texts) == 5 and len(clean.tasks[0].train_texts) == 45
     with pytest.raises(StreamError):
         load_stream(str(stream_file))  # a run that reports test results does read it
+
+
+def test_compressed_files_urls_templates_and_pairs(tmp_path: Path) -> None:
+    """Through datasets' readers: a gzipped CSV, an xz JSONL read by file:// URL, cells kept as written, a
+    template over two columns and a text pair."""
+    import gzip
+    import lzma
+
+    from clbench.data.render import split_pair
+
+    rows = [f'"{i:03d}","re: topic {i % 3}","body {i}",{"ab"[i % 2]}' for i in range(40)]
+    with gzip.open(tmp_path / "train.csv.gz", "wt", encoding="utf-8") as fh:
+        fh.write("code,subject,body,label\n" + "\n".join(rows) + "\n")
+    with lzma.open(tmp_path / "pairs.jsonl.xz", "wt", encoding="utf-8") as fh:
+        for i in range(40):
+            fh.write(json.dumps({"q": f"question {i}", "a": f"answer {i}", "label": i % 2}) + "\n")
+    stream = write_stream(tmp_path, f"""\
+  - {{name: codes, source: files, train: train.csv.gz, text: code, classes: [a, b], train_size: 20, test_size: 8}}
+  - {{name: mails, source: files, train: train.csv.gz, text: "{{subject}}: {{body}}", classes: [a, b],
+      train_size: 20, test_size: 8}}
+  - {{name: qa, source: files, train: "{(tmp_path / 'pairs.jsonl.xz').as_uri()}", text: [q, a], classes: [no, yes],
+      train_size: 20, test_size: 8}}
+""")
+    codes, mails, qa = load_stream(str(stream)).tasks
+    assert all(len(t) == 3 and t.isdigit() for t in codes.train_texts + codes.test_texts)  # '007' stays '007'
+    assert all(t.startswith("re: topic ") and ": body " in t for t in mails.train_texts)
+    question, answer = split_pair(qa.train_texts[0])
+    assert question.startswith("question ") and answer == "answer " + question.split()[1]
+
+
+@pytest.mark.parametrize(("name", "content", "message"), [
+    ("d.csv", "text,label\nx y,a\nz w,b,extra\n", "'d.csv' line 3 has 3 fields, the header 2"),
+    ("d.jsonl", '{"text": "x", "label": "a"}\n\n{oops\n', "'d.jsonl' line 3 is not JSON"),
+    ("d.jsonl", '{"text": "x", "label": "a"}\n[1, 2]\n', "'d.jsonl' line 2 is not a JSON object"),
+    ("d.csv", "", "'d.csv' holds no rows"),
+    ("d.csv", "text,label\n", "'d.csv' holds no rows"),
+])
+def test_reader_errors_name_the_file_and_line(tmp_path: Path, name: str, content: str, message: str) -> None:
+    (tmp_path / name).write_text(content, encoding="utf-8")
+    with pytest.raises(StreamError, match=message) as info:
+        load_stream(str(one_task(tmp_path, "    classes: [a, b]\n", train=name)))
+    assert "\n" not in str(info.value)
+
+
+def test_compressed_jsonl_error_names_the_record(tmp_path: Path) -> None:
+    import gzip
+
+    with gzip.open(tmp_path / "d.jsonl.gz", "wt", encoding="utf-8") as fh:
+        fh.write('{"text": "x", "label": "a"}\n{oops\n')
+    with pytest.raises(StreamError, match="'d.jsonl.gz' record 2 is not JSON"):
+        load_stream(str(one_task(tmp_path, "    classes: [a, b]\n", train="d.jsonl.gz")))
