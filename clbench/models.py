@@ -287,7 +287,7 @@ def build_model(name: str, num_labels: int, seed: int, pooling: str | None = Non
     if name == "tiny":
         config = BertConfig(vocab_size=len(tiny_vocab()), hidden_size=64, num_hidden_layers=2,
                             num_attention_heads=4, intermediate_size=128, max_position_embeddings=TINY_POSITIONS,
-                            hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+                            hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
         config.num_labels = num_labels
         model: nn.Module = BertForSequenceClassification(config)
     else:

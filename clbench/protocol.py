@@ -230,8 +230,11 @@ class Hooks:
         raise NotImplementedError(f"method {self.name!r} sets external_loop but does not implement fit_task")
 
     def optimizer_name(self) -> str:
-        """How this method updates the weights, for the report: the runner's AdamW unless `configure_optimizer`
-        returns another optimiser (a method that does says which here)."""
+        """The update rule this method trains with, in words, for reports: "AdamW (the runner's)" by default.
+
+        A method whose `configure_optimizer` returns another optimiser, or the runner's at another learning
+        rate, overrides this to say so (e.g. GEM: "SGD (lr 0.03)"), so a comparison names every deviation.
+        """
         return "AdamW (the runner's)"
 
     def trainable_parameters(self, model: nn.Module) -> Iterator[nn.Parameter]:

@@ -7,13 +7,25 @@ tasks seen, see `clbench.episodic`), computes its gradient g_ref, and if the cur
 against it (gᵀg_ref < 0) replaces g by its projection onto the half-space, in closed form (Eq. 11):
 g̃ = g − (gᵀg_ref / g_refᵀg_ref) g_ref. No QP is solved.
 
+The reference gradient comes from `sample_size` memory examples, 256 by default as in the authors' code (the
+whole memory while it holds fewer), not from a batch the size of the training batch.
+
+Optimiser: the projection guarantees ⟨g̃, g_ref⟩ ≥ 0, so a plain SGD step −η·g̃ does not increase the memory
+sample's loss to first order; Adam's per-coordinate scaling of the step breaks that. The authors train with
+plain SGD, and so does `optimizer=sgd` (the default): `configure_optimizer` returns
+`torch.optim.SGD(params, lr=sgd_lr)`, still scheduled (warm-up, decay) and clipped by the runner. The run's
+`--lr` is AdamW's and does not apply; SGD needs a far larger step, hence `sgd_lr`'s default of 0.03 (the
+authors used 0.01-0.1 for their networks). `optimizer=adamw` trains with the runner's AdamW at the run's lr, a
+named deviation (`optimizer_name` says which for the report).
+
 Hooks: `after_backward` projects the gradient (one extra forward and backward pass on the memory sample,
 through `torch.autograd.grad`, so the current `.grad` is only overwritten by the projected vector);
-`after_task` stores the memory.
+`configure_optimizer` (SGD); `after_task` stores the memory.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -24,7 +36,9 @@ from clbench.data import EncodedSplit, TaskInfo
 from clbench.episodic import TaskMemory, memory_gradient
 from clbench.methods import Hooks, MethodConfig, RunContext, option
 from clbench.ops import assign_flat_grad, flat_grad
-from clbench.search import Choice
+from clbench.search import Choice, LogUniform
+
+OPTIMIZERS = ("sgd", "adamw")
 
 
 def agem_project(grad: Tensor, ref: Tensor) -> Tensor:
@@ -39,13 +53,23 @@ def agem_project(grad: Tensor, ref: Tensor) -> Tensor:
 class AGEMConfig(MethodConfig):
     """Hyperparameters of A-GEM; symbols follow Chaudhry et al. 2019."""
 
-    sample_size: int = option(0, "examples drawn uniformly from the episodic memory each step to compute the "
-                              "reference gradient g_ref in Eq. 11 (0: the run's batch size)",
-                              search=Choice((16, 64, 256)))
+    sample_size: int = option(256, "examples drawn uniformly from the episodic memory each step to compute the "
+                              "reference gradient g_ref in Eq. 11 (the authors' code uses 256; all of the memory "
+                              "while it holds fewer; 0: the run's batch size)", search=Choice((16, 64, 256)))
+    optimizer: str = option("sgd", "update rule: sgd (plain SGD at sgd_lr, as the authors trained: a step along g̃ "
+                            "does not increase the memory sample's loss to first order) or adamw (the runner's "
+                            "AdamW at the run's lr; its per-coordinate scaling breaks that guarantee)")
+    sgd_lr: float = option(0.03, "η: SGD learning rate when optimizer=sgd (the run's lr is AdamW's); the "
+                           "runner's warm-up/decay schedule and clipping still apply; the authors used 0.01-0.1",
+                           search=LogUniform(1e-3, 0.3))
 
     def __post_init__(self) -> None:
         if self.sample_size < 0:
             raise ValueError(f"sample_size={self.sample_size} must be >= 0 (0: the run's batch size)")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer={self.optimizer!r} must be one of {', '.join(OPTIMIZERS)}")
+        if not self.sgd_lr > 0:
+            raise ValueError(f"sgd_lr={self.sgd_lr} must be > 0")
 
 
 class AGEM(Hooks):
@@ -83,6 +107,13 @@ class AGEM(Hooks):
             if bool(torch.dot(g, ref) < 0):
                 assign_flat_grad(params, agem_project(g, ref))
                 self.projections += 1
+
+    def configure_optimizer(self, task: TaskInfo, params: Sequence[nn.Parameter]) -> torch.optim.Optimizer | None:
+        """Plain SGD at `sgd_lr` (the authors' update rule), or None for the runner's AdamW."""
+        return torch.optim.SGD(params, lr=self.config.sgd_lr) if self.config.optimizer == "sgd" else None
+
+    def optimizer_name(self) -> str:
+        return f"SGD (lr {self.config.sgd_lr:g})" if self.config.optimizer == "sgd" else super().optimizer_name()
 
     def after_task(self, task: TaskInfo, model: nn.Module, data: EncodedSplit) -> None:
         self.memory.add(task.index, data, self.context.generator)

@@ -160,6 +160,9 @@ class FIPGeometric(Hooks):
             return None  # first task: the runner's AdamW, plain fine-tuning
         return torch.optim.SGD(params, lr=self.cfg.step_length)
 
+    def optimizer_name(self) -> str:
+        return f"AdamW (the runner's) on the first task, then SGD (lr {self.cfg.step_length:g}) along unit steps"
+
     def direction(self, model: nn.Module, named: Sequence[tuple[str, nn.Parameter]], gradient: Tensor) -> Tensor:
         """Unit vector ∝ −(g + μI)⁻¹ ∇L [P], with g measured on a replay batch."""
         assert self.replay is not None

@@ -76,6 +76,9 @@ class FIPLoRA(Hooks):
     def configure_optimizer(self, task: TaskInfo, params: Sequence[nn.Parameter]) -> torch.optim.Optimizer | None:
         return self.lora.configure_optimizer(task, params)
 
+    def optimizer_name(self) -> str:
+        return self.lora.optimizer_name()
+
     def after_task(self, task: TaskInfo, model: nn.Module, data: EncodedSplit) -> None:
         self.fip.after_task(task, model, data)
         self.lora.after_task(task, model, data)

@@ -10,13 +10,24 @@ with one variable per earlier task, and sets g̃ = Gᵀ v + g. As in the authors
 margin γ enters as the lower bound v ≥ γ ("adding γ to v*", §3), biasing the update towards backward
 transfer, and a ridge ε is added to G Gᵀ so quadprog sees a positive-definite matrix.
 
+Optimiser: GEM's guarantee is about the step: with plain SGD the update −η·g̃ satisfies ⟨−η g̃, g_k⟩ ≤ 0, so
+to first order no memory loss increases. Adam divides every coordinate by its own running scale, so the step
+it takes from g̃ may point against a memory gradient again. The paper trains with plain SGD (learning rate
+0.1 for its networks), and so does `optimizer=sgd` (the default): `configure_optimizer` returns
+`torch.optim.SGD(params, lr=sgd_lr)`, which the runner still schedules (warm-up, decay) and clips. The run's
+`--lr` is AdamW's and does not apply; SGD needs a far larger step than AdamW, hence `sgd_lr`'s default of
+0.03, within the 0.01-0.1 the GEM and A-GEM papers used for their networks. `optimizer=adamw` trains with the
+runner's AdamW at the run's lr, a named deviation from the paper (`optimizer_name` says which for the report).
+
 Hooks: `setup` checks that quadprog is installed; `after_backward` projects the gradient (it runs one extra
 forward and backward pass per earlier task on the model it receives, through `torch.autograd.grad`, so the
-current `.grad` is read, then overwritten only with the projected vector); `after_task` stores the memory.
+current `.grad` is read, then overwritten only with the projected vector); `configure_optimizer` (SGD);
+`after_task` stores the memory.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -29,7 +40,9 @@ from clbench.episodic import TaskMemory, memory_gradient
 from clbench.errors import ClbenchError
 from clbench.methods import Hooks, MethodConfig, RunContext, option
 from clbench.ops import assign_flat_grad, flat_grad
-from clbench.search import Uniform
+from clbench.search import LogUniform, Uniform
+
+OPTIMIZERS = ("sgd", "adamw")
 
 
 def solve_dual_qp(memory_grads: Tensor, grad: Tensor, margin: float, ridge: float) -> Tensor:
@@ -68,6 +81,12 @@ class GEMConfig(MethodConfig):
     ridge: float = option(1e-3, "ε added to the diagonal of G Gᵀ in the dual QP (the authors' code uses 1e-3)")
     memory_batch_size: int = option(0, "examples per forward pass when computing memory gradients "
                                     "(0: the run's batch size)")
+    optimizer: str = option("sgd", "update rule: sgd (plain SGD at sgd_lr, as in the paper: a step along g̃ "
+                            "increases no memory loss to first order) or adamw (the runner's AdamW at the run's "
+                            "lr; its per-coordinate scaling breaks that guarantee)")
+    sgd_lr: float = option(0.03, "η: SGD learning rate when optimizer=sgd (the run's lr is AdamW's); the "
+                           "runner's warm-up/decay schedule and clipping still apply; the paper used 0.1",
+                           search=LogUniform(1e-3, 0.3))
 
     def __post_init__(self) -> None:
         if self.margin < 0:
@@ -76,6 +95,10 @@ class GEMConfig(MethodConfig):
             raise ValueError(f"ridge={self.ridge} must be > 0 (quadprog needs a positive-definite matrix)")
         if self.memory_batch_size < 0:
             raise ValueError(f"memory_batch_size={self.memory_batch_size} must be >= 0 (0: the run's batch size)")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer={self.optimizer!r} must be one of {', '.join(OPTIMIZERS)}")
+        if not self.sgd_lr > 0:
+            raise ValueError(f"sgd_lr={self.sgd_lr} must be > 0")
 
 
 class GEM(Hooks):
@@ -88,7 +111,7 @@ class GEM(Hooks):
     requires_buffer: ClassVar[bool] = True
     requires_packages: ClassVar[tuple[tuple[str, str], ...]] = (
         ("quadprog", "pip install quadprog (or pip install 'clbench[avalanche]')"),)
-    first_task_is_finetuning: bool = True  # empty memory on task 1: the runner may share it
+    first_task_is_finetuning: bool = True  # empty memory on task 1: shared with units of the same optimiser
     config: GEMConfig
 
     def __init__(self, config: GEMConfig | None = None) -> None:
@@ -116,6 +139,13 @@ class GEM(Hooks):
             if bool((G @ g < 0).any()):
                 assign_flat_grad(params, solve_dual_qp(G, g, self.config.margin, self.config.ridge))
                 self.projections += 1
+
+    def configure_optimizer(self, task: TaskInfo, params: Sequence[nn.Parameter]) -> torch.optim.Optimizer | None:
+        """Plain SGD at `sgd_lr` (the paper's update rule), or None for the runner's AdamW."""
+        return torch.optim.SGD(params, lr=self.config.sgd_lr) if self.config.optimizer == "sgd" else None
+
+    def optimizer_name(self) -> str:
+        return f"SGD (lr {self.config.sgd_lr:g})" if self.config.optimizer == "sgd" else super().optimizer_name()
 
     def after_task(self, task: TaskInfo, model: nn.Module, data: EncodedSplit) -> None:
         self.memory.add(task.index, data, self.context.generator)

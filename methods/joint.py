@@ -6,6 +6,11 @@ t it trains on the union of the training splits of tasks 1..t (continuing from t
 is forgotten for lack of data; any forgetting left is the model's and the budget's. It stores all past data,
 so it sits outside the shared `buffer_size` budget and is not a continual-learning method itself.
 
+Budget: an epoch of task t covers every example of tasks 1..t, so under `epochs` joint takes more optimiser
+steps on later tasks than every other method (e.g. with equal task sizes, t times as many on task t); under
+`max_steps` it takes the same number of steps but sees each example less often. The runner's `steps` and
+`examples` profile records per task show what it took; compare it with that in mind.
+
 Hooks: `train_data` only.
 """
 

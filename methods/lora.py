@@ -150,6 +150,11 @@ class LoRA(Hooks):
             return None
         return self.ctx.adamw(params, self.cfg.adapter_lr)
 
+    def optimizer_name(self) -> str:
+        if self.cfg.adapter_lr is None:
+            return super().optimizer_name()
+        return f"AdamW (the runner's; adapters at lr {self.cfg.adapter_lr:g})"
+
     def after_task(self, task: TaskInfo, model: nn.Module, data: EncodedSplit) -> None:
         if self.cfg.adapter_policy == "per_task" and self.trains_adapters(task):
             merge_adapters(model)

@@ -45,3 +45,15 @@ def test_method_honours_the_runner_contract(method: str,
                    and r["value"] == TINY["max_steps"] for r in mine)
     lines = [json.loads(line) for line in (out / RESULTS).read_text(encoding="utf-8").splitlines() if line]
     assert any(r["type"] == "unit" and r["value"] == "done" and r["method"] == method for r in lines)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_method_names_the_optimiser_it_trains_with(method: str) -> None:
+    """A report prints `optimizer_name()`; a method that changes the optimiser must say so there."""
+    from clbench.protocol import Hooks
+
+    cls = MethodRegistry.default().get(method)
+    name = cls().optimizer_name()
+    assert isinstance(name, str) and name
+    if cls.configure_optimizer is not Hooks.configure_optimizer:
+        assert cls.optimizer_name is not Hooks.optimizer_name, f"{method} overrides configure_optimizer only"

@@ -22,6 +22,19 @@ def test_tiny_model_and_tokenizer_need_no_download() -> None:
     assert model(**encoded).logits.shape == (1, 7)
 
 
+def test_tiny_model_has_dropout_in_train_mode_only() -> None:
+    """Dropout 0.1 as in BERT, so tests of which mode a method computes in are not vacuous."""
+    model = build_model("tiny", num_labels=3, seed=0)
+    ids = torch.randint(5, 60, (4, 9), generator=torch.Generator().manual_seed(0))
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    assert model.training
+    with torch.no_grad():
+        first, second = model(**inputs).logits, model(**inputs).logits
+        assert not torch.allclose(first, second)
+        model.eval()
+        assert torch.equal(model(**inputs).logits, model(**inputs).logits)
+
+
 def test_unknown_model_alias_suggests() -> None:
     with pytest.raises(RegistryError, match="did you mean 'minilm'"):
         model_spec("minlm")

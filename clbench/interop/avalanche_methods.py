@@ -195,7 +195,8 @@ ADAPTERS: dict[str, AdapterSpec] = {
     "avalanche:agem": AdapterSpec(
         "AGEM", "[avalanche] A-GEM (Chaudhry et al. 2019) via Avalanche, memory from the shared budget "
         "(reference for `agem`).", "Chaudhry et al., ICLR 2019, via Avalanche 0.6 AGEM",
-        (("sample_size", int | None, None, "memory examples per reference gradient (default: the batch size)"),),
+        (("sample_size", int | None, 256,
+          "memory examples per reference gradient (256 as in the authors' code and `agem`; unset: the batch size)"),),
         lambda ctx, c: {"patterns_per_exp": _per_task(ctx), "sample_size": c.sample_size or ctx.batch_size}),
     "avalanche:lwf": AdapterSpec(
         "LwF", "[avalanche] Learning without Forgetting (Li & Hoiem 2017) via Avalanche (reference for `lwf`).",

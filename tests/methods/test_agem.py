@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
+from clbench.config import build_config
 from clbench.data import EncodedSplit, TaskInfo
 from clbench.methods import RunContext
 from clbench.methods.agem import AGEM, AGEMConfig, agem_project
 from clbench.models import build_model
 from clbench.ops import flat_grad
+from clbench.training.runner import lr_schedule, train_step
 
 TASKS = (TaskInfo(0, "a", ("x", "y"), 0), TaskInfo(1, "b", ("x", "y"), 2), TaskInfo(2, "c", ("x", "y"), 4))
 
@@ -34,7 +37,7 @@ def test_hook_projects_against_a_memory_sample() -> None:
     ctx = RunContext(tasks=TASKS, num_labels=6, device=torch.device("cpu"), seed=0,
                      generator=torch.Generator().manual_seed(1), buffer_size=12, batch_size=4)
     agem = AGEM(AGEMConfig(sample_size=5))
-    model = agem.setup(build_model("tiny", 6, 0), ctx)
+    model = agem.setup(build_model("tiny", 6, 0).eval(), ctx)  # no dropout: the test recomputes g_ref
     for task in TASKS[:2]:
         agem.after_task(task, model, split(task, 10))
     assert len(agem.memory) == 12
@@ -56,7 +59,93 @@ def test_hook_projects_against_a_memory_sample() -> None:
     assert abs(float(projected @ ref)) <= 1e-5 * float(g.norm() * ref.norm())
 
 
+def filled(**options: object) -> tuple[AGEM, torch.nn.Module]:
+    """A-GEM after two tasks of 10 examples each, memory budget 12, on the tiny model in eval mode."""
+    ctx = RunContext(tasks=TASKS, num_labels=6, device=torch.device("cpu"), seed=0,
+                     generator=torch.Generator().manual_seed(1), buffer_size=12, batch_size=4)
+    agem = AGEM(AGEMConfig(**options))  # type: ignore[arg-type]
+    model = agem.setup(build_model("tiny", 6, 0).eval(), ctx)
+    for task in TASKS[:2]:
+        agem.after_task(task, model, split(task, 10))
+    return agem, model
+
+
+def test_reference_gradient_is_the_mean_loss_gradient_over_256_memory_examples() -> None:
+    """The authors' 256 examples: with 12 in memory, g_ref is the gradient of the mean loss over all of them,
+    not over a batch of the run's batch size (4 here)."""
+    assert AGEMConfig().sample_size == 256
+    agem, model = filled()
+    params = [p for p in model.parameters() if p.requires_grad]
+    ref = agem.reference_grad(model, params)
+    memory = agem.memory.all()
+    batch = memory.batch(torch.arange(len(memory)))
+    loss = torch.nn.functional.cross_entropy(model(**batch.model_inputs()).logits, batch.labels)
+    expected = torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, params)])
+    torch.testing.assert_close(ref, expected, rtol=1e-4, atol=1e-7)
+
+
+def test_plain_sgd_at_sgd_lr_by_default_and_the_runners_adamw_on_request() -> None:
+    params = [torch.nn.Parameter(torch.zeros(3))]
+    optimizer = AGEM().configure_optimizer(TASKS[1], params)
+    assert type(optimizer) is torch.optim.SGD
+    assert (optimizer.defaults["lr"], optimizer.defaults["momentum"], optimizer.defaults["weight_decay"]) == (0.03, 0, 0)
+    assert AGEM(AGEMConfig(sgd_lr=0.01)).optimizer_name() == "SGD (lr 0.01)"
+    adamw = AGEM(AGEMConfig(optimizer="adamw"))
+    assert adamw.configure_optimizer(TASKS[1], params) is None
+    assert adamw.optimizer_name() == "AdamW (the runner's)"
+    for options, message in (({"optimizer": "adam"}, "optimizer"), ({"sgd_lr": -1.0}, "sgd_lr")):
+        with pytest.raises(ValueError, match=message):
+            AGEMConfig(**options)  # type: ignore[arg-type]
+
+
+def test_runner_step_with_sgd_does_not_increase_the_memory_loss_to_first_order() -> None:
+    """Eq. 11's guarantee on the step the runner takes: Δθ = −η·c·g̃ (c: clipping), so ⟨Δθ, g_ref⟩ = 0."""
+    agem, model = filled()
+    params = [p for p in model.parameters() if p.requires_grad]
+    seen: dict[str, torch.Tensor] = {}
+    reference_grad, after_backward = agem.reference_grad, agem.after_backward
+
+    def record_ref(m: torch.nn.Module, ps: list[torch.nn.Parameter]) -> torch.Tensor:
+        seen["ref"] = reference_grad(m, ps)  # this step's g_ref (train mode: dropout on)
+        return seen["ref"]
+
+    def record_projected(m: torch.nn.Module) -> None:
+        after_backward(m)
+        seen["projected"] = flat_grad(params)
+
+    agem.reference_grad = record_ref  # type: ignore[method-assign]
+    agem.after_backward = record_projected  # type: ignore[method-assign]
+    optimizer = agem.configure_optimizer(TASKS[2], params)
+    assert optimizer is not None
+    config = build_config({"methods": ["agem"], "model": "tiny", "stream": "synthetic"})
+    before = torch.cat([p.detach().reshape(-1) for p in params])
+    batch = split(TASKS[2], 8, seed=5).batch(torch.arange(8))  # new classes 4, 5: conflicts with the memory
+    train_step(model, agem, agem.context, batch, params, optimizer, config)
+    step = torch.cat([p.detach().reshape(-1) for p in params]) - before
+    assert agem.projections == 1
+    projected, ref = seen["projected"], seen["ref"]
+    clip = min(1.0, config.grad_clip / (float(projected.norm()) + 1e-6))  # torch's clip_grad_norm_ coefficient
+    expected = -0.03 * clip * projected
+    # float32: θ + Δθ is rounded to the weights' precision, Δθ and the clipping coefficient to their own
+    rounding = torch.finfo(before.dtype).eps * (2 * before.abs() + expected.abs()) + 1e-5 * expected.abs()
+    assert bool(((step - expected).abs() <= rounding).all())
+    assert abs(float(step @ ref)) <= 1e-5 * float(step.norm() * ref.norm())
+
+
 def test_runs_through_the_synthetic_stream(run_tiny) -> None:  # type: ignore[no-untyped-def]
-    _, records = run_tiny(("agem",), train_size=24, test_size=12)
-    rows = {(r["row"], r["eval_index"]) for r in records if r["type"] == "accuracy" and r["metric"] == "acc_cil"}
+    """Every cell of the accuracy matrix is recorded, and the runner trains with A-GEM's SGD: each step moves
+    the weights by at most η·(schedule) (clipped gradient norm ≤ 1), which the runner's AdamW far exceeds."""
+    _, records = run_tiny(("agem", "agem@adamw"), train_size=24, test_size=12,
+                          method_options={"agem@adamw": {"optimizer": "adamw"}})
+    rows = {(r["row"], r["eval_index"]) for r in records if r["type"] == "accuracy" and r["metric"] == "acc_cil"
+            and r["method"] == "agem"}
     assert rows == {(i, j) for i in range(4) for j in range(3)}
+    steps = 3  # 24 examples at batch size 8, one epoch, no warm-up: schedule 1, 2/3, 1/3
+    bound = 0.03 * sum(lr_schedule(t, steps, 0) for t in range(steps))
+
+    def moved(method: str, row: int) -> float:  # ‖θ_after − θ_before‖ over the task
+        return sum(r["norm_change"] ** 2 for r in records if r["type"] == "drift" and r["method"] == method
+                   and r["row"] == row and r["metric"] == "frobenius_task" and r["param"] != "__overall__") ** 0.5
+
+    assert all(0 < moved("agem", row) <= bound * (1 + 1e-5) for row in (1, 2, 3))
+    assert moved("agem@adamw", 1) > 3 * bound

@@ -101,6 +101,20 @@ def test_exact_is_the_expectation_over_predicted_labels(head: str) -> None:
     assert close(fisher, expected)
 
 
+@pytest.mark.parametrize("estimator", ["empirical", "exact", "batched"])
+def test_fisher_after_a_task_is_the_eval_mode_networks_and_training_mode_is_restored(estimator: str) -> None:
+    """The runner calls after_task on a model in train mode: F must be the deterministic network's (dropout
+    off), and the model must go back to train mode for the next task."""
+    data = split(6)
+    ewc, model = method(batch_size=3, estimator=estimator, fisher_batch_size=3)
+    assert model.training
+    ewc.after_task(TASKS[0], model, data)
+    assert model.training
+    reference, _ = method(batch_size=3, estimator=estimator, fisher_batch_size=3)
+    expected = reference.fisher(model.eval(), data)
+    assert close(ewc.fishers[0], expected, atol=0.0)
+
+
 @pytest.mark.parametrize("estimator", ["empirical", "exact"])
 def test_fisher_equals_the_torch_func_path_it_replaced(estimator: str) -> None:
     data = split(7)
@@ -150,6 +164,19 @@ def test_separate_terms_and_online_decay() -> None:
     expected = {n: 0.25 * separate.fishers[0][n] + separate.fishers[1][n] for n in separate.fishers[0]}
     assert close(online.fishers[0], expected)
     assert close(online.anchors[0], separate.anchors[1])
+
+    # the penalties: one term per earlier task, against one decayed term at the latest anchor
+    g = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        for p, p2 in zip(model.parameters(), model2.parameters()):
+            p.add_(0.1 * torch.randn(p.shape, generator=g))
+            p2.copy_(p)
+    theta = dict(model.named_parameters())
+    by_task = sum((f[n] * (theta[n] - a[n]) ** 2).sum() for a, f in zip(separate.anchors, separate.fishers)
+                  for n in f)
+    decayed = sum((expected[n] * (theta[n] - separate.anchors[1][n]) ** 2).sum() for n in expected)
+    torch.testing.assert_close(separate.penalty(model), by_task, rtol=1e-5, atol=0)
+    torch.testing.assert_close(online.penalty(model2), decayed, rtol=1e-5, atol=0)
 
 
 def test_fisher_samples_draws_a_deterministic_subset() -> None:

@@ -8,11 +8,12 @@ from typing import Any
 
 import pytest
 import torch
+from model_util import without_dropout
 from torch import nn
 
 from clbench.config import build_config
 from clbench.data import Batch, EncodedSplit, TaskInfo
-from clbench.methods.fip import FIP, FIPConfig, bhattacharyya, replay_distance, sample_replay
+from clbench.methods.fip import FIP, FIPConfig, bhattacharyya, cache_log_probs, replay_distance, sample_replay
 from clbench.methods.fip_geometric import OutputMetric
 from clbench.methods.replay import Replay, ReplayConfig
 from clbench.models import build_model
@@ -89,13 +90,27 @@ def test_summed_distance_is_one_eighth_fisher_quadratic_form() -> None:
     torch.testing.assert_close(distance, quadratic / 8, rtol=0.02, atol=0)
 
 
+def test_anchor_is_cached_in_eval_mode_from_a_model_in_train_mode() -> None:
+    """q is the deterministic network's softmax (dropout off), whatever mode the runner left the model in."""
+    model = build_model("tiny", 5, 0)
+    data = _split(12, 0, 1)
+    log_q = cache_log_probs(model, _ctx(), data)
+    assert model.training  # the mode is restored
+    model.eval()
+    with torch.no_grad():
+        expected = torch.log_softmax(model(**data.batch(torch.arange(12)).model_inputs()).logits, -1)
+    torch.testing.assert_close(log_q, expected)
+
+
 def test_cached_anchor_equals_frozen_copy_in_eval_mode() -> None:
     model = build_model("tiny", 5, 0)
     frozen = copy.deepcopy(model).eval()
-    method = _fip_after_first_task(model)
+    method = _fip_after_first_task(model)  # q cached while the model is in train mode, as in a run
+    assert model.training  # ... and left in train mode
     with torch.no_grad():  # move away from the anchor
         for param in model.parameters():
             param.add_(0.01 * torch.randn_like(param))
+    model.eval()  # no dropout in p: the reference below must see the same network as the loss
     state = method.context.generator.get_state()
     cached = method.loss(model, None, None, torch.zeros(()))  # type: ignore[arg-type]
     assert method.replay is not None
@@ -106,6 +121,27 @@ def test_cached_anchor_equals_frozen_copy_in_eval_mode() -> None:
     reference = bhattacharyya(torch.log_softmax(model(**batch.model_inputs()).logits, -1), log_q).sum()
     assert float(reference) > 0
     torch.testing.assert_close(cached, reference)
+
+
+def test_loss_is_summed_distance_on_the_replay_batch_plus_lambda_times_ce() -> None:
+    """L = Σ_replay −log Σ_c √(p_c q_c) + λ·CE written out by hand: summed (not averaged) over the replay
+    batch, λ on the CE only, q from the model before the task."""
+    model = build_model("tiny", 5, 0)
+    frozen = copy.deepcopy(model).eval()
+    method = _fip_after_first_task(model, ce_weight=0.7, replay_batch_size=64)  # the whole buffer each step
+    with torch.no_grad():  # move away from the anchor
+        for param in model.parameters():
+            param.add_(0.02 * torch.randn(param.shape, generator=torch.Generator().manual_seed(5)))
+    model.eval()
+    assert method.replay is not None and len(method.replay) == 16
+    replay = method.replay.batch(torch.arange(16))
+    with torch.no_grad():
+        p = torch.softmax(model(**replay.model_inputs()).logits, -1)  # [16, 5]
+        q = torch.softmax(frozen(**replay.model_inputs()).logits, -1)
+    expected = -torch.log((p * q).sqrt().sum(-1)).sum() + 0.7 * 1.3
+    loss = method.loss(model, None, None, torch.tensor(1.3))  # type: ignore[arg-type]
+    assert float(expected) > 0.7 * 1.3 + 1e-4
+    torch.testing.assert_close(loss.detach(), expected, rtol=1e-4, atol=1e-6)
 
 
 def test_separate_backward_gives_joint_gradients() -> None:
@@ -133,10 +169,7 @@ def test_fused_forward_takes_the_same_step(name: str) -> None:
     config = build_config({"methods": [name], "model": "tiny", "stream": "synthetic"})
     steps = []
     for fused in (False, True):
-        model = build_model("tiny", 5, 0)
-        for module in model.modules():  # no dropout: both modes must then give the same numbers
-            if isinstance(module, nn.Dropout):
-                module.p = 0.0
+        model = without_dropout(build_model("tiny", 5, 0))  # both modes must then give the same numbers
         method: Hooks
         if name == "fip":
             method = _fip_after_first_task(model, fused_forward=fused, ce_weight=0.7)
@@ -204,3 +237,32 @@ def test_fip_lora_trains_adapters_at_adapter_lr() -> None:
     assert optimizer is not None and optimizer.param_groups[0]["lr"] == 3e-4
     assert params and all(".lora_" in n or ".modules_to_save." in n
                           for n, p in model.named_parameters() if p.requires_grad)
+
+
+def test_fip_lora_loss_is_fips_on_the_adapted_model() -> None:
+    """After task 1 the buffer and q come from FIP: at the anchor the distance is 0 (loss = λ·CE), and once the
+    adapters move it is the summed distance to q, the frozen copy's softmax, plus λ·CE."""
+    from clbench.methods.fip_lora import FIPLoRA, FIPLoRAConfig
+
+    method = FIPLoRA(FIPLoRAConfig(rank=2, ce_weight=0.7, replay_batch_size=64))
+    model = method.setup(build_model("tiny", 5, 0), _ctx())
+    method.after_task(TASKS[0], model, _split(20, 0, 1))
+    method.before_task(TASKS[1], model)
+    frozen = copy.deepcopy(model).eval()
+    model.eval()
+    task_loss = torch.tensor(1.3)
+    torch.testing.assert_close(method.loss(model, None, None, task_loss), 0.7 * task_loss)  # type: ignore[arg-type]
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if ".lora_B." in name:
+                param.add_(0.1 * torch.randn(param.shape, generator=torch.Generator().manual_seed(6)))
+    replay = method.fip.replay
+    assert replay is not None and len(replay) == 16
+    batch = replay.batch(torch.arange(16))
+    with torch.no_grad():
+        p = torch.softmax(model(**batch.model_inputs()).logits, -1)
+        q = torch.softmax(frozen(**batch.model_inputs()).logits, -1)
+    expected = -torch.log((p * q).sqrt().sum(-1)).sum() + 0.7 * task_loss
+    assert float(expected) > 0.7 * 1.3 + 1e-4
+    torch.testing.assert_close(method.loss(model, None, None, task_loss).detach(), expected,  # type: ignore[arg-type]
+                               rtol=1e-4, atol=1e-6)

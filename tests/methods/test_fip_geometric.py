@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
+from clbench.config import build_config
 from clbench.data import EncodedSplit, TaskInfo
 from clbench.methods.fip_geometric import FIPGeometric, FIPGeometricConfig, OutputMetric, conjugate_gradient
 from clbench.models import build_model
+from clbench.ops import flat_grad
 from clbench.protocol import RunContext
+from clbench.training.runner import train_step
 
 TASKS = (TaskInfo(0, "a", ("x", "y", "z"), 0), TaskInfo(1, "b", ("u", "v"), 3))
 
@@ -72,6 +76,54 @@ def test_direction_descends_and_changes_old_outputs_less_than_the_gradient() -> 
     metric = OutputMetric(model.eval(), method.context, method.replay.batch(index), named)
     unit = gradient / gradient.norm()
     assert float(direction @ metric(direction)) < 0.5 * float(unit @ metric(unit))
+
+
+def test_runner_step_moves_the_weights_by_step_length_along_the_hooks_descent_direction() -> None:
+    """The paper's fixed-length step, on the step the runner takes: SGD at ε along the unit direction δ that
+    `after_backward` wrote, so ‖Δθ‖ = ε (clipping leaves a unit vector alone) and Δθ·∇L < 0."""
+    model = build_model("tiny", 5, 0)
+    method = FIPGeometric(FIPGeometricConfig(step_length=0.02, cg_iterations=3))
+    method.setup(model, _ctx())
+    method.after_task(TASKS[0], model, _split(20, 0, 1))
+    method.before_task(TASKS[1], model)
+    params = list(method.trainable_parameters(model))
+    optimizer = method.configure_optimizer(TASKS[1], params)
+    assert type(optimizer) is torch.optim.SGD
+    seen: dict[str, torch.Tensor] = {}
+    after_backward = method.after_backward
+
+    def record(m: torch.nn.Module) -> None:
+        seen["gradient"] = flat_grad(params).clone()  # ∇L of the new batch
+        after_backward(m)
+        seen["direction"] = -flat_grad(params)  # δ/‖δ‖
+
+    method.after_backward = record  # type: ignore[method-assign]
+    config = build_config({"methods": ["fip-geometric"], "model": "tiny", "stream": "synthetic"})
+    before = torch.cat([p.detach().reshape(-1) for p in params])
+    train_step(model, method, method.context, _split(4, 1, 5).batch(torch.arange(4)), params, optimizer, config)
+    step = torch.cat([p.detach().reshape(-1) for p in params]) - before
+    assert model.training
+    assert float(seen["direction"].norm()) == pytest.approx(1.0, rel=1e-5)
+    assert float(step.norm()) == pytest.approx(0.02, rel=1e-3)  # float32 rounding of θ + Δθ
+    assert float(step @ seen["gradient"]) < 0
+    assert float(step @ seen["direction"]) == pytest.approx(0.02, rel=1e-3)
+
+
+def test_direction_is_the_eval_mode_networks_whatever_the_models_mode() -> None:
+    """g is measured with dropout off: the same replay batch gives the same direction twice from a model in
+    train mode, and the mode is restored."""
+    model = build_model("tiny", 5, 0)
+    method = FIPGeometric(FIPGeometricConfig(cg_iterations=3))
+    method.setup(model, _ctx())
+    method.after_task(TASKS[0], model, _split(20, 0, 1))
+    method.before_task(TASKS[1], model)
+    named = list(model.named_parameters())
+    gradient = torch.randn(sum(p.numel() for _, p in named), generator=torch.Generator().manual_seed(4))
+    state = method.context.generator.get_state()
+    first = method.direction(model, named, gradient)
+    assert model.training
+    method.context.generator.set_state(state)
+    torch.testing.assert_close(method.direction(model, named, gradient), first, rtol=0, atol=0)
 
 
 def test_runs_on_stream(run_tiny) -> None:  # type: ignore[no-untyped-def]

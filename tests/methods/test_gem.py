@@ -5,11 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
+from clbench.config import build_config
 from clbench.data import EncodedSplit, TaskInfo
 from clbench.methods import RunContext
 from clbench.methods.gem import GEM, GEMConfig, solve_dual_qp
 from clbench.models import build_model
 from clbench.ops import flat_grad
+from clbench.training.runner import lr_schedule, train_step
 
 TASKS = (TaskInfo(0, "a", ("x", "y"), 0), TaskInfo(1, "b", ("x", "y"), 2), TaskInfo(2, "c", ("x", "y"), 4))
 
@@ -62,7 +64,7 @@ def test_margin_bounds_the_dual_variables() -> None:
 
 def filled(**options: object) -> tuple[GEM, torch.nn.Module]:
     gem = GEM(GEMConfig(**options))  # type: ignore[arg-type]
-    model = gem.setup(build_model("tiny", 6, 0), context())
+    model = gem.setup(build_model("tiny", 6, 0).eval(), context())  # no dropout: G recomputed below is the hook's
     for task in TASKS[:2]:
         gem.after_task(task, model, split(task, 12))
     return gem, model
@@ -94,6 +96,19 @@ def test_hook_projection_is_non_negative_against_every_memory_gradient() -> None
     assert torch.allclose(projected, solve_dual_qp(G, g, 0.0, 1e-9), atol=1e-6)
 
 
+def test_each_row_of_G_is_one_earlier_tasks_mean_memory_loss_gradient() -> None:
+    gem, model = filled()
+    params = [p for p in model.parameters() if p.requires_grad]
+    G = gem.memory_grads(model, params)  # [tasks, params]
+    assert G.shape[0] == 2
+    for row, task in enumerate((0, 1)):
+        memory = gem.memory.splits[task]
+        batch = memory.batch(torch.arange(len(memory)))  # 8 examples, in two chunks of the batch size inside
+        loss = torch.nn.functional.cross_entropy(model(**batch.model_inputs()).logits, batch.labels)
+        expected = torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, params)])
+        torch.testing.assert_close(G[row], expected, rtol=1e-4, atol=1e-7)
+
+
 def test_no_projection_without_conflict() -> None:
     gem, model = filled()
     set_gradient(model)
@@ -115,7 +130,68 @@ def test_memory_splits_the_shared_budget_over_tasks_seen() -> None:
     assert all(bool((gem.memory.splits[t].task_ids == t).all()) for t in (0, 1, 2))
 
 
+def test_plain_sgd_at_sgd_lr_by_default_and_the_runners_adamw_on_request() -> None:
+    params = [torch.nn.Parameter(torch.zeros(3))]
+    optimizer = GEM().configure_optimizer(TASKS[1], params)
+    assert type(optimizer) is torch.optim.SGD
+    assert (optimizer.defaults["lr"], optimizer.defaults["momentum"], optimizer.defaults["weight_decay"]) == (0.03, 0, 0)
+    assert GEM(GEMConfig(sgd_lr=0.1)).optimizer_name() == "SGD (lr 0.1)"
+    adamw = GEM(GEMConfig(optimizer="adamw"))
+    assert adamw.configure_optimizer(TASKS[1], params) is None
+    assert adamw.optimizer_name() == "AdamW (the runner's)"
+    for options, message in (({"optimizer": "adam"}, "optimizer"), ({"sgd_lr": 0.0}, "sgd_lr")):
+        with pytest.raises(ValueError, match=message):
+            GEMConfig(**options)  # type: ignore[arg-type]
+
+
+def test_runner_step_with_sgd_increases_no_memory_loss_to_first_order() -> None:
+    """The paper's guarantee, on the step the runner takes: Δθ = −η·c·g̃ (c: clipping), so G Δθ ≤ 0."""
+    gem, model = filled(margin=0.0, ridge=1e-9)
+    params = [p for p in model.parameters() if p.requires_grad]
+    seen: dict[str, torch.Tensor] = {}
+    memory_grads, after_backward = gem.memory_grads, gem.after_backward
+
+    def record_g(m: torch.nn.Module, ps: list[torch.nn.Parameter]) -> torch.Tensor:
+        seen["G"] = memory_grads(m, ps)  # the memory gradients of this step (train mode: dropout on)
+        return seen["G"]
+
+    def record_projected(m: torch.nn.Module) -> None:
+        after_backward(m)
+        seen["projected"] = flat_grad(params)
+
+    gem.memory_grads = record_g  # type: ignore[method-assign]
+    gem.after_backward = record_projected  # type: ignore[method-assign]
+    optimizer = gem.configure_optimizer(TASKS[2], params)
+    assert optimizer is not None
+    config = build_config({"methods": ["gem"], "model": "tiny", "stream": "synthetic"})
+    before = torch.cat([p.detach().reshape(-1) for p in params])
+    batch = split(TASKS[2], 8, seed=5).batch(torch.arange(8))  # new classes 4, 5: conflicts with the memory
+    train_step(model, gem, gem.context, batch, params, optimizer, config)
+    step = torch.cat([p.detach().reshape(-1) for p in params]) - before
+    assert gem.projections == 1
+    projected, G = seen["projected"], seen["G"]
+    clip = min(1.0, config.grad_clip / (float(projected.norm()) + 1e-6))  # torch's clip_grad_norm_ coefficient
+    expected = -0.03 * clip * projected
+    # float32: θ + Δθ is rounded to the weights' precision, Δθ and the clipping coefficient to their own
+    rounding = torch.finfo(before.dtype).eps * (2 * before.abs() + expected.abs()) + 1e-5 * expected.abs()
+    assert bool(((step - expected).abs() <= rounding).all())
+    assert bool((G @ step <= 1e-6 * float(G.norm(dim=1).max() * step.norm())).all())
+
+
 def test_runs_through_the_synthetic_stream(run_tiny) -> None:  # type: ignore[no-untyped-def]
-    _, records = run_tiny(("gem",), train_size=24, test_size=12)
-    rows = {(r["row"], r["eval_index"]) for r in records if r["type"] == "accuracy" and r["metric"] == "acc_cil"}
+    """Every cell of the accuracy matrix is recorded, and the runner trains with GEM's SGD: each step moves the
+    weights by at most η·(schedule) (clipped gradient norm ≤ 1), which the runner's AdamW far exceeds."""
+    _, records = run_tiny(("gem", "gem@adamw"), train_size=24, test_size=12,
+                          method_options={"gem@adamw": {"optimizer": "adamw"}})
+    rows = {(r["row"], r["eval_index"]) for r in records if r["type"] == "accuracy" and r["metric"] == "acc_cil"
+            and r["method"] == "gem"}
     assert rows == {(i, j) for i in range(4) for j in range(3)}
+    steps = 3  # 24 examples at batch size 8, one epoch, no warm-up: schedule 1, 2/3, 1/3
+    bound = 0.03 * sum(lr_schedule(t, steps, 0) for t in range(steps))
+
+    def moved(method: str, row: int) -> float:  # ‖θ_after − θ_before‖ over the task
+        return sum(r["norm_change"] ** 2 for r in records if r["type"] == "drift" and r["method"] == method
+                   and r["row"] == row and r["metric"] == "frobenius_task" and r["param"] != "__overall__") ** 0.5
+
+    assert all(0 < moved("gem", row) <= bound * (1 + 1e-5) for row in (1, 2, 3))
+    assert moved("gem@adamw", 1) > 3 * bound

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
 import pytest
 import torch
 from torch import nn
@@ -90,12 +94,24 @@ def test_first_task_full_then_adapters_and_frozen_head() -> None:
     assert not LoRA(LoRAConfig(first_task="lora")).first_task_is_finetuning
 
 
+TARGETS = {f"bert.encoder.layer.{i}.attention.self.{m}.weight" for i in (0, 1) for m in ("query", "value")}
+
+
 @pytest.mark.parametrize("options", [{}, {"first_task": "lora", "adapter_policy": "per_task", "head": "frozen"}])
-def test_runs_on_stream(run_tiny, options: dict[str, str]) -> None:  # type: ignore[no-untyped-def]
+def test_runs_on_stream_and_moves_only_adapted_weights(run_tiny: Callable[..., tuple[Path, list[dict[str, Any]]]],
+                                                       options: dict[str, str]) -> None:
+    """Per-tensor drift of the effective weights: nonzero on W_q, W_v (and the head while it trains), exactly
+    zero everywhere else; under first_task=full every weight moves on task 1."""
     _, records = run_tiny(("lora",), method_options={"lora": options})
     assert [r["value"] for r in records if r["type"] == "unit"][-1] == "done"
-    drift = [r for r in records if r["type"] == "drift" and r["param"] == "__overall__"]
-    assert drift and all(r["value"] > 0 for r in drift)
+    every = {r["param"] for r in records if r["type"] == "drift" and r["param"] != "__overall__"}
+    for row in (1, 2, 3):
+        moved = {r["param"] for r in records if r["type"] == "drift" and r["metric"] == "frobenius_task"
+                 and r["row"] == row and r["param"] != "__overall__" and r["value"] != 0}
+        if options:
+            assert moved == TARGETS, row
+        else:
+            assert moved == (every if row == 1 else TARGETS | {"classifier.weight", "classifier.bias"}), row
 
 
 def test_adapter_lr_sets_the_optimiser_only_while_adapters_train() -> None:

@@ -35,6 +35,7 @@ from clbench.ops import flat_grad
 pytest.importorskip("avalanche")
 
 from avalanche.training.plugins import EWCPlugin, GEMPlugin, SynapticIntelligencePlugin
+from model_util import without_dropout
 
 from clbench.interop.avalanche import PackedSequenceClassifier, pack
 
@@ -155,7 +156,7 @@ def test_avalanche_si_importances_vanish_on_cpu_because_snapshots_alias_paramete
 
 
 def test_gem_memory_gradients_and_projection() -> None:
-    model = build_model("tiny", 6, 0)
+    model = without_dropout(build_model("tiny", 6, 0))  # Avalanche's hook puts the model in train mode
     wrapper = PackedSequenceClassifier(model)
     ours = GEM(GEMConfig(margin=0.5, ridge=1e-3))
     ours.setup(model, context())

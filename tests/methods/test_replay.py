@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import pytest
 import torch
+from model_util import without_dropout
 
+from clbench.config import build_config
 from clbench.data import EncodedSplit, TaskInfo
 from clbench.episodic import Reservoir
 from clbench.methods import RunContext
 from clbench.methods.replay import Replay, ReplayConfig
 from clbench.models import build_model
+from clbench.training.runner import train_step
 
 TASKS = (TaskInfo(0, "a", ("x", "y"), 0), TaskInfo(1, "b", ("x", "y"), 2), TaskInfo(2, "c", ("x", "y"), 4))
 
@@ -83,6 +86,32 @@ def test_replay_term_is_added_once_memory_exists() -> None:
     assert total.item() > task_loss.item()
     total.backward()
     assert any(p.grad is not None for p in model.parameters())
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_runner_loss_is_task_ce_plus_weight_times_ce_on_the_memory_with_its_own_labels(fused: bool) -> None:
+    """loss = CE(new batch) + w·CE(memory batch, memory labels), on the runner's step, both forward modes.
+
+    The memory holds 4 examples of task 1 (classes 0, 1) and the replay batch is all of it, so the expected
+    value does not depend on the draw; the new batch (classes 2, 3) has as many rows, so the new batch's labels
+    would fit the replay logits too.
+    """
+    method = Replay(ReplayConfig(replay_weight=0.37, fused_forward=fused))
+    model = without_dropout(method.setup(build_model("tiny", 6, 0), context(batch_size=4)))
+    memory = split(TASKS[0], 4, width=5)
+    method.after_task(TASKS[0], model, memory)
+    new = split(TASKS[1], 4, seed=3).batch(torch.arange(4))
+    with torch.no_grad():
+        # predictions far from uniform, so which labels the memory term uses changes its value
+        model.classifier.bias.copy_(torch.tensor([2.0, -1.0, 0.5, -2.0, 0.0, 1.0]))
+        old = memory.batch(torch.arange(4))
+        ce = torch.nn.functional.cross_entropy
+        expected = (ce(model(**new.model_inputs()).logits, new.labels)
+                    + 0.37 * ce(model(**old.model_inputs()).logits, old.labels))
+    config = build_config({"methods": ["replay"], "model": "tiny", "stream": "synthetic"})
+    params = list(model.parameters())
+    value = train_step(model, method, method.context, new, params, torch.optim.SGD(params, lr=0.0), config)
+    assert value == pytest.approx(float(expected), rel=1e-5)
 
 
 def test_state_dict_round_trip() -> None:

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import pytest
 import torch
+from model_util import without_dropout
 from torch import nn
 
-from clbench.data import TaskInfo
+from clbench.config import build_config
+from clbench.data import EncodedSplit, TaskInfo
 from clbench.methods import RunContext
 from clbench.methods.si import SI, SIConfig
+from clbench.models import build_model
+from clbench.training.runner import train_step
 
 TASK_A, TASK_B = TaskInfo(0, "a", ("x", "y"), 0), TaskInfo(1, "b", ("x", "y"), 2)
 
@@ -77,6 +81,33 @@ def test_second_task_path_integral_uses_the_task_gradient(task_only: bool) -> No
     si.after_step(model)
     used = task_grad if task_only else total_grad
     assert torch.allclose(si.omega["w"], -used * torch.tensor([-0.05, 0.05], dtype=torch.float64))
+
+
+def test_runner_step_accumulates_omega_with_the_gradient_before_clipping() -> None:
+    """ω += −g·Δθ on the runner's step, g taken before clipping: with SGD at η and clipping coefficient c,
+    Δθ = −η·c·g, so ω = η·c·g² (with the clipped gradient it would be η·c²·g²)."""
+    model = without_dropout(build_model("tiny", 4, 0))  # the test recomputes the step's gradient
+    si = SI(SIConfig())
+    si.setup(model, RunContext(tasks=(TASK_A, TASK_B), num_labels=4, device=torch.device("cpu"), seed=0,
+                               generator=torch.Generator().manual_seed(0), buffer_size=0, batch_size=4))
+    si.before_task(TASK_A, model)
+    g = torch.Generator().manual_seed(1)
+    batch = EncodedSplit(torch.randint(5, 60, (4, 6), generator=g), torch.full((4,), 6), torch.tensor([0, 1, 1, 0]),
+                         torch.zeros(4, dtype=torch.long)).batch(torch.arange(4))
+    params = list(model.parameters())
+    loss = nn.functional.cross_entropy(model(**batch.model_inputs()).logits, batch.labels)
+    grads = dict(zip([n for n, _ in model.named_parameters()], torch.autograd.grad(loss, params, allow_unused=True)))
+    norm = float(torch.cat([v.reshape(-1) for v in grads.values() if v is not None]).norm())
+    config = build_config({"methods": ["si"], "model": "tiny", "stream": "synthetic", "grad_clip": 0.05})
+    clip = min(1.0, 0.05 / (norm + 1e-6))
+    assert clip < 0.5  # clipping is active
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    train_step(model, si, si.context, batch, params, torch.optim.SGD(params, lr=0.1), config)
+    for n, p in model.named_parameters():
+        grad = grads[n] if grads[n] is not None else torch.zeros_like(p)
+        expected = 0.1 * clip * grad**2
+        rounding = grad.abs() * torch.finfo(p.dtype).eps * 2 * (before[n].abs() + p.detach().abs())  # θ in float32
+        assert bool(((si.omega[n] - expected).abs() <= rounding + 1e-4 * expected).all()), n
 
 
 @pytest.mark.parametrize("options", [{"damping": 0.0}, {"strength": -1.0}])
