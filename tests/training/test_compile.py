@@ -48,6 +48,9 @@ def test_a_compiled_step_gives_the_eager_loss_and_update(tmp_path: Path) -> None
     results = []
     for compiled in (False, True):
         model = build_model("tiny", 3, 0)
+        for module in model.modules():  # dropout off: compiled kernels draw other random masks than eager ones
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
         ctx = RunContext(tasks=TASKS, num_labels=3, device=torch.device("cpu"), seed=0,
                          generator=torch.Generator().manual_seed(1), buffer_size=0, batch_size=8)
         params = list(model.parameters())
