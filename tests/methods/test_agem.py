@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from projected_steps import sgd_step_through_runner
 
-from clbench.config import build_config
 from clbench.data import EncodedSplit, TaskInfo
 from clbench.methods import RunContext
 from clbench.methods.agem import AGEM, AGEMConfig, agem_project
 from clbench.models import build_model
 from clbench.ops import flat_grad
-from clbench.training.runner import lr_schedule, train_step
+from clbench.training.runner import lr_schedule
 
 TASKS = (TaskInfo(0, "a", ("x", "y"), 0), TaskInfo(1, "b", ("x", "y"), 2), TaskInfo(2, "c", ("x", "y"), 4))
 
@@ -101,34 +101,10 @@ def test_plain_sgd_at_sgd_lr_by_default_and_the_runners_adamw_on_request() -> No
 def test_runner_step_with_sgd_does_not_increase_the_memory_loss_to_first_order() -> None:
     """Eq. 11's guarantee on the step the runner takes: Δθ = −η·c·g̃ (c: clipping), so ⟨Δθ, g_ref⟩ = 0."""
     agem, model = filled()
-    params = [p for p in model.parameters() if p.requires_grad]
-    seen: dict[str, torch.Tensor] = {}
-    reference_grad, after_backward = agem.reference_grad, agem.after_backward
-
-    def record_ref(m: torch.nn.Module, ps: list[torch.nn.Parameter]) -> torch.Tensor:
-        seen["ref"] = reference_grad(m, ps)  # this step's g_ref (train mode: dropout on)
-        return seen["ref"]
-
-    def record_projected(m: torch.nn.Module) -> None:
-        after_backward(m)
-        seen["projected"] = flat_grad(params)
-
-    agem.reference_grad = record_ref  # type: ignore[method-assign]
-    agem.after_backward = record_projected  # type: ignore[method-assign]
-    optimizer = agem.configure_optimizer(TASKS[2], params)
-    assert optimizer is not None
-    config = build_config({"methods": ["agem"], "model": "tiny", "stream": "synthetic"})
-    before = torch.cat([p.detach().reshape(-1) for p in params])
-    batch = split(TASKS[2], 8, seed=5).batch(torch.arange(8))  # new classes 4, 5: conflicts with the memory
-    train_step(model, agem, agem.context, batch, params, optimizer, config)
-    step = torch.cat([p.detach().reshape(-1) for p in params]) - before
+    # new classes 4, 5: conflicts with the memory
+    recorded = sgd_step_through_runner(agem, model, "reference_grad", TASKS[2], split(TASKS[2], 8, seed=5))
     assert agem.projections == 1
-    projected, ref = seen["projected"], seen["ref"]
-    clip = min(1.0, config.grad_clip / (float(projected.norm()) + 1e-6))  # torch's clip_grad_norm_ coefficient
-    expected = -0.03 * clip * projected
-    # float32: θ + Δθ is rounded to the weights' precision, Δθ and the clipping coefficient to their own
-    rounding = torch.finfo(before.dtype).eps * (2 * before.abs() + expected.abs()) + 1e-5 * expected.abs()
-    assert bool(((step - expected).abs() <= rounding).all())
+    step, ref = recorded.step, recorded.probed
     assert abs(float(step @ ref)) <= 1e-5 * float(step.norm() * ref.norm())
 
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
+from torch import nn
 
 from clbench.config import build_config
 from clbench.data import EncodedSplit, TaskInfo
@@ -58,14 +61,20 @@ def test_conjugate_gradient_solves_spd_system() -> None:
     torch.testing.assert_close(first, (b @ b) / (b @ a @ b) * b)
 
 
-def test_direction_descends_and_changes_old_outputs_less_than_the_gradient() -> None:
+def _on_second_task(**options: Any) -> tuple[FIPGeometric, nn.Module, list[tuple[str, nn.Parameter]], torch.Tensor]:
+    """A tiny model after task 1 (its replay buffer filled), about to train task 2, and a random gradient."""
     model = build_model("tiny", 5, 0)
-    method = FIPGeometric(FIPGeometricConfig(damping=0.01, cg_iterations=8))
+    method = FIPGeometric(FIPGeometricConfig(**options))
     method.setup(model, _ctx())
     method.after_task(TASKS[0], model, _split(20, 0, 1))
     method.before_task(TASKS[1], model)
     named = list(model.named_parameters())
     gradient = torch.randn(sum(p.numel() for _, p in named), generator=torch.Generator().manual_seed(4))
+    return method, model, named, gradient
+
+
+def test_direction_descends_and_changes_old_outputs_less_than_the_gradient() -> None:
+    method, model, named, gradient = _on_second_task(damping=0.01, cg_iterations=8)
     state = method.context.generator.get_state()
     direction = method.direction(model, named, gradient)
     assert abs(float(direction.norm()) - 1) < 1e-5
@@ -112,13 +121,7 @@ def test_runner_step_moves_the_weights_by_step_length_along_the_hooks_descent_di
 def test_direction_is_the_eval_mode_networks_whatever_the_models_mode() -> None:
     """g is measured with dropout off: the same replay batch gives the same direction twice from a model in
     train mode, and the mode is restored."""
-    model = build_model("tiny", 5, 0)
-    method = FIPGeometric(FIPGeometricConfig(cg_iterations=3))
-    method.setup(model, _ctx())
-    method.after_task(TASKS[0], model, _split(20, 0, 1))
-    method.before_task(TASKS[1], model)
-    named = list(model.named_parameters())
-    gradient = torch.randn(sum(p.numel() for _, p in named), generator=torch.Generator().manual_seed(4))
+    method, model, named, gradient = _on_second_task(cg_iterations=3)
     state = method.context.generator.get_state()
     first = method.direction(model, named, gradient)
     assert model.training

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from projected_steps import sgd_step_through_runner
 
-from clbench.config import build_config
 from clbench.data import EncodedSplit, TaskInfo
 from clbench.methods import RunContext
 from clbench.methods.gem import GEM, GEMConfig, solve_dual_qp
 from clbench.models import build_model
 from clbench.ops import flat_grad
-from clbench.training.runner import lr_schedule, train_step
+from clbench.training.runner import lr_schedule
 
 TASKS = (TaskInfo(0, "a", ("x", "y"), 0), TaskInfo(1, "b", ("x", "y"), 2), TaskInfo(2, "c", ("x", "y"), 4))
 
@@ -147,34 +147,10 @@ def test_plain_sgd_at_sgd_lr_by_default_and_the_runners_adamw_on_request() -> No
 def test_runner_step_with_sgd_increases_no_memory_loss_to_first_order() -> None:
     """The paper's guarantee, on the step the runner takes: Δθ = −η·c·g̃ (c: clipping), so G Δθ ≤ 0."""
     gem, model = filled(margin=0.0, ridge=1e-9)
-    params = [p for p in model.parameters() if p.requires_grad]
-    seen: dict[str, torch.Tensor] = {}
-    memory_grads, after_backward = gem.memory_grads, gem.after_backward
-
-    def record_g(m: torch.nn.Module, ps: list[torch.nn.Parameter]) -> torch.Tensor:
-        seen["G"] = memory_grads(m, ps)  # the memory gradients of this step (train mode: dropout on)
-        return seen["G"]
-
-    def record_projected(m: torch.nn.Module) -> None:
-        after_backward(m)
-        seen["projected"] = flat_grad(params)
-
-    gem.memory_grads = record_g  # type: ignore[method-assign]
-    gem.after_backward = record_projected  # type: ignore[method-assign]
-    optimizer = gem.configure_optimizer(TASKS[2], params)
-    assert optimizer is not None
-    config = build_config({"methods": ["gem"], "model": "tiny", "stream": "synthetic"})
-    before = torch.cat([p.detach().reshape(-1) for p in params])
-    batch = split(TASKS[2], 8, seed=5).batch(torch.arange(8))  # new classes 4, 5: conflicts with the memory
-    train_step(model, gem, gem.context, batch, params, optimizer, config)
-    step = torch.cat([p.detach().reshape(-1) for p in params]) - before
+    # new classes 4, 5: conflicts with the memory
+    recorded = sgd_step_through_runner(gem, model, "memory_grads", TASKS[2], split(TASKS[2], 8, seed=5))
     assert gem.projections == 1
-    projected, G = seen["projected"], seen["G"]
-    clip = min(1.0, config.grad_clip / (float(projected.norm()) + 1e-6))  # torch's clip_grad_norm_ coefficient
-    expected = -0.03 * clip * projected
-    # float32: θ + Δθ is rounded to the weights' precision, Δθ and the clipping coefficient to their own
-    rounding = torch.finfo(before.dtype).eps * (2 * before.abs() + expected.abs()) + 1e-5 * expected.abs()
-    assert bool(((step - expected).abs() <= rounding).all())
+    step, G = recorded.step, recorded.probed
     assert bool((G @ step <= 1e-6 * float(G.norm(dim=1).max() * step.norm())).all())
 
 

@@ -1,0 +1,56 @@
+"""One SGD step of a gradient-projecting method (GEM, A-GEM) through the runner's `train_step`, with what the
+method computed on the way recorded, for tests of the papers' first-order guarantees on the step taken."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from clbench.config import build_config
+from clbench.data import EncodedSplit
+from clbench.ops import flat_grad
+from clbench.training.runner import train_step
+
+
+@dataclass
+class RecordedStep:
+    step: torch.Tensor  # Δθ, flattened
+    projected: torch.Tensor  # the gradient after the method's projection, before clipping
+    probed: torch.Tensor  # what the probed method function returned this step (G or g_ref)
+
+
+def sgd_step_through_runner(method: Any, model: torch.nn.Module, probe: str, task: Any,
+                            batch: EncodedSplit) -> RecordedStep:
+    """Run one runner step of `method` (its own SGD optimiser) on `batch` of `task`, recording the return
+    value of `method.<probe>(model, params)` and the projected gradient, and check the update: Δθ = −η·c·g̃
+    with η the method's sgd_lr and c torch's clip_grad_norm_ coefficient, up to float32 rounding."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    seen: dict[str, torch.Tensor] = {}
+    probed, after_backward = getattr(method, probe), method.after_backward
+
+    def record_probe(m: torch.nn.Module, ps: list[torch.nn.Parameter]) -> torch.Tensor:
+        seen["probed"] = probed(m, ps)  # this step's value (train mode: dropout on)
+        return seen["probed"]
+
+    def record_projected(m: torch.nn.Module) -> None:
+        after_backward(m)
+        seen["projected"] = flat_grad(params)
+
+    setattr(method, probe, record_probe)
+    method.after_backward = record_projected
+    optimizer = method.configure_optimizer(task, params)
+    assert optimizer is not None
+    config = build_config({"methods": [method.name], "model": "tiny", "stream": "synthetic"})
+    before = torch.cat([p.detach().reshape(-1) for p in params])
+    train_step(model, method, method.context, batch.batch(torch.arange(len(batch.labels))), params, optimizer,
+               config)
+    step = torch.cat([p.detach().reshape(-1) for p in params]) - before
+    projected = seen["projected"]
+    clip = min(1.0, config.grad_clip / (float(projected.norm()) + 1e-6))  # torch's clip_grad_norm_ coefficient
+    expected = -method.config.sgd_lr * clip * projected
+    # float32: θ + Δθ is rounded to the weights' precision, Δθ and the clipping coefficient to their own
+    rounding = torch.finfo(before.dtype).eps * (2 * before.abs() + expected.abs()) + 1e-5 * expected.abs()
+    assert bool(((step - expected).abs() <= rounding).all())
+    return RecordedStep(step, projected, seen["probed"])
