@@ -94,6 +94,10 @@ def line_count(path: Path) -> int:
         return 0
 
 
+def default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @dataclass
 class Workspace:
     root: Path
@@ -107,6 +111,9 @@ class Workspace:
                 env=self.env,
                 stdout=subprocess.DEVNULL,
                 stderr=err,
+                # Ctrl-C must reach it even when the tests run in a background job, whose shell hands its
+                # children SIGINT ignored (Python then keeps it ignored and the run finishes as if not stopped)
+                preexec_fn=default_sigint,
             )
 
     def run(self, *args: str, log: str) -> None:
