@@ -186,6 +186,15 @@ def run_trials(study: Any, name: str, params: list[Param], search_config: RunCon
     while len(study.get_trials(deepcopy=False, states=counted)) < settings.trials:
         trial = study.ask()
         values = {p.name: p.sample(trial) for p in params}
+        earlier = same_values(study, values)
+        if earlier is not None:  # a seeded run repeats exactly: count the earlier result again, run nothing
+            for key in ("seed_scores", "seconds"):
+                trial.set_user_attr(key, earlier.user_attrs.get(key) if key != "seconds" else 0.0)
+            trial.set_user_attr("repeat_of", earlier.number)
+            study.tell(trial, earlier.value, state=earlier.state)
+            progress.message(f"tune {name}: trial {trial.number} drew trial {earlier.number}'s values {values} "
+                             "again; its result counts, nothing re-run")
+            continue
         config = trial_config(search_config, name, values, out / "trials" / name / f"{trial.number:03d}")
         Path(str(config.out)).parent.mkdir(parents=True, exist_ok=True)
         observer = PruningObserver(trial, settings.objective, config.seeds, len(prepared.infos))
@@ -203,6 +212,14 @@ def run_trials(study: Any, name: str, params: list[Param], search_config: RunCon
         trial.set_user_attr("seed_scores", scores)
         study.tell(trial, float(np.mean(scores)))
         progress.message(f"tune {name}: trial {trial.number} validation ACC {np.mean(scores):.3f} {values}")
+
+
+def same_values(study: Any, values: dict[str, Any]) -> Any | None:
+    """The earliest finished or pruned trial of `study` with exactly these values, or None."""
+    import optuna
+
+    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    return next((t for t in study.get_trials(deepcopy=False, states=states) if t.params == values), None)
 
 
 def trial_config(search_config: RunConfig, name: str, values: dict[str, Any], out: Path) -> RunConfig:

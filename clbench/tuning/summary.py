@@ -70,13 +70,14 @@ def write_summary(out: Path, config: RunConfig, settings: TuneSettings, storage:
         trials = study.get_trials(deepcopy=False)
         count = {s: sum(t.state == s for t in trials) for s in (states.COMPLETE, states.PRUNED, states.FAIL)}
         seconds = sum(float(t.user_attrs.get("seconds", 0.0)) for t in trials)
+        repeats = sum("repeat_of" in t.user_attrs for t in trials)
+        counts = f"{count[states.COMPLETE]} / {count[states.PRUNED]} / {count[states.FAIL]}" + (
+            f" ({repeats} drew earlier values, not re-run)" if repeats else "")
         best = best_trial(study)
         spread = float(np.std(best.user_attrs.get("seed_scores", [best.value]), ddof=0)) if best else float("nan")
         values = ", ".join(f"{k}={_fmt(v)}" for k, v in best.params.items()) if best else "–"
-        lines.append(f"| {name} | {count[states.COMPLETE]} / {count[states.PRUNED]} / {count[states.FAIL]} | "
-                     f"{best.value:.3f} | {spread:.3f} | {values} | {seconds:.0f} |" if best else
-                     f"| {name} | {count[states.COMPLETE]} / {count[states.PRUNED]} / {count[states.FAIL]} | – | – "
-                     f"| – | {seconds:.0f} |")
+        lines.append(f"| {name} | {counts} | {best.value:.3f} | {spread:.3f} | {values} | {seconds:.0f} |" if best else
+                     f"| {name} | {counts} | – | – | – | {seconds:.0f} |")
     lines += ["", ("![Validation ACC of every trial, in order; pruned trials at their last reported value]"
               "(plots/tuning.png)"), "", ("Every trial with its values, state and objective: `trials.csv`; its run "
               "(records, config, environment): `trials/<method>/<number>/`."), ""]
@@ -94,13 +95,13 @@ def write_trials_csv(all_studies: dict[str, Any], path: Path) -> None:
     with path.open("w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
         writer.writerow(["method", "trial", "state", "validation_acc", "last_reported", "seed_scores", "seconds",
-                         "values"])
+                         "values", "repeat_of"])
         for name, study in all_studies.items():
             for t in study.get_trials(deepcopy=False):
                 last = t.intermediate_values[max(t.intermediate_values)] if t.intermediate_values else ""
                 writer.writerow([name, t.number, t.state.name.lower(), "" if t.value is None else t.value, last,
                                  t.user_attrs.get("seed_scores", ""), round(float(t.user_attrs.get("seconds", 0)), 1),
-                                 "; ".join(f"{k}={v}" for k, v in t.params.items())])
+                                 "; ".join(f"{k}={v}" for k, v in t.params.items()), t.user_attrs.get("repeat_of", "")])
 
 
 def plot_trials(all_studies: dict[str, Any], path: Path) -> None:

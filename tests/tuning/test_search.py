@@ -102,6 +102,22 @@ def test_a_search_gives_every_method_the_same_budget_and_run_replays_it_on_test(
     assert '"eval_split": "test"' in (out / "env.json").read_text()
 
 
+def test_values_drawn_again_are_not_run_again_and_count_with_the_earlier_result(tmp_path: Path) -> None:
+    """The learning rate has five choices, so seven trials must draw some values twice (TPE does even sooner)."""
+    config = small_config(tmp_path, ("naive",))
+    tune(config, TuneSettings(trials=7, params=("lr",), pruner="none"), progress=Progress("quiet"))
+    out = tmp_path / "tune"
+    values = trial_values(out)
+    first: dict[float, tuple[int, float | None]] = {}
+    for (_, number), (value, params) in sorted(values.items()):
+        first.setdefault(params["lr"], (number, value))
+        assert value == first[params["lr"]][1]  # a repeat scores what the first trial with its values scored
+    assert len(first) < 7 and len(values) == 7  # some repeated, and each counted towards the budget
+    ran = sorted(int(d.name) for d in (out / "trials" / "naive").iterdir())
+    assert ran == sorted(number for number, _ in first.values())  # only the first of each value set ran
+    assert f"({7 - len(first)} drew earlier values, not re-run)" in (out / "tuning.md").read_text()
+
+
 def test_the_test_set_is_never_read_while_tuning(tmp_path: Path) -> None:
     data = tmp_path / "data"
     data.mkdir()
@@ -144,7 +160,8 @@ def test_a_killed_search_resumes_without_repeating_finished_trials(tmp_path: Pat
     with pytest.raises(Exception, match="already holds a search"):
         tune(config, settings, progress=Progress("quiet"))  # a fresh search refuses the directory
     tune(config, settings, progress=Progress("quiet"), resume=True)
-    assert [Path(c).name for c in calls] == ["002", "003"]  # trial 0 kept, trial 1 (killed) replaced
+    # trial 0 kept, trial 1 (killed) replaced by two more; one that draws trial 0's values again is not run
+    assert {Path(c).name for c in calls} <= {"002", "003"} and calls
     assert hashlib.sha256(first.read_bytes()).hexdigest() == digest
     states = {n: v is not None for (_, n), (v, _) in trial_values(tmp_path / "tune").items()}
     assert states == {0: True, 1: False, 2: True, 3: True}
