@@ -13,7 +13,6 @@ the warm cache and loads the model itself, as concurrent units of a search or a 
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import subprocess
 import sys
@@ -22,6 +21,7 @@ import time
 from pathlib import Path
 
 from clbench.benchmarks._timing import machine
+from clbench.benchmarks.bench_fip import write_json
 
 
 def command(args: argparse.Namespace, seed: int, out: Path) -> list[str]:
@@ -72,9 +72,8 @@ def main(argv: list[str] | None = None) -> None:
           f"one at a time {sequential:.1f} s ({per_minute['sequential']:.2f} units/min), all at once "
           f"{concurrent:.1f} s ({per_minute['concurrent']:.2f} units/min): throughput x{ratio:.2f}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"machine": machine(), "args": vars(args), "sequential_s": sequential,
-                                               "concurrent_s": concurrent, "units_per_minute": per_minute,
-                                               "throughput_ratio": ratio}, indent=1), encoding="utf-8")
+        write_json(args.json, {"machine": machine(), "args": vars(args), "sequential_s": sequential,
+                               "concurrent_s": concurrent, "units_per_minute": per_minute, "throughput_ratio": ratio})
 
 
 if __name__ == "__main__":
