@@ -63,7 +63,7 @@ def write_summary(out: Path, config: RunConfig, settings: TuneSettings, storage:
               f"{settings.trials} trials per method (Optuna TPE, seed {settings.sampler_seed}; pruner "
               f"{settings.pruner}). Test data were not read. `tuned.yaml` replays the chosen values on test with "
               f"seeds {list(settings.eval_seeds)}."), "",
-             ("| method | trials finished / pruned / failed | best validation ACC | ± sd over seeds | chosen values "
+             ("| method | trials finished / pruned / failed | best validation ACC | sd over search seeds | chosen values "
              "| search time (s) |"), "|---|---|---:|---:|---|---:|"]
     all_studies = studies(config, storage)
     for name, study in all_studies.items():
@@ -74,9 +74,10 @@ def write_summary(out: Path, config: RunConfig, settings: TuneSettings, storage:
         counts = f"{count[states.COMPLETE]} / {count[states.PRUNED]} / {count[states.FAIL]}" + (
             f" ({repeats} drew earlier values, not re-run)" if repeats else "")
         best = best_trial(study)
-        spread = float(np.std(best.user_attrs.get("seed_scores", [best.value]), ddof=0)) if best else float("nan")
+        scores = best.user_attrs.get("seed_scores", []) if best else []
+        spread = f"{np.std(scores, ddof=0):.3f}" if len(scores) > 1 else "– (one seed)"
         values = ", ".join(f"{k}={_fmt(v)}" for k, v in best.params.items()) if best else "–"
-        lines.append(f"| {name} | {counts} | {best.value:.3f} | {spread:.3f} | {values} | {seconds:.0f} |" if best else
+        lines.append(f"| {name} | {counts} | {best.value:.3f} | {spread} | {values} | {seconds:.0f} |" if best else
                      f"| {name} | {counts} | – | – | – | {seconds:.0f} |")
     lines += ["", ("![Validation ACC of every trial, in order; pruned trials at their last reported value]"
               "(plots/tuning.png)"), "", ("Every trial with its values, state and objective: `trials.csv`; its run "

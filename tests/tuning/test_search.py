@@ -115,7 +115,9 @@ def test_values_drawn_again_are_not_run_again_and_count_with_the_earlier_result(
     assert len(first) < 7 and len(values) == 7  # some repeated, and each counted towards the budget
     ran = sorted(int(d.name) for d in (out / "trials" / "naive").iterdir())
     assert ran == sorted(number for number, _ in first.values())  # only the first of each value set ran
-    assert f"({7 - len(first)} drew earlier values, not re-run)" in (out / "tuning.md").read_text()
+    summary = (out / "tuning.md").read_text()
+    assert f"({7 - len(first)} drew earlier values, not re-run)" in summary
+    assert "– (one seed)" in summary  # no spread from one search seed
 
 
 def test_the_test_set_is_never_read_while_tuning(tmp_path: Path) -> None:
