@@ -122,6 +122,9 @@ def plot_trials(all_studies: dict[str, Any], path: Path) -> None:
                 last = trial.intermediate_values[max(trial.intermediate_values)]
                 ax.scatter(trial.number, last, color=colours[name], marker="x", s=28)
         ax.plot([], [], color=colours[name], marker="o", linestyle="", label=name)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # trials are numbered, not measured
     ax.set_xlabel("trial")
     ax.set_ylabel("validation ACC (fraction)")
     ax.legend(loc="best", fontsize=8)
