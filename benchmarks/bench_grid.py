@@ -29,11 +29,26 @@ from clbench.training.run import run
 NOT_COMPARED = {"profile", "note", "resume"}
 
 
+def add_size_options(parser: argparse.ArgumentParser) -> None:
+    """The model, stream and reduced sizes of a benchmark made of whole runs (also bench_tune's)."""
+    parser.add_argument("--model", default="minilm")
+    parser.add_argument("--stream", default="reviews")
+    parser.add_argument("--steps", type=int, default=8, help="optimiser steps per task")
+    parser.add_argument("--train-size", type=int, default=64)
+    parser.add_argument("--test-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=1)
+
+
+def raw_config(args: argparse.Namespace, methods: list[str], out: Path) -> dict[str, Any]:
+    """A run of `methods` at the sizes of `add_size_options`, seed 0, into `out`."""
+    return {"methods": methods, "stream": args.stream, "model": args.model, "out": str(out),
+            "max_steps": args.steps, "train_size": args.train_size, "test_size": args.test_size,
+            "batch_size": args.batch_size, "seeds": [0]}
+
+
 def one_run(out: Path, methods: list[str], args: argparse.Namespace) -> list[dict[str, Any]]:
-    config = build_config({"methods": methods, "stream": args.stream, "model": args.model, "out": str(out),
-                           "max_steps": args.steps, "train_size": args.train_size, "test_size": args.test_size,
-                           "batch_size": args.batch_size, "seeds": [0]})
-    run(config, registry=MethodRegistry.default(), progress=Progress("quiet"))
+    run(build_config(raw_config(args, methods, out)), registry=MethodRegistry.default(), progress=Progress("quiet"))
     return read_records(out)
 
 
@@ -46,13 +61,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", default="naive,ewc,gem,lora,fip",
                         help="comma-separated methods (see `clbench list methods`)")
-    parser.add_argument("--model", default="minilm")
-    parser.add_argument("--stream", default="reviews")
-    parser.add_argument("--steps", type=int, default=8, help="optimiser steps per task")
-    parser.add_argument("--train-size", type=int, default=64)
-    parser.add_argument("--test-size", type=int, default=32)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=1)
+    add_size_options(parser)
     args = parser.parse_args()
     methods = [m for m in args.methods.split(",") if m]
     registry = MethodRegistry.default()

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from clbench.benchmarks._timing import machine, median_ratio, timed, verdict
+from clbench.benchmarks.bench_grid import add_size_options, raw_config
 from clbench.config import build_config
 from clbench.registry import MethodRegistry
 from clbench.training.progress import Progress
@@ -32,16 +33,10 @@ from clbench.tuning.search import tune
 from clbench.tuning.settings import TuneSettings
 
 
-def base(args: argparse.Namespace, methods: list[str], out: Path) -> dict[str, Any]:
-    return {"methods": methods, "stream": args.stream, "model": args.model, "out": str(out),
-            "max_steps": args.steps, "train_size": args.train_size, "test_size": args.test_size,
-            "batch_size": args.batch_size, "seeds": [0]}
-
-
 def search(args: argparse.Namespace, methods: list[str], out: Path) -> list[tuple[str, dict[str, Any]]]:
     """Run the search; return every counted trial as (method, values), in order."""
     settings = TuneSettings(trials=args.trials, params=tuple(args.params.split(",")) if args.params else ())
-    tune(build_config(base(args, methods, out)), settings, registry=MethodRegistry.default(),
+    tune(build_config(raw_config(args, methods, out)), settings, registry=MethodRegistry.default(),
          progress=Progress("quiet"))
     trials = []
     with (out / "trials.csv").open(encoding="utf-8") as fh:
@@ -63,7 +58,7 @@ def literal(text: str) -> Any:
 def separately(args: argparse.Namespace, trials: list[tuple[str, dict[str, Any]]], root: Path) -> None:
     """Each trial as its own run on the validation split, as a search by hand would run it."""
     for number, (method, values) in enumerate(trials):
-        raw = {**base(args, [method], root / f"{number:03d}-{method}"), "eval_split": "val", method: values}
+        raw = {**raw_config(args, [method], root / f"{number:03d}-{method}"), "eval_split": "val", method: values}
         run(build_config(raw), registry=MethodRegistry.default(), progress=Progress("quiet"))
 
 
@@ -73,13 +68,7 @@ def main() -> None:
     parser.add_argument("--params", default="fip.ce_weight,naive.lr",
                         help="what to search (clbench tune --params); empty: every declared space")
     parser.add_argument("--trials", type=int, default=6, help="trials per method")
-    parser.add_argument("--model", default="minilm")
-    parser.add_argument("--stream", default="reviews")
-    parser.add_argument("--steps", type=int, default=8, help="optimiser steps per task")
-    parser.add_argument("--train-size", type=int, default=64)
-    parser.add_argument("--test-size", type=int, default=32)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=1)
+    add_size_options(parser)
     args = parser.parse_args()
     methods = [m for m in args.methods.split(",") if m]
 
@@ -88,7 +77,7 @@ def main() -> None:
           f"on {args.stream} with {args.model}: {args.steps} steps per task, train {args.train_size} per task")
     root = Path(tempfile.mkdtemp(prefix="bench_tune-"))
     try:
-        run(build_config(base(args, ["naive"], root / "warm")), progress=Progress("quiet"))  # caches warm
+        run(build_config(raw_config(args, ["naive"], root / "warm")), progress=Progress("quiet"))  # caches warm
         search_times: list[float] = []
         separate_times: list[float] = []
         for repeat in range(args.repeats):

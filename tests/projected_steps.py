@@ -1,11 +1,13 @@
-"""One SGD step of a gradient-projecting method (GEM, A-GEM) through the runner's `train_step`, with what the
-method computed on the way recorded, for tests of the papers' first-order guarantees on the step taken."""
+"""What GEM and A-GEM share in their tests: the optimiser option (the papers' plain SGD by default), and one SGD
+step through the runner's `train_step` with what the method computed on the way recorded, for tests of the
+papers' first-order guarantees on the step taken."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
 
+import pytest
 import torch
 
 from clbench.config import build_config
@@ -54,3 +56,19 @@ def sgd_step_through_runner(method: Any, model: torch.nn.Module, probe: str, tas
     rounding = torch.finfo(before.dtype).eps * (2 * before.abs() + expected.abs()) + 1e-5 * expected.abs()
     assert bool(((step - expected).abs() <= rounding).all())
     return RecordedStep(step, projected, seen["probed"])
+
+
+def check_sgd_by_default_and_adamw_on_request(method_cls: Any, config_cls: Any, task: Any, bad_lr: float) -> None:
+    """Plain SGD at sgd_lr (no momentum, no weight decay) by default and named so; optimizer=adamw hands the
+    step back to the runner's AdamW; an unknown optimiser or a bad sgd_lr is refused."""
+    params = [torch.nn.Parameter(torch.zeros(3))]
+    optimizer = method_cls().configure_optimizer(task, params)
+    assert type(optimizer) is torch.optim.SGD
+    assert (optimizer.defaults["lr"], optimizer.defaults["momentum"], optimizer.defaults["weight_decay"]) == (0.03, 0, 0)
+    assert method_cls(config_cls(sgd_lr=0.01)).optimizer_name() == "SGD (lr 0.01)"
+    adamw = method_cls(config_cls(optimizer="adamw"))
+    assert adamw.configure_optimizer(task, params) is None
+    assert adamw.optimizer_name() == "AdamW (the runner's)"
+    for options, message in (({"optimizer": "adam"}, "optimizer"), ({"sgd_lr": bad_lr}, "sgd_lr")):
+        with pytest.raises(ValueError, match=message):
+            config_cls(**options)

@@ -94,16 +94,17 @@ def line_count(path: Path) -> int:
         return 0
 
 
-def default_sigint() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
 @dataclass
 class Workspace:
     root: Path
     env: dict[str, str]
 
     def start(self, *args: str, log: str) -> subprocess.Popen[bytes]:
+        # Ctrl-C must reach the run even when the tests run in a background job, whose shell hands its children
+        # SIGINT ignored: a child inherits an ignored signal, and Python keeps it ignored. A handled one is reset
+        # to the default in the child, so handle it here.
+        if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
         with (self.root / log).open("ab") as err:
             return subprocess.Popen(
                 [sys.executable, "-m", "clbench.cli", *args],
@@ -111,9 +112,6 @@ class Workspace:
                 env=self.env,
                 stdout=subprocess.DEVNULL,
                 stderr=err,
-                # Ctrl-C must reach it even when the tests run in a background job, whose shell hands its
-                # children SIGINT ignored (Python then keeps it ignored and the run finishes as if not stopped)
-                preexec_fn=default_sigint,
             )
 
     def run(self, *args: str, log: str) -> None:

@@ -21,20 +21,19 @@ import argparse
 import functools
 import json
 import math
+import os
 import time
 
 import torch
 from torch import nn
 
-import os  # noqa: E402
-
 torch.set_num_threads(int(os.environ.get("READOUT_THREADS", "1")))  # 1: leaves a core to other work
 
-from clbench.config import build_config  # noqa: E402
-from clbench.data import BatchPlan  # noqa: E402
-from clbench.models import build_model  # noqa: E402
-from clbench.data.prepare import prepare  # noqa: E402
-from clbench.training.runner import lr_schedule  # noqa: E402
+from clbench.config import build_config
+from clbench.data import BatchPlan
+from clbench.data.prepare import prepare
+from clbench.models import build_model
+from clbench.training.runner import lr_schedule
 
 NUM_LABELS = 7
 PROBE_STEPS = (0, 5, 20, 50)  # task-2 steps at which features are probed (plus the last step)
@@ -116,8 +115,8 @@ def probe(model, split, n=128):
         for idx in BatchPlan(sub, 32, shuffle=False).indices():
             b = sub.batch(idx)
             f = model.features(b.input_ids, b.attention_mask)
-            for k in feats:
-                feats[k].append(f[k])
+            for k, kept in feats.items():
+                kept.append(f[k])
             logits.append(model.hf.classifier(f["readout"]))
     feats = {k: torch.cat(v) for k, v in feats.items()}
     logits = torch.cat(logits)

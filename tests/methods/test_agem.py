@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
-from projected_steps import sgd_step_through_runner
+from projected_steps import check_sgd_by_default_and_adamw_on_request, sgd_step_through_runner
 
 from clbench.data import EncodedSplit, TaskInfo
 from clbench.methods import RunContext
@@ -85,17 +84,7 @@ def test_reference_gradient_is_the_mean_loss_gradient_over_256_memory_examples()
 
 
 def test_plain_sgd_at_sgd_lr_by_default_and_the_runners_adamw_on_request() -> None:
-    params = [torch.nn.Parameter(torch.zeros(3))]
-    optimizer = AGEM().configure_optimizer(TASKS[1], params)
-    assert type(optimizer) is torch.optim.SGD
-    assert (optimizer.defaults["lr"], optimizer.defaults["momentum"], optimizer.defaults["weight_decay"]) == (0.03, 0, 0)
-    assert AGEM(AGEMConfig(sgd_lr=0.01)).optimizer_name() == "SGD (lr 0.01)"
-    adamw = AGEM(AGEMConfig(optimizer="adamw"))
-    assert adamw.configure_optimizer(TASKS[1], params) is None
-    assert adamw.optimizer_name() == "AdamW (the runner's)"
-    for options, message in (({"optimizer": "adam"}, "optimizer"), ({"sgd_lr": -1.0}, "sgd_lr")):
-        with pytest.raises(ValueError, match=message):
-            AGEMConfig(**options)  # type: ignore[arg-type]
+    check_sgd_by_default_and_adamw_on_request(AGEM, AGEMConfig, TASKS[1], bad_lr=-1.0)
 
 
 def test_runner_step_with_sgd_does_not_increase_the_memory_loss_to_first_order() -> None:

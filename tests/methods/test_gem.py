@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from projected_steps import sgd_step_through_runner
+from projected_steps import check_sgd_by_default_and_adamw_on_request, sgd_step_through_runner
 
 from clbench.data import EncodedSplit, TaskInfo
 from clbench.methods import RunContext
@@ -131,17 +131,7 @@ def test_memory_splits_the_shared_budget_over_tasks_seen() -> None:
 
 
 def test_plain_sgd_at_sgd_lr_by_default_and_the_runners_adamw_on_request() -> None:
-    params = [torch.nn.Parameter(torch.zeros(3))]
-    optimizer = GEM().configure_optimizer(TASKS[1], params)
-    assert type(optimizer) is torch.optim.SGD
-    assert (optimizer.defaults["lr"], optimizer.defaults["momentum"], optimizer.defaults["weight_decay"]) == (0.03, 0, 0)
-    assert GEM(GEMConfig(sgd_lr=0.1)).optimizer_name() == "SGD (lr 0.1)"
-    adamw = GEM(GEMConfig(optimizer="adamw"))
-    assert adamw.configure_optimizer(TASKS[1], params) is None
-    assert adamw.optimizer_name() == "AdamW (the runner's)"
-    for options, message in (({"optimizer": "adam"}, "optimizer"), ({"sgd_lr": 0.0}, "sgd_lr")):
-        with pytest.raises(ValueError, match=message):
-            GEMConfig(**options)  # type: ignore[arg-type]
+    check_sgd_by_default_and_adamw_on_request(GEM, GEMConfig, TASKS[1], bad_lr=0.0)
 
 
 def test_runner_step_with_sgd_increases_no_memory_loss_to_first_order() -> None:
