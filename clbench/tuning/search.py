@@ -188,9 +188,10 @@ def run_trials(study: Any, name: str, params: list[Param], search_config: RunCon
         values = {p.name: p.sample(trial) for p in params}
         earlier = same_values(study, values)
         if earlier is not None:  # a seeded run repeats exactly: count the earlier result again, run nothing
-            for key in ("seed_scores", "seconds"):
-                trial.set_user_attr(key, earlier.user_attrs.get(key) if key != "seconds" else 0.0)
+            trial.set_user_attr("seconds", 0.0)
             trial.set_user_attr("repeat_of", earlier.number)
+            if "seed_scores" in earlier.user_attrs:
+                trial.set_user_attr("seed_scores", earlier.user_attrs["seed_scores"])
             study.tell(trial, earlier.value, state=earlier.state)
             progress.message(f"tune {name}: trial {trial.number} drew trial {earlier.number}'s values {values} "
                              "again; its result counts, nothing re-run")
