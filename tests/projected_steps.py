@@ -13,7 +13,7 @@ import torch
 from clbench.config import build_config
 from clbench.data import EncodedSplit
 from clbench.ops import flat_grad
-from clbench.training.runner import train_step
+from clbench.training.runner import lr_schedule, train_step
 
 
 @dataclass
@@ -72,3 +72,23 @@ def check_sgd_by_default_and_adamw_on_request(method_cls: Any, config_cls: Any, 
     for options, message in (({"optimizer": "adam"}, "optimizer"), ({"sgd_lr": bad_lr}, "sgd_lr")):
         with pytest.raises(ValueError, match=message):
             config_cls(**options)
+
+
+def check_run_trains_with_sgd(run_tiny: Any, name: str) -> None:
+    """Every cell of the accuracy matrix is recorded on the synthetic stream, and the runner trains with the
+    method's SGD: each step moves the weights by at most η·(schedule) (clipped gradient norm ≤ 1), which the
+    runner's AdamW (`optimizer=adamw`) far exceeds."""
+    _, records = run_tiny((name, f"{name}@adamw"), train_size=24, test_size=12,
+                          method_options={f"{name}@adamw": {"optimizer": "adamw"}})
+    rows = {(r["row"], r["eval_index"]) for r in records if r["type"] == "accuracy" and r["metric"] == "acc_cil"
+            and r["method"] == name}
+    assert rows == {(i, j) for i in range(4) for j in range(3)}
+    steps = 3  # 24 examples at batch size 8, one epoch, no warm-up: schedule 1, 2/3, 1/3
+    bound = 0.03 * sum(lr_schedule(t, steps, 0) for t in range(steps))
+
+    def moved(method: str, row: int) -> float:  # ‖θ_after − θ_before‖ over the task
+        return sum(r["norm_change"] ** 2 for r in records if r["type"] == "drift" and r["method"] == method
+                   and r["row"] == row and r["metric"] == "frobenius_task" and r["param"] != "__overall__") ** 0.5
+
+    assert all(0 < moved(name, row) <= bound * (1 + 1e-5) for row in (1, 2, 3))
+    assert moved(f"{name}@adamw", 1) > 3 * bound
