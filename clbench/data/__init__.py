@@ -34,6 +34,10 @@ class TaskInfo:
         return range(self.label_offset, self.label_offset + self.num_classes)
 
 
+TASK_KINDS = ("classification", "preference")
+PREFERENCE_CLASSES = ("chosen", "rejected")  # a preference task's two "classes": label 0 = the chosen response
+
+
 @dataclass(frozen=True)
 class Task:
     """One task of a stream: raw texts and local labels (0..C-1) for a train and a test split."""
@@ -51,6 +55,7 @@ class Task:
     train_groups: tuple[str, ...] = ()  # group key per training text (a review, an article); () = each its own
     val_texts: tuple[str, ...] = ()  # carved from the training data by the stream (`clbench.data.splits`)
     val_labels: tuple[int, ...] = ()
+    kind: str = "classification"  # or "preference": each text is `join_preference(prompt, chosen, rejected)`
 
     def __post_init__(self) -> None:
         if (len(self.train_texts) != len(self.train_labels) or len(self.test_texts) != len(self.test_labels)
@@ -58,6 +63,8 @@ class Task:
             raise ValueError(f"task {self.name!r}: texts and labels differ in length")
         if self.train_groups and len(self.train_groups) != len(self.train_texts):
             raise ValueError(f"task {self.name!r}: train_groups and train_texts differ in length")
+        if self.kind not in TASK_KINDS:
+            raise ValueError(f"task {self.name!r}: kind {self.kind!r} must be one of {', '.join(TASK_KINDS)}")
 
 
 @dataclass(frozen=True)
@@ -71,6 +78,11 @@ class Stream:
     description: str = ""
     head: str = "shared"  # default head policy suggested by the stream; the run config may override it
     label_space: str = "per-task"  # "by-name": tasks with identical class names share outputs (domain-IL)
+
+    @property
+    def kind(self) -> str:
+        """The stream's task kind: every task of a stream has the same (checked when it is built)."""
+        return self.tasks[0].kind if self.tasks else "classification"
 
     def infos(self) -> tuple[TaskInfo, ...]:
         """TaskInfo for every task, with label offsets into one shared head.
@@ -177,7 +189,10 @@ class EncodedSplit:
 
 
 class TaskSplits(NamedTuple):
-    """One task's tokenised splits: train (what methods see), validation (choices) and test (verdicts)."""
+    """One task's tokenised splits: train (what methods see), validation (choices) and test (verdicts).
+
+    For a preference task each is a `clbench.data.pairs.PairSplit`, which offers the same interface.
+    """
 
     train: EncodedSplit
     val: EncodedSplit

@@ -29,6 +29,28 @@ def join_pair(first: str, second: str) -> str:
     return f"{first}{PAIR_SEPARATOR}{second}"
 
 
+PREFERENCE_SEPARATOR = "\ue001"
+
+
+def join_preference(prompt: str, chosen: str, rejected: str) -> str:
+    """One string holding a preference example (prompt, chosen response, rejected response).
+
+    Like a pair, it travels through splitting, deduplication and caching as one text; `split_preference`
+    takes it apart again when it is tokenised for a causal language model.
+    """
+    parts = [text.replace(PREFERENCE_SEPARATOR, " ").replace(PAIR_SEPARATOR, " ")
+             for text in (prompt, chosen, rejected)]
+    return PREFERENCE_SEPARATOR.join(parts)
+
+
+def split_preference(text: str) -> tuple[str, str, str]:
+    """(prompt, chosen, rejected) of a text made by `join_preference`."""
+    parts = text.split(PREFERENCE_SEPARATOR)
+    if len(parts) != 3:
+        raise ValueError(f"not a preference example (expected 3 parts, got {len(parts)}): {text[:60]!r}")
+    return parts[0], parts[1], parts[2]
+
+
 def split_pair(text: str) -> list[str]:
     """A rendered input's parts: [text] for a single text, [first, second] for a pair."""
     return [part.strip() for part in text.split(PAIR_SEPARATOR)] if PAIR_SEPARATOR in text else [text]

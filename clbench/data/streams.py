@@ -15,19 +15,22 @@ A stream file (`benchmarks/streams/<name>.yaml`, or any path given to `--stream`
 
 Every task names a `source` (see `SOURCES`); keys other than the common ones below are the source's own
 options, validated by the source. Streams never choose the model, loss, batch size or epochs.
+
+A task's `kind` option (`classification`, the default, or `preference`: prompt, chosen and rejected response;
+docs/data.md) is read here too, because all tasks of a stream must share one kind: one head, one model type.
 """
 
 from __future__ import annotations
 
 import importlib
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from clbench.data import Stream, Task
+from clbench.data import TASK_KINDS, Stream, Task
 from clbench.data.splits import split_validation
 from clbench.errors import StreamError, shown, suggest
 from clbench.yamlio import read_yaml
@@ -62,6 +65,39 @@ class TaskSpec:
     description: str = ""
     options: Mapping[str, Any] = field(default_factory=dict)
 
+    @property
+    def kind(self) -> str:
+        """The task's `kind` option as written (default "classification"); `check_kind` validates it."""
+        return str(self.options.get("kind", "classification"))
+
+
+def kind_problem(task: str, kind: object) -> str | None:
+    """What is wrong with task `task`'s `kind` option; None when it is one of `TASK_KINDS`."""
+    if kind in TASK_KINDS:
+        return None
+    return (f"task '{task}': kind {shown(kind)} is not a task kind{suggest(str(kind), TASK_KINDS)}; write "
+            "kind: preference for prompt/chosen/rejected pairs, or leave it out for classification")
+
+
+def check_kind(spec: TaskSpec) -> str:
+    """A task's kind; one-line StreamError when the `kind` option is not one of `TASK_KINDS`."""
+    problem = kind_problem(spec.name, spec.options.get("kind", "classification"))
+    if problem:
+        raise StreamError(problem)
+    return spec.kind
+
+
+def mixed_kinds(tasks: Iterable[tuple[str, str]]) -> str | None:
+    """The problem with a stream whose (task name, kind) pairs hold more than one kind; None when one kind."""
+    by_kind: dict[str, list[str]] = {}
+    for name, kind in tasks:
+        by_kind.setdefault(kind, []).append(name)
+    if len(by_kind) < 2:
+        return None
+    listed = " and ".join(f"{kind} ({', '.join(names)})" for kind, names in by_kind.items())
+    return (f"tasks mix kinds: {listed}; a stream holds one kind of task: put the preference tasks in a stream "
+            "file of their own")
+
 
 @dataclass(frozen=True)
 class StreamSpec:
@@ -76,6 +112,11 @@ class StreamSpec:
     description: str = ""
     path: str = ""
     val_fraction: float = DEFAULT_VAL_FRACTION
+
+    @property
+    def kind(self) -> str:
+        """The kind of every task (`parse_stream_file` refuses a stream that mixes kinds)."""
+        return self.tasks[0].kind if self.tasks else "classification"
 
 
 @dataclass(frozen=True)
@@ -173,6 +214,9 @@ def parse_stream_file(path: Path) -> StreamSpec:
                 errors.append(f"task name '{spec.name}' appears twice")
             names.add(spec.name)
             specs.append(spec)
+    problem = mixed_kinds((t.name, t.kind) for t in specs)
+    if problem:
+        errors.append(problem)
     for key in ("version", "seed"):
         if key in raw and not isinstance(raw[key], int):
             errors.append(f"'{key}' must be an integer, got {shown(raw[key])}")
@@ -205,6 +249,9 @@ def _task_spec(raw: dict[str, Any], index: int) -> tuple[TaskSpec | None, list[s
     classes = raw.get("classes")
     if classes is not None and (not isinstance(classes, list) or len(classes) < 2):
         errors.append(f"{label}: 'classes' must be a list of at least two names")
+    kind = kind_problem(str(raw.get("name", f"#{index + 1}")), raw.get("kind", "classification"))
+    if kind:
+        errors.append(kind)
     if errors:
         return None, errors
     options = {k: v for k, v in raw.items() if k not in COMMON_KEYS}
@@ -235,6 +282,9 @@ def build_stream(spec: StreamSpec, data_dir: Path | None = None, read_test: bool
     With `read_test=False` (choosing hyper-parameters) no task keeps a test set and sources that keep test
     data in a file of their own do not open it.
     """
+    problem = mixed_kinds((t.name, t.kind) for t in spec.tasks)  # refused before any data is read
+    if problem:
+        raise StreamError(f"stream '{spec.name}': {problem}")
     ctx = SourceContext(seed=spec.seed, cache_dir=cache_dir(), data_dir=data_dir,
                         stream_dir=Path(spec.path).parent if spec.path else None, read_test=read_test)
     tasks = [source_builder(t.source)(t, ctx) for t in spec.tasks]

