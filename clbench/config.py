@@ -89,6 +89,10 @@ class RunConfig:
                                   "parquet)", flag=True)
     device: str = option("auto", "auto, cpu, cuda or cuda:N", flag=True)
     precision: str = option("fp32", "fp32, bf16 or fp16 (autocast on CUDA; fp32 on CPU)")
+    dpo_beta: float = option(0.1, "β of the DPO loss on preference streams (Rafailov et al. 2023 use 0.1): how far "
+                             "the policy may move from the reference model of each task")
+    gradient_checkpointing: bool = option(False, "recompute activations in the backward pass instead of storing "
+                                          "them (transformers' gradient checkpointing): less memory, slower steps")
     compile: bool = option(False, "compile the model's training forward and backward with torch.compile; every "
                            "new input shape pays a compilation first (evaluation and method hooks stay eager)",
                            flag=True)
@@ -398,8 +402,10 @@ def validate(config: RunConfig, registry: Any, earlier: Sequence[str] = ()) -> d
     if any(p.exists() and not p.is_dir() for p in (cache, *cache.parents)):
         errors.append(f"cache folder '{cache}' ($CLBENCH_CACHE) is a file or lies under one; point "
                       "CLBENCH_CACHE at a folder")
-    check(lambda: load_stream_spec(config.stream, train_size=config.train_size, test_size=config.test_size,
-                                   max_length=config.max_length, val_fraction=config.val_fraction))
+    spec = check(lambda: load_stream_spec(config.stream, train_size=config.train_size, test_size=config.test_size,
+                                          max_length=config.max_length, val_fraction=config.val_fraction))
+    if spec is not None:
+        errors += kind_problems(spec.kind, config.model, classes)
     if config.data_dir is not None and not Path(config.data_dir).is_dir():
         errors.append(f"data_dir '{config.data_dir}' is not a directory; point it at local dataset copies")
     if config.out is not None:
@@ -420,6 +426,7 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
        for name in ("epochs", "max_steps", "batch_size", "eval_batch_size", "train_size", "test_size")},
     "max_length": (lambda v: v >= 8, "is too short; use at least 8 tokens"),
     "lr": (lambda v: 0 < v < 1, "must be in (0, 1), e.g. 5e-5"),
+    "dpo_beta": (lambda v: 0 < v <= 100, "must be in (0, 100], e.g. 0.1"),
     "weight_decay": (lambda v: math.isfinite(v) and v >= 0, "must be a finite non-negative number"),
     "grad_clip": (lambda v: math.isfinite(v) and v >= 0, "must be a finite non-negative number (0: no clipping)"),
     "warmup_ratio": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
@@ -465,6 +472,26 @@ def seed_problems(seeds: Sequence[int]) -> list[str]:
 def method_own_options(config: RunConfig, name: str) -> dict[str, Any]:
     """The values of method `name`'s own config dataclass (its section without training overrides)."""
     return split_options(config.method_options.get(name, {}))[0]
+
+
+def kind_problems(kind: str, model: str, classes: Mapping[str, Any]) -> list[str]:
+    """What does not fit the stream's task kind: a method not defined for it, or a model of the other kind
+    (a classifier for preference pairs, a causal LM for classification)."""
+    from clbench.models import model_kind
+
+    errors = []
+    fitting = [name for name, cls in classes.items() if cls is not None and kind in cls.task_kinds]
+    for name, cls in classes.items():
+        if cls is not None and kind not in cls.task_kinds:
+            errors.append(f"method '{name}' does not apply to {kind} streams (it handles "
+                          f"{' and '.join(cls.task_kinds)}); drop it"
+                          + (f" and keep {', '.join(fitting)}" if fitting else ""))
+    wanted = "causal-lm" if kind == "preference" else "classifier"
+    found = model_kind(model)
+    if found not in (wanted, "unknown"):
+        fix = "tiny-lm, smollm2 or a Hub causal LM" if kind == "preference" else "tiny, minilm or a Hub encoder"
+        errors.append(f"model '{model}' is a {found} but stream kind is {kind}; use {fix}")
+    return errors
 
 
 def method_requirements(name: str, cls: Any, config: RunConfig) -> list[str]:

@@ -10,6 +10,7 @@ the whole stream of examples, whatever the task boundaries (replay's `reservoir`
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,7 +18,32 @@ import torch
 from torch import Tensor, nn
 
 from clbench.data import BatchPlan, EncodedSplit
+from clbench.data.pairs import PairSplit
 from clbench.protocol import RunContext
+
+Split = EncodedSplit | PairSplit  # a classification split or a preference task's pairs
+
+
+def concat_splits(splits: Sequence[Split]) -> Split:
+    """The rows of `splits` in order, as one split of their (common) type."""
+    return type(splits[0]).concat(splits)  # type: ignore[arg-type]
+
+
+def split_state(split: Split, prefix: str) -> dict[str, Any]:
+    """A split's tensors and pad id under keys `prefix.<field>`, plus its kind, for a method's state dict."""
+    out: dict[str, Any] = {f"{prefix}.kind": "pairs" if isinstance(split, PairSplit) else "examples",
+                           f"{prefix}.pad_id": split.pad_id}
+    for name, value in vars(split).items():
+        if isinstance(value, Tensor) and name != "reference":  # a reference belongs to one task's start
+            out[f"{prefix}.{name}"] = value
+    return out
+
+
+def split_from_state(state: dict[str, Any], prefix: str) -> Split:
+    """The split `split_state(split, prefix)` saved, on the CPU (checkpoints may be loaded to a GPU)."""
+    cls = PairSplit if state.get(f"{prefix}.kind") == "pairs" else EncodedSplit
+    names = [f.name for f in dataclasses.fields(cls) if f.name not in ("pad_id", "reference")]
+    return cls(*(state[f"{prefix}.{name}"].cpu() for name in names), pad_id=int(state[f"{prefix}.pad_id"]))
 
 
 def per_task_quota(budget: int, num_tasks: int) -> list[int]:
@@ -33,7 +59,7 @@ class TaskMemory:
 
     def __init__(self, budget: int) -> None:
         self.budget = budget
-        self.splits: dict[int, EncodedSplit] = {}  # task index -> kept examples, in random order
+        self.splits: dict[int, Split] = {}  # task index -> kept examples, in random order
 
     def __len__(self) -> int:
         return sum(len(s) for s in self.splits.values())
@@ -42,30 +68,28 @@ class TaskMemory:
     def task_indices(self) -> list[int]:
         return sorted(self.splits)
 
-    def add(self, task_index: int, data: EncodedSplit, generator: torch.Generator) -> None:
+    def add(self, task_index: int, data: Split, generator: torch.Generator) -> None:
         """Keep a uniform random sample of `data` for `task_index` and shrink earlier tasks to the new quota."""
         order = torch.randperm(len(data), generator=generator)
         self.splits[task_index] = data.subset(order)
         for t, quota in zip(self.task_indices, per_task_quota(self.budget, len(self.splits))):
             self.splits[t] = self.splits[t].subset(torch.arange(min(quota, len(self.splits[t]))))
 
-    def sample(self, n: int, generator: torch.Generator) -> EncodedSplit:
+    def sample(self, n: int, generator: torch.Generator) -> Split:
         """`n` examples drawn uniformly without replacement from the whole memory (all of it if smaller)."""
         pool = self.all()
         index = torch.randperm(len(pool), generator=generator)[:n]
         return pool.subset(index)
 
-    def all(self) -> EncodedSplit:
+    def all(self) -> Split:
         """Every stored example, tasks in stream order."""
-        return EncodedSplit.concat([self.splits[t] for t in self.task_indices])
+        return concat_splits([self.splits[t] for t in self.task_indices])
 
     def state_dict(self, prefix: str = "") -> dict[str, Any]:
         """Tensors and plain values of the memory, keys prefixed with `prefix` (for a method's `state_dict`)."""
         out: dict[str, Any] = {"budget": self.budget, "tasks": self.task_indices}
         for t, s in self.splits.items():
-            for field in ("ids", "lengths", "labels", "task_ids"):
-                out[f"{t}.{field}"] = getattr(s, field)
-            out[f"{t}.pad_id"] = s.pad_id
+            out.update(split_state(s, str(t)))
         return {prefix + k: v for k, v in out.items()}
 
     def load_state_dict(self, state: dict[str, Any], prefix: str = "") -> None:
@@ -73,10 +97,7 @@ class TaskMemory:
         state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
         self.budget = int(state["budget"])
         # memory lives on the CPU like the training data, whatever device a checkpoint was loaded to
-        self.splits = {int(t): EncodedSplit(state[f"{t}.ids"].cpu(), state[f"{t}.lengths"].cpu(),
-                                            state[f"{t}.labels"].cpu(), state[f"{t}.task_ids"].cpu(),
-                                            pad_id=int(state[f"{t}.pad_id"]))
-                       for t in state["tasks"]}
+        self.splits = {int(t): split_from_state(state, str(t)) for t in state["tasks"]}
 
 
 def memory_gradient(model: nn.Module, ctx: RunContext, split: EncodedSplit, params: Sequence[nn.Parameter],
@@ -114,12 +135,12 @@ class Reservoir:
     def __init__(self, budget: int) -> None:
         self.budget = budget
         self.seen = 0  # examples offered so far
-        self.memory: EncodedSplit | None = None
+        self.memory: Split | None = None
 
     def __len__(self) -> int:
         return 0 if self.memory is None else len(self.memory)
 
-    def add(self, data: EncodedSplit, generator: torch.Generator) -> None:
+    def add(self, data: Split, generator: torch.Generator) -> None:
         """Offer every example of `data` to the reservoir, in order (vectorised Algorithm R)."""
         m, held = len(data), len(self)
         if m == 0 or self.budget <= 0:
@@ -136,11 +157,11 @@ class Reservoir:
         owner = owner[:size]
         source = torch.arange(size)  # rows of concat(memory, data)
         source[owner >= 0] = held + owner[owner >= 0]
-        pool = data if self.memory is None else EncodedSplit.concat([self.memory, data])
+        pool = data if self.memory is None else concat_splits([self.memory, data])
         self.memory = pool.subset(source)
         self.seen += m
 
-    def sample(self, n: int, generator: torch.Generator) -> EncodedSplit:
+    def sample(self, n: int, generator: torch.Generator) -> Split:
         """`n` stored examples drawn uniformly without replacement (all of them if fewer are stored)."""
         if self.memory is None:
             raise ValueError("the reservoir is empty")
@@ -149,14 +170,11 @@ class Reservoir:
     def state_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"budget": self.budget, "seen": self.seen}
         if self.memory is not None:
-            for field in ("ids", "lengths", "labels", "task_ids"):
-                out[f"memory.{field}"] = getattr(self.memory, field)
-            out["memory.pad_id"] = self.memory.pad_id
+            out.update(split_state(self.memory, "memory"))
         return out
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.budget, self.seen = int(state["budget"]), int(state["seen"])
         self.memory = None
-        if "memory.ids" in state:
-            self.memory = EncodedSplit(state["memory.ids"], state["memory.lengths"], state["memory.labels"],
-                                       state["memory.task_ids"], int(state["memory.pad_id"]))
+        if "memory.pad_id" in state:
+            self.memory = split_from_state(state, "memory")

@@ -59,6 +59,25 @@ class RunContext:
     weight_decay: float = 0.01
     active_classes: str = "all"  # which outputs the training cross-entropy sees: all, seen or current
     task_index: int = 0  # the task being trained; the runner sets it before each task
+    kind: str = "classification"  # the stream's task kind; "preference": pairs, DPO, a causal LM
+    beta: float = 0.1  # DPO's β for preference streams (the run's `dpo_beta`)
+
+    def task_loss(self, outputs: Any, batch: Any) -> Tensor:
+        """The runner's task loss on `batch` from the forward pass's `outputs` (extra rows after the batch's
+        own are ignored): cross-entropy under `loss_logits` for classification, DPO for preference pairs
+        (`clbench.preference`; the batch carries its reference log-probs)."""
+        if self.kind == "preference":
+            from clbench.preference import dpo_loss, pair_log_probs
+
+            if batch.reference is None:
+                raise RuntimeError("a preference batch needs its reference log-probs (PairSplit.with_reference)")
+            return dpo_loss(pair_log_probs(outputs.logits, batch), batch.reference, self.beta)
+        logits = self.loss_logits(outputs.logits[:len(batch)], batch.task_ids)  # [batch, num_labels]
+        return nn.functional.cross_entropy(logits.float(), batch.labels)
+
+    def loss_of(self, model: nn.Module, batch: Any) -> Tensor:
+        """`task_loss` of `model` on `batch` in its own forward pass (e.g. a replay batch, a Fisher sample)."""
+        return self.task_loss(model(**batch.model_inputs()), batch)
 
     def adamw(self, params: Sequence[nn.Parameter], lr: float | None = None) -> torch.optim.Optimizer:
         """The runner's default optimiser (AdamW with the run's weight decay) at `lr`, default the run's.
@@ -153,7 +172,9 @@ class Hooks:
     are not called on task 1: a method that needs them there (SI's path integral) must not declare it.
 
     Requirements, checked with the rest of the configuration before any unit trains: `requires_buffer` (the
-    method cannot run with `buffer_size` 0) and `requires_packages` ((import name, how to install) pairs).
+    method cannot run with `buffer_size` 0), `requires_packages` ((import name, how to install) pairs) and
+    `task_kinds` (the stream kinds it is defined for: "classification", and "preference" for methods whose
+    hooks work on preference pairs and causal LMs through `RunContext.task_loss` / `loss_of`).
     """
 
     name: ClassVar[str] = ""
@@ -166,6 +187,7 @@ class Hooks:
     requires_packages: ClassVar[tuple[tuple[str, str], ...]] = ()
     backward_in_loss: bool = False
     external_loop: ClassVar[bool] = False  # True only for reference adapters that train through `fit_task`
+    task_kinds: ClassVar[tuple[str, ...]] = ("classification",)  # task kinds it applies to (validated before runs)
 
     def __init__(self, config: MethodConfig | None = None) -> None:
         self.config = config if config is not None else self.config_cls()

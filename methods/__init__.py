@@ -23,4 +23,5 @@ BUILTIN: dict[str, str] = {
     "fip": "clbench.methods.fip:FIP",
     "fip-geometric": "clbench.methods.fip_geometric:FIPGeometric",
     "fip-lora": "clbench.methods.fip_lora:FIPLoRA",
+    "o-lora": "clbench.methods.o_lora:OLoRA",
 }

@@ -16,6 +16,10 @@ The per-example estimators run `clbench.per_example.diagonal_fisher`: one batche
 term over chunks of `fisher_batch_size` examples, with per-example gradients formed from layer inputs and
 output gradients; a model with layers it does not cover falls back to torch.func's vmap, with one warning.
 
+On a preference stream (DPO) the likelihood is the preference model's, p(y_w ≻ y_l) = σ(β m) with m the
+margin of log-ratios against the task's reference: the same three estimators apply to it
+(`clbench.preference.preference_fisher`, one backward per pair; `fisher_samples` bounds the cost).
+
 Hooks: `loss` adds the penalty; `after_task` estimates the Fisher and stores the anchor.
 """
 
@@ -30,9 +34,11 @@ import torch
 from torch import Tensor, nn
 
 from clbench.data import Batch, BatchPlan, EncodedSplit, TaskInfo
+from clbench.data.pairs import PairSplit
 from clbench.methods import Hooks, MethodConfig, option
 from clbench.ops import quadratic_penalty, snapshot
 from clbench.per_example import diagonal_fisher
+from clbench.preference import preference_fisher
 from clbench.search import LogUniform
 
 ESTIMATORS = ("empirical", "exact", "batched")
@@ -80,6 +86,7 @@ class EWC(Hooks):
     config_cls: ClassVar[type[MethodConfig]] = EWCConfig
     citation: ClassVar[str] = "Kirkpatrick et al. 2017 (PNAS); online variant Schwarz et al. 2018"
     first_task_is_finetuning: bool = True  # no penalty before task 2: the runner may share task 1
+    task_kinds: ClassVar[tuple[str, ...]] = ("classification", "preference")
     config: EWCConfig
 
     def __init__(self, config: EWCConfig | None = None) -> None:
@@ -119,6 +126,10 @@ class EWC(Hooks):
         model.eval()  # dropout off: the Fisher of the deterministic network (and vmap needs no RNG)
         names = [n for n, p in model.named_parameters() if p.requires_grad]
         try:
+            if isinstance(data, PairSplit):  # DPO's preference likelihood
+                ctx = self.context
+                return preference_fisher(model, data, self.config.estimator, ctx.beta, names, ctx.device,
+                                         ctx.batch_size)
             if self.config.estimator == "batched":
                 return self._batched_fisher(model, data, names)
             return self._per_example_fisher(model, data, names)

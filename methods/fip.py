@@ -23,6 +23,15 @@ is the larger of the two graphs, not their sum; the gradients are the same. Fuse
 the replay batch through the runner's forward with the new batch (`extra_inputs`): one pass over both, padded
 to the longer, with the same loss (dropout masks aside) and fewer kernel launches per step.
 
+On a preference stream (a causal LM trained with DPO) the outputs are next-token distributions: the buffer
+holds old pairs, q is cached on their chosen sequences (old prompts and preferred responses) at every
+position that predicts a next token, and D is averaged over a sequence's positions, then summed over the
+replay batch, so each replayed example weighs one D as a classification example does; the new task's term is
+λ·DPO. A vocabulary of ~50k tokens makes full distributions costly to keep, so by default q keeps each
+position's `token_topk` most likely tokens and the rest as one bucket: D on that coarser partition is a lower
+bound of the full D, equal to 0 with zero gradient at the anchor (`clbench.preference.token_anchors`).
+`token_topk: 0` keeps the whole distribution. Fused mode is for classification streams only.
+
 Hooks: `before_task` (cache q), `extra_inputs` (fused mode), `loss`, `after_task` (buffer). `cache_log_probs`,
 `sample_replay`, `bhattacharyya` and `replay_distance` are reused by `fip-geometric` and `fip-lora`.
 """
@@ -36,8 +45,10 @@ import torch
 from torch import Tensor, nn
 
 from clbench.data import Batch, BatchPlan, EncodedSplit, TaskInfo
+from clbench.data.pairs import PairBatch, PairSplit
 from clbench.episodic import TaskMemory
 from clbench.methods import Hooks, MethodConfig, RunContext, option
+from clbench.preference import TokenAnchors, token_anchors, token_distance
 from clbench.search import Choice, LogUniform
 
 
@@ -53,10 +64,15 @@ class FIPConfig(MethodConfig):
                                      "separately (peak activations = max, not sum)")
     fused_forward: bool = option(False, "one forward pass over the new and the replay batch together "
                                  "(fewer kernel launches on a GPU; same loss; not with separate_backward)")
+    token_topk: int = option(64, "preference streams: most likely tokens of q kept per position (the rest is "
+                             "one bucket), 0 keeps the whole vocabulary; memory per kept pair ≈ positions × k × "
+                             "12 bytes")
 
     def __post_init__(self) -> None:
         if self.ce_weight < 0 or (self.replay_batch_size is not None and self.replay_batch_size < 1):
             raise ValueError("need ce_weight >= 0 and replay_batch_size >= 1")
+        if self.token_topk < 0:
+            raise ValueError(f"token_topk={self.token_topk} must be >= 0 (0: the whole vocabulary)")
         if self.fused_forward and self.separate_backward:
             raise ValueError("fused_forward and separate_backward exclude each other (one joint pass against "
                              "two separate ones): set one of them to false")
@@ -71,8 +87,13 @@ def bhattacharyya(log_p: Tensor, log_q: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def cache_log_probs(model: nn.Module, ctx: RunContext, split: EncodedSplit) -> Tensor:
-    """log q: the model's log-softmax on every example of `split` in eval mode, [n, num_labels] on ctx.device."""
+def cache_log_probs(model: nn.Module, ctx: RunContext, split: EncodedSplit, topk: int = 0) -> Any:
+    """log q: the model's log-softmax on every example of `split` in eval mode, [n, num_labels] on ctx.device.
+
+    For preference pairs: the `TokenAnchors` of the chosen sequences (`topk` tokens per position, 0: all).
+    """
+    if isinstance(split, PairSplit):
+        return token_anchors(model, split, ctx.batch_size * 4, ctx.device, topk)
     was_training = model.training
     model.eval()
     out = torch.empty(len(split), ctx.num_labels, device=ctx.device)
@@ -93,8 +114,11 @@ def summed_distance(logits: Tensor, log_q: Tensor) -> Tensor:
     return bhattacharyya(torch.log_softmax(logits.float(), dim=-1), log_q).sum()
 
 
-def replay_distance(model: nn.Module, ctx: RunContext, batch: Batch, log_q: Tensor) -> Tensor:
-    """Σ_batch D(p, q) between the model's current softmax on `batch` and the cached log q [batch, C]."""
+def replay_distance(model: nn.Module, ctx: RunContext, batch: Any, log_q: Any) -> Tensor:
+    """Σ_batch D(p, q) between the model's current softmax on `batch` and the cached log q [batch, C]; for
+    preference pairs, Σ over sequences of the mean token-level D (`clbench.preference.token_distance`)."""
+    if isinstance(batch, PairBatch):
+        return token_distance(model(**batch.chosen_inputs()).logits, batch, log_q)
     return summed_distance(ctx.forward(model, batch), log_q)
 
 
@@ -107,6 +131,7 @@ class FIP(Hooks):
                                "functionally invariant paths, Nature Machine Intelligence 2024")
     uses_buffer: ClassVar[bool] = True
     first_task_is_finetuning: bool = True  # empty buffer on task 1: the runner may share it
+    task_kinds: ClassVar[tuple[str, ...]] = ("classification", "preference")
 
     def __init__(self, config: MethodConfig | None = None) -> None:
         super().__init__(config)
@@ -120,19 +145,25 @@ class FIP(Hooks):
     def setup(self, model: nn.Module, ctx: RunContext) -> nn.Module:
         self.ctx = ctx
         self.buffer = TaskMemory(ctx.buffer_size)
+        if ctx.kind == "preference" and self.cfg.fused_forward:
+            raise ValueError("fip: fused_forward applies to classification streams; drop it on preference streams")
         return model
 
     def before_task(self, task: TaskInfo, model: nn.Module) -> None:
         self.replay = self.buffer.all() if len(self.buffer) else None
-        self.log_q = None if self.replay is None else cache_log_probs(model, self.context, self.replay)
+        self.log_q = None if self.replay is None else cache_log_probs(model, self.context, self.replay,
+                                                                      self.cfg.token_topk)
 
-    def replay_batch(self) -> tuple[Batch, Tensor] | None:
+    def replay_batch(self) -> tuple[Batch, Any] | None:
         """A replay batch on the device and its cached log q, or None when the buffer is empty."""
         if self.replay is None or self.log_q is None:
             return None
         ctx = self.context
         index = sample_replay(self.replay, self.cfg.replay_batch_size or ctx.batch_size, ctx.generator)
-        return self.replay.batch(index).to(ctx.device), self.log_q[index.to(ctx.device)]
+        batch = self.replay.batch(index).to(ctx.device)
+        if isinstance(self.log_q, TokenAnchors):
+            return batch, self.log_q.rows(index, batch.chosen_ids.shape[1], ctx.device)
+        return batch, self.log_q[index.to(ctx.device)]
 
     def extra_inputs(self, batch: Batch) -> Batch | None:
         self.fused = self.replay_batch() if self.cfg.fused_forward else None

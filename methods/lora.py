@@ -17,10 +17,12 @@ one model object for the whole stream; the policies decide which parameters trai
   fine-tuned head under `full`), a separate arm because a trained shared head alone can cause forgetting.
 
 Drift is measured by the runner on effective weights W + (α/r)·B·A (`clbench.ops.effective_weights`), under
-the same names as the unwrapped model. Adapters are initialised from `ctx.generator` (A uniform in
-±1/√d_in as in peft's Kaiming default, B = 0). Hooks: `setup` (wrap), `before_task` (which parameters train),
-`configure_optimizer` (the runner's AdamW at `adapter_lr` while adapters train, when set), `after_task` (merge
-under `per_task`). The helpers `lora_layers`, `merge_adapters`, `reset_adapters` are reused by `fip-lora`.
+the same names as the unwrapped model. Adapters are initialised from `ctx.generator` (A uniform in ±1/√d_in
+as in peft's Kaiming default, B = 0). On a preference stream the model is a causal LM (peft's causal-LM task
+type; its output layer is the tied embedding, so there is no separate head) and the loss is DPO.
+
+Hooks: `setup` (wrap), `before_task` (which parameters train), `configure_optimizer` (the runner's AdamW at
+`adapter_lr` while adapters train, when set), `after_task` (merge under `per_task`). The helpers `lora_layers`, `merge_adapters`, `reset_adapters` are reused by `fip-lora`.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ class LoRAConfig(MethodConfig):
     alpha: float = option(16.0, "α: scaling numerator; the layer adds ΔW = (α/r)·B·A")
     dropout: float = option(0.1, "dropout on the adapter's input (peft lora_dropout)")
     target_modules: tuple[str, ...] = option(("query", "value"), "linear layers that get adapters "
-                                             "(W_q, W_v as in Hu et al. for BERT)")
+                                             "(W_q, W_v as in Hu et al.; q_proj, v_proj in Llama-style models)")
     first_task: str = option("full", "full: fine-tune every weight on task 1, adapters from task 2 (the FIP "
                              "paper's protocol); lora: adapters from task 1")
     adapter_policy: str = option("continue", "continue: one adapter through all tasks; per_task: a fresh "
@@ -96,12 +98,25 @@ def merge_adapters(model: nn.Module) -> None:
         base.add_(layer.get_delta_weight(ADAPTER).to(base.dtype))
 
 
-def wrap(model: nn.Module, config: LoRAConfig) -> nn.Module:
-    """The model wrapped by peft with one LoRA adapter on `config.target_modules`."""
+# BERT's attention projections and their names in Llama-style causal LMs (q_proj, k_proj, v_proj, o_proj).
+PROJECTION_NAMES = {"query": "q_proj", "key": "k_proj", "value": "v_proj"}
+
+
+def target_names(model: nn.Module, targets: Sequence[str]) -> list[str]:
+    """`targets`, with BERT's projection names translated when the model names them the Llama way, so the
+    default (W_q, W_v) means the same layers in both."""
+    present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    return [PROJECTION_NAMES[t] if t not in present and PROJECTION_NAMES.get(t) in present else t for t in targets]
+
+
+def wrap(model: nn.Module, config: LoRAConfig, kind: str = "classification") -> nn.Module:
+    """The model wrapped by peft with one LoRA adapter on `config.target_modules` (a sequence classifier, or a
+    causal LM on preference streams)."""
     from peft import LoraConfig, TaskType, get_peft_model
 
+    task_type = TaskType.CAUSAL_LM if kind == "preference" else TaskType.SEQ_CLS
     peft_config = LoraConfig(r=config.rank, lora_alpha=config.alpha, lora_dropout=config.dropout,
-                             target_modules=list(config.target_modules), task_type=TaskType.SEQ_CLS)
+                             target_modules=target_names(model, config.target_modules), task_type=task_type)
     return get_peft_model(model, peft_config)
 
 
@@ -124,6 +139,7 @@ class LoRA(Hooks):
     name: ClassVar[str] = "lora"
     config_cls: ClassVar[type[MethodConfig]] = LoRAConfig
     citation: ClassVar[str] = "Hu et al., LoRA: Low-Rank Adaptation of Large Language Models, ICLR 2022"
+    task_kinds: ClassVar[tuple[str, ...]] = ("classification", "preference")
 
     def __init__(self, config: MethodConfig | None = None) -> None:
         super().__init__(config)
@@ -132,7 +148,7 @@ class LoRA(Hooks):
 
     def setup(self, model: nn.Module, ctx: RunContext) -> nn.Module:
         self.ctx = ctx
-        model = wrap(model, self.cfg)
+        model = wrap(model, self.cfg, ctx.kind)
         reset_adapters(model, ctx.generator)
         return model
 

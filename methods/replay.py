@@ -14,7 +14,12 @@ at naive's scale (with w = 1 the two differ by a factor 2 in the step size only)
 memory batch goes through the runner's forward together with the new batch (`extra_inputs`): one pass, as
 Chaudhry et al. describe, padded to the longer batch; the loss is the same (dropout masks aside).
 
-Hooks: `extra_inputs` (fused mode), `loss` (replay term), `after_task` (memory update), `state_dict`.
+On a preference stream the memory holds old pairs and the replay term is their DPO loss, against the same
+reference as the new pairs: the model at the start of the current task (`before_task` computes the stored
+pairs' reference log-probs once per task).
+
+Hooks: `before_task` (preference: the memory's reference), `extra_inputs` (fused mode), `loss` (replay term),
+`after_task` (memory update), `state_dict`.
 """
 
 from __future__ import annotations
@@ -26,8 +31,10 @@ import torch
 from torch import Tensor, nn
 
 from clbench.data import Batch, EncodedSplit, TaskInfo
+from clbench.data.pairs import PairSplit
 from clbench.episodic import Reservoir, TaskMemory
 from clbench.methods import Hooks, MethodConfig, RunContext, option
+from clbench.preference import sequence_log_probs
 from clbench.search import LogUniform
 
 POLICIES = ("reservoir", "balanced")
@@ -62,16 +69,21 @@ class Replay(Hooks):
     citation: ClassVar[str] = ("Chaudhry et al., On Tiny Episodic Memories in Continual Learning, 2019; "
                                "Rolnick et al., Experience Replay for Continual Learning, NeurIPS 2019")
     uses_buffer: ClassVar[bool] = True
+    task_kinds: ClassVar[tuple[str, ...]] = ("classification", "preference")
     config: ReplayConfig
 
     def __init__(self, config: MethodConfig | None = None) -> None:
         super().__init__(config)
         self.memory: Reservoir | TaskMemory | None = None
         self.fused: Batch | None = None  # fused mode: the memory batch in this step's forward
+        self.pairs: PairSplit | None = None  # preference streams: the memory with this task's DPO reference
 
     def setup(self, model: nn.Module, ctx: RunContext) -> nn.Module:
         budget = ctx.buffer_size
         self.memory = Reservoir(budget) if self.config.policy == "reservoir" else TaskMemory(budget)
+        if ctx.kind == "preference" and self.config.fused_forward:
+            raise ValueError("replay: fused_forward applies to classification streams; drop it on preference "
+                             "streams")
         return super().setup(model, ctx)
 
     def stored(self) -> EncodedSplit | None:
@@ -80,12 +92,22 @@ class Replay(Hooks):
             return None
         return self.memory.memory if isinstance(self.memory, Reservoir) else self.memory.all()
 
+    def before_task(self, task: TaskInfo, model: nn.Module) -> None:
+        """Preference streams: DPO's reference for the stored pairs is, as for the new ones, the model now."""
+        stored = self.stored()
+        if isinstance(stored, PairSplit):
+            ctx = self.context
+            self.pairs = stored.with_reference(sequence_log_probs(model, stored, ctx.batch_size * 4, ctx.device))
+
     def memory_batch(self) -> Batch | None:
         """A batch drawn from the memory, on the device; None while the memory is empty or w = 0."""
         if self.memory is None or len(self.memory) == 0 or self.config.replay_weight == 0:
             return None
         ctx = self.context
-        replay = self.memory.sample(self.config.replay_batch_size or ctx.batch_size, ctx.generator)
+        size = self.config.replay_batch_size or ctx.batch_size
+        if self.pairs is not None:  # preference pairs with this task's reference attached
+            return self.pairs.batch(torch.randperm(len(self.pairs), generator=ctx.generator)[:size]).to(ctx.device)
+        replay = self.memory.sample(size, ctx.generator)
         return replay.batch(torch.arange(len(replay))).to(ctx.device)
 
     def extra_inputs(self, batch: Batch) -> Batch | None:
@@ -102,6 +124,8 @@ class Replay(Hooks):
             fresh = None if self.config.fused_forward else self.memory_batch()
             if fresh is None:
                 return task_loss
+            if self.pairs is not None:  # preference pairs: DPO on the old pairs
+                return task_loss + self.config.replay_weight * ctx.loss_of(model, fresh)
             old, raw = fresh, model(**fresh.model_inputs()).logits
         logits = ctx.loss_logits(raw, old.task_ids)  # the run's active classes, as for the task loss
         return task_loss + self.config.replay_weight * nn.functional.cross_entropy(logits.float(), old.labels)

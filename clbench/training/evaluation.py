@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from clbench.data import BatchPlan, EncodedSplit, TaskInfo
+from clbench.data.pairs import PairSplit
 from clbench.data.prepare import Prepared
 from clbench.evaluators.accuracy import (
     accuracy,
@@ -18,6 +19,7 @@ from clbench.evaluators.accuracy import (
 )
 from clbench.evaluators.drift import frobenius_drift_norms, functional_drift
 from clbench.ops import effective_weights
+from clbench.preference import preference_accuracy, reward_margins, sequence_log_probs
 from clbench.protocol import RunContext
 from clbench.training.records import UnitRecorder
 
@@ -31,7 +33,10 @@ def autocast(device: torch.device, precision: str) -> Any:
 
 def predict(model: nn.Module, split: EncodedSplit, ctx: RunContext, batch_size: int,
             precision: str = "fp32") -> Tensor:
-    """Raw logits [n, num_labels] for every example of `split`, in the split's order."""
+    """Raw logits [n, num_labels] for every example of `split`, in the split's order; for preference pairs the
+    summed response log-probs [n, 2] of (chosen, rejected) (`clbench.preference.sequence_log_probs`)."""
+    if isinstance(split, PairSplit):
+        return sequence_log_probs(model, split, batch_size, ctx.device, autocast(ctx.device, precision))
     model.eval()
     logits = torch.empty(len(split), ctx.num_labels)
     with torch.inference_mode(), autocast(ctx.device, precision):
@@ -44,18 +49,30 @@ def predict(model: nn.Module, split: EncodedSplit, ctx: RunContext, batch_size: 
 
 def evaluate_all(model: nn.Module, prepared: Prepared, ctx: RunContext, records: UnitRecorder, row: int,
                  task: str | None, *, batch_size: int, precision: str, step: int | None = None,
-                 kind: str = "accuracy", cached: list[Tensor] | None = None) -> list[Tensor]:
+                 kind: str = "accuracy", cached: list[Tensor] | None = None, base: list[Tensor] | None = None
+                 ) -> list[Tensor]:
     """Evaluate every task's evaluated split (test, or validation while tuning); append class-incremental and
     task-aware accuracy and macro-F1, each record naming the split.
 
     Returns the logits (one [n, num_labels] tensor per task). `cached` logits skip the forward passes, e.g.
-    for row 0 of a model identical to one already evaluated.
+    for row 0 of a model identical to one already evaluated. On a preference stream the records are
+    preference accuracy (as `acc_cil` and `acc_til`: one head, no task identity to use) and the mean reward
+    margin, both against the model before the stream, whose outputs `base` holds (None: this is that model).
     """
     out = []
     all_logits = []
     for info, split in zip(prepared.infos, prepared.evaluated):
         logits = cached[info.index] if cached is not None else predict(model, split, ctx, batch_size, precision)
         all_logits.append(logits)
+        if isinstance(split, PairSplit):
+            reference = logits if base is None else base[info.index]
+            margins = reward_margins(logits, reference, ctx.beta)
+            values = {"acc_cil": preference_accuracy(logits, reference), "reward_margin": float(margins.mean())}
+            values["acc_til"] = values["acc_cil"]
+            out += [records.record(kind, row, task, eval_task=info.name, eval_index=info.index, step=step,
+                                   split=prepared.eval_split, metric=metric, value=value)
+                    for metric, value in values.items()]
+            continue
         target = split.labels
         cil = class_incremental_predictions(logits)
         til = task_aware_predictions(logits, info.label_offset, info.num_classes)
@@ -117,9 +134,12 @@ def drift_records(records: UnitRecorder, info: TaskInfo, before: dict[str, Tenso
 
 
 def functional_records(records: UnitRecorder, info: TaskInfo, before: list[Tensor], after: list[Tensor],
-                       infos: Sequence[TaskInfo]) -> list[dict[str, Any]]:
-    """Distance in function space on previous tasks' test inputs, before vs after training `info`."""
-    out = []
+                       infos: Sequence[TaskInfo], kind: str = "classification") -> list[dict[str, Any]]:
+    """Distance in function space on previous tasks' test inputs, before vs after training `info` (classifiers
+    only: a preference stream's outputs are sequence log-probabilities, not a distribution over classes)."""
+    out: list[dict[str, Any]] = []
+    if kind == "preference":
+        return out
     for old in infos[:info.index]:
         drift = functional_drift(before[old.index], after[old.index])
         for metric, value in drift._asdict().items():

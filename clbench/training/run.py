@@ -26,6 +26,7 @@ from clbench.config import (
     resolve_defaults,
     validate,
 )
+from clbench.data.pairs import PairSplit
 from clbench.data.prepare import Prepared, prepare, task_digest
 from clbench.errors import ClbenchError, RunDirError
 from clbench.registry import MethodRegistry
@@ -130,12 +131,12 @@ def stamp_environment(run_dir: RunDir, event: str) -> None:
 def run_environment(prepared: Prepared, command: str | None, methods: dict[str, Any] | None = None
                     ) -> dict[str, Any]:
     """env.json: versions, hardware and commit; the stream's name, version, seed, task sizes and each task's
-    chance level on the evaluated split (its largest class's share); each method's role and optimiser."""
+    chance level on the evaluated split (its largest class's share, 0.5 for preference pairs); each method's role and optimiser."""
     env = environment(command)
     env["model"] = prepared.model_info
     env["started"] = utc_now()
     env["stream"] = {"name": prepared.stream.name, "version": prepared.stream.version, "seed": prepared.stream.seed,
-                     "eval_split": prepared.eval_split,
+                     "eval_split": prepared.eval_split, "kind": prepared.stream.kind,
                      "tasks": [{"name": t.name, "classes": list(t.classes), "train": len(s.train), "val": len(s.val),
                                 "test": len(s.test), "majority": majority(evaluated), "sha256": task_digest(t)}
                                for t, s, evaluated in zip(prepared.stream.tasks, prepared.splits, prepared.evaluated)]}
@@ -145,9 +146,12 @@ def run_environment(prepared: Prepared, command: str | None, methods: dict[str, 
 
 
 def majority(split: Any) -> float | None:
-    """The share of the split's most frequent label: what predicting one class for every example scores."""
+    """The share of the split's most frequent label: what predicting one class for every example scores. For
+    preference pairs 0.5: the accuracy of a model whose rewards prefer neither response (the base model's)."""
     if not len(split):
         return None
+    if isinstance(split, PairSplit):
+        return 0.5
     return float(split.labels.bincount().max()) / len(split)
 
 

@@ -20,14 +20,16 @@ from torch import Tensor, nn
 
 from clbench.config import RunConfig
 from clbench.data import BatchPlan, EncodedSplit, TaskInfo
+from clbench.data.pairs import PairSplit
 from clbench.data.prepare import Prepared
 from clbench.errors import UnitFailed
 from clbench.evaluators.profile import ProfileRecord, optimizer_state_mb, parameter_counts, profile
-from clbench.models import build_model, model_spec
+from clbench.models import build_causal_lm, build_model, model_spec
+from clbench.preference import sequence_log_probs
 from clbench.protocol import Hooks, LoopSettings, RunContext
 from clbench.results import RecordSink
 from clbench.training.checkpoint import CheckpointStore, rng_states, set_rng_states
-from clbench.training.evaluation import DriftReferences, autocast, evaluate_all, functional_records
+from clbench.training.evaluation import DriftReferences, autocast, evaluate_all, functional_records, predict
 from clbench.training.progress import Progress
 from clbench.training.records import UnitRecorder
 from clbench.training.sharing import SharedStart, TrainedFirstTask
@@ -70,6 +72,7 @@ class Unit:
     checkpoints: CheckpointStore | None
     shared: SharedStart | None
     forward: Callable[..., Any]  # the training step's forward: the model, or its torch.compile wrapper
+    base: list[Tensor] | None = None  # preference streams: row 0's outputs, what rewards are measured against
 
     @property
     def label(self) -> str:
@@ -77,7 +80,8 @@ class Unit:
 
     def evaluate(self, row: int, task: str | None, **kwargs: Any) -> list[Tensor]:
         return evaluate_all(self.model, self.prepared, self.ctx, self.records, row, task,
-                            batch_size=self.config.eval_batch_size, precision=self.config.precision, **kwargs)
+                            batch_size=self.config.eval_batch_size, precision=self.config.precision, base=self.base,
+                            **kwargs)
 
 
 @dataclass
@@ -156,16 +160,26 @@ def build_unit(config: RunConfig, prepared: Prepared, method: Hooks, seed: int, 
     """Stage 1: the seeded model, the run context, and the method's `setup` (which may wrap the model)."""
     device = resolve_device(config.device)
     generator = torch.Generator().manual_seed(seed)
-    built = build_model(config.model, prepared.stream.num_labels, seed, config.pooling, prepared.model_args).to(device)
+    built = build_for(config, prepared, seed).to(device)
+    if config.gradient_checkpointing:
+        built.gradient_checkpointing_enable()  # type: ignore[operator]
     lr = config.lr if config.lr is not None else model_spec(config.model).default_lr
     ctx = RunContext(tasks=prepared.infos, num_labels=prepared.stream.num_labels, device=device, seed=seed,
                      generator=torch.Generator().manual_seed(seed + 1_000_003), buffer_size=config.buffer_size,
                      batch_size=config.batch_size, head=prepared.head, lr=lr, weight_decay=config.weight_decay,
-                     active_classes=config.active_classes)
+                     active_classes=config.active_classes, kind=prepared.stream.kind, beta=config.dpo_beta)
     model = method.setup(built, ctx)
     forward = torch.compile(model) if config.compile else model  # shares the model's parameters
     return Unit(config, prepared, method, model, built, ctx, generator, UnitRecorder(method.name, seed, sink),
                 progress, checkpoints, shared, forward)
+
+
+def build_for(config: RunConfig, prepared: Prepared, seed: int) -> nn.Module:
+    """The unit's model as built from `seed`: a classifier over the stream's classes, or a causal LM for a
+    preference stream."""
+    if prepared.stream.kind == "preference":
+        return build_causal_lm(config.model, seed, prepared.model_args)
+    return build_model(config.model, prepared.stream.num_labels, seed, config.pooling, prepared.model_args)
 
 
 def restore_or_row0(unit: Unit, seed: int, resume: bool) -> tuple[int, list[Tensor]]:
@@ -182,13 +196,26 @@ def restore_or_row0(unit: Unit, seed: int, resume: bool) -> tuple[int, list[Tens
         unit.model.load_state_dict(checkpoint.model)
         unit.method.load_state_dict(checkpoint.method)
         set_rng_states(checkpoint.rng, unit.generator, unit.ctx.generator, unit.ctx.device)
+        if unit.ctx.kind == "preference":  # rewards are measured against the model before the stream
+            unit.base = base_outputs(unit, seed)
         unit.progress.message(f"{unit.label}: resumed after task {checkpoint.row}")
         return checkpoint.row, checkpoint.logits
     cached = unit.shared.row0_logits(seed, unit.model) if unit.shared is not None else None
     logits = unit.evaluate(0, None, cached=cached)
     if unit.shared is not None and cached is None:
         unit.shared.add_row0(seed, unit.label, unit.model, logits)
+    if unit.ctx.kind == "preference":
+        unit.base = logits
     return 0, logits
+
+
+def base_outputs(unit: Unit, seed: int) -> list[Tensor]:
+    """Row 0's outputs, for a resumed preference unit: the model as built from `seed`, evaluated again."""
+    model = build_for(unit.config, unit.prepared, seed).to(unit.ctx.device)
+    outputs = [predict(model, split, unit.ctx, unit.config.eval_batch_size, unit.config.precision)
+               for split in unit.prepared.evaluated]
+    del model
+    return outputs
 
 
 def run_task(unit: Unit, info: TaskInfo, logits_before: list[Tensor], drift: DriftReferences) -> list[Tensor]:
@@ -200,6 +227,9 @@ def run_task(unit: Unit, info: TaskInfo, logits_before: list[Tensor], drift: Dri
     with profile(unit.ctx.device) as rec_before:  # the method prepares: anchors, teacher outputs, its data
         method.before_task(info, model)
         data = method.train_data(info, train_splits[info.index], train_splits[:info.index])
+        if isinstance(data, PairSplit):  # DPO's reference: the model as this task starts, once per pair
+            data = data.with_reference(sequence_log_probs(model, data, unit.config.eval_batch_size, unit.ctx.device,
+                                                          autocast(unit.ctx.device, unit.config.precision)))
     trained = train_task(unit, info, data)
     with profile(unit.ctx.device) as rec_after:  # the method finishes: Fisher, importances, memories
         method.after_task(info, model, data)
@@ -208,7 +238,7 @@ def run_task(unit: Unit, info: TaskInfo, logits_before: list[Tensor], drift: Dri
         rec_eval.add(examples=sum(len(s) for s in unit.prepared.evaluated))
     more_tasks = info.index + 1 < len(unit.prepared.infos)
     records = drift.records(unit.records, info, model, more_tasks)
-    records += functional_records(unit.records, info, logits_before, logits, unit.prepared.infos)
+    records += functional_records(unit.records, info, logits_before, logits, unit.prepared.infos, unit.ctx.kind)
     records += profile_records(unit, info, trained, {"train": trained.profile, "eval": rec_eval,
                                                       "method_before": rec_before, "method_after": rec_after})
     unit.records.append(records)
@@ -305,8 +335,7 @@ def train_step(model: nn.Module, method: Hooks, ctx: RunContext, batch: Any, par
     inputs = batch if extra is None else batch.concat(extra)
     with autocast(ctx.device, config.precision):
         outputs = (model if forward is None else forward)(**inputs.model_inputs())
-        logits = ctx.loss_logits(outputs.logits[:len(batch)], batch.task_ids)  # [batch, num_labels]
-        task_loss = nn.functional.cross_entropy(logits.float(), batch.labels)
+        task_loss = ctx.task_loss(outputs, batch)  # cross-entropy, or DPO on preference pairs
         loss = method.loss(model, batch, outputs, task_loss)
     if not method.backward_in_loss:
         loss.backward()  # type: ignore[no-untyped-call]
