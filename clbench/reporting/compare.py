@@ -10,6 +10,7 @@ from pathlib import Path
 from clbench.errors import ClbenchError
 from clbench.reporting.report import REPORT
 from clbench.reporting.rundata import RunData, load_run, method_units
+from clbench.reporting.scenario import Scenario
 from clbench.reporting.tables import TABLE_LEGEND, cil_columns, markdown_table, til_columns
 
 
@@ -30,6 +31,10 @@ class SideBySide:
     @property
     def test_sizes(self) -> list[int]:
         return next(iter(self.runs.values())).test_sizes
+
+    @property
+    def scenario(self) -> Scenario:
+        return next(iter(self.runs.values())).scenario  # one stream, so one kind
 
     def role(self, name: str) -> str:
         label, _, method = name.partition(": ")
@@ -97,12 +102,14 @@ def compare_runs(run_dirs: Iterable[Path], out: Path | None = None) -> str:
         hardware = cuda["device"] if cuda else f"CPU ({run.env.get('cpu_count', '?')} cores)"
         lines.append(f"| [{label}]({run.path / REPORT}) | `{run.env.get('command')}` | {run.config.get('model')} "
                      f"| {', '.join(str(s) for s in run.config.get('seeds', []))} | {hardware} |")
+    scenario = merged.scenario
     lines += ["", *_config_differences(runs),
-              "## Summary: class-incremental", "", markdown_table(merged, rows, cil_columns(), "run: method"), "",
-              (f"Peak memory: {' / '.join(sorted(memory))}; compare memory and time only between runs on the same "
-              "hardware."), "",
-              "## Summary: task-aware", "", markdown_table(merged, rows, til_columns(), "run: method"), "",
-              TABLE_LEGEND, ""]
+              f"## Summary: {scenario.label}", "", markdown_table(merged, rows, cil_columns(scenario), "run: method"),
+              "", (f"Peak memory: {' / '.join(sorted(memory))}; compare memory and time only between runs on the "
+                   "same hardware."), ""]
+    if scenario.task_aware:
+        lines += ["## Summary: task-aware", "", markdown_table(merged, rows, til_columns(), "run: method"), ""]
+    lines += [TABLE_LEGEND, ""]
     text = "\n".join(lines)
     if out is not None:
         out = Path(out)

@@ -125,7 +125,8 @@ def accuracy_heatmaps(run: RunData, metric: str, colours: Mapping[str, Colour], 
     cell = 0.55 + 0.06 * max(len(t) for t in tasks)  # inches per column: room for the task name
     width = ncols * (1.9 + cell * len(tasks)) + 1.2
     height = nrows * (1.2 + 0.5 * len(rows)) + 0.4
-    kind = "class-incremental" if metric == "acc_cil" else "task-aware"
+    kind = run.scenario.label if metric == "acc_cil" else "task-aware"
+    measure = run.scenario.accuracy if metric == "acc_cil" else "task-aware accuracy"
     with _style():
         fig = _figure(width, height)
         axes = fig.subplots(nrows, ncols, squeeze=False)
@@ -145,7 +146,7 @@ def accuracy_heatmaps(run: RunData, metric: str, colours: Mapping[str, Colour], 
             ax.set_visible(False)
         fig.set_layout_engine("constrained")
         mappable = axes.flat[0].collections[0]
-        fig.colorbar(mappable, ax=axes, shrink=0.8, label=f"{kind} accuracy (fraction)")
+        fig.colorbar(mappable, ax=axes, shrink=0.8, label=f"{measure} (fraction)")
         fig.suptitle(f"Accuracy matrices, {kind} (mean over seeds)")
         _save(fig, path)
     return None
@@ -167,7 +168,8 @@ def _global_steps(records: Sequence[dict[str, Any]]) -> dict[str, list[int]]:
 
 
 def accuracy_curves(run: RunData, colours: Mapping[str, Colour], path: Path) -> str | None:
-    """Class-incremental accuracy on each task against the global training step, one panel per task.
+    """Class-incremental (or preference) accuracy on each task against the global training step, one panel
+    per task.
 
     Points are row 0 (step 0), every ``curve`` record and every end-of-task ``accuracy`` record, at global step
     = steps of the earlier tasks + step within the task. Lines are means over seeds, bands min to max.
@@ -224,7 +226,7 @@ def accuracy_curves(run: RunData, colours: Mapping[str, Colour], path: Path) -> 
                     color="0.35", va="bottom")
             ax.set_title(f"accuracy on {_short_task(task, 30)}", pad=16)
             ax.set_xlabel("global training step (optimiser steps)")
-            ax.set_ylabel("class-incremental accuracy")
+            ax.set_ylabel(run.scenario.accuracy)
             ax.set_ylim(-0.02, 1.02)
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.grid(alpha=0.3)
@@ -336,7 +338,8 @@ def layer_drift(run: RunData, colours: Mapping[str, Colour], path: Path) -> str 
 
 def forgetting_vs_drift(run: RunData, scores: Mapping[str, Mapping[str, float]], colours: Mapping[str, Colour],
                         path: Path) -> str | None:
-    """Scatter of class-incremental forgetting against weight drift and against functional drift, per unit.
+    """Scatter of class-incremental (or preference accuracy) forgetting against weight drift and, where the run
+    records it, against functional drift, per unit.
 
     Args:
         run: The loaded run.
@@ -354,9 +357,10 @@ def forgetting_vs_drift(run: RunData, scores: Mapping[str, Mapping[str, float]],
 
     panels = [("weight_drift", "weight drift ‖θ_T − θ_0‖_F / ‖θ_0‖_F"),
               ("functional_drift", "functional drift: mean Bhattacharyya\ndistance on earlier tasks (nats)")]
+    panels = panels if run.scenario.functional_drift else panels[:1]
     with _style():
-        fig = _figure(10.0, 4.2)
-        axes = fig.subplots(1, 2, sharey=True)
+        fig = _figure(10.0 if len(panels) > 1 else 8.0, 4.2)  # one panel: still room for the title
+        axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
         for ax, (key, label) in zip(axes, panels):
             for method in run.methods:
                 units = [u for u in points if run.unit_method[u] == method
@@ -372,7 +376,7 @@ def forgetting_vs_drift(run: RunData, scores: Mapping[str, Mapping[str, float]],
             ax.set_xlabel(label)
             ax.xaxis.set_major_locator(MaxNLocator(nbins=5))  # drift values like 0.0115 overlap at default density
             ax.grid(alpha=0.3)
-        axes[0].set_ylabel("forgetting, class-incremental\n(accuracy, fraction)")
+        axes[0].set_ylabel(f"forgetting, {run.scenario.label}\n(accuracy, fraction)")
         handles, labels = axes[0].get_legend_handles_labels()
         fig.legend(handles, labels, loc="outside right center", title="method")
         fig.suptitle("Does drift explain forgetting? (one point per unit; hollow: did not learn every task)")
@@ -474,7 +478,7 @@ def stability_plasticity(run: RunData, units: Mapping[str, Mapping[int, Mapping[
         ax.axhline(chance_old, color="0.5", linestyle="--", linewidth=1)
         ax.text(chance_new, 1.0, " chance", fontsize=8, color="0.4", va="top")
         ax.text(0.0, chance_old, " chance", fontsize=8, color="0.4", va="bottom")
-        kind = "class-incremental" if suffix == "cil" else "task-aware"
+        kind = run.scenario.label if suffix == "cil" else "task-aware"
         new_tasks = "task 2" if T == 2 else f"tasks 2..{T}"
         old_tasks = "task 1" if T == 2 else f"tasks 1..{T - 1}"
         ax.set_xlabel(f"plasticity: accuracy on {new_tasks} right after learning it ({kind})")

@@ -23,7 +23,14 @@ from clbench.reporting.rundata import (
     method_units,
     unit_scores,
 )
-from clbench.reporting.tables import TABLE_LEGEND, cil_columns, markdown_table, task_columns, til_columns
+from clbench.reporting.tables import (
+    TABLE_LEGEND,
+    cil_columns,
+    margin_columns,
+    markdown_table,
+    task_columns,
+    til_columns,
+)
 from clbench.results import RESULTS, torn_tail
 
 REPORT = "report.md"
@@ -42,29 +49,42 @@ def _run_date(run: RunData) -> str:
             + (f"finished {finished}" if finished else "not finished"))
 
 
+def _training(run: RunData) -> tuple[str, str, str]:
+    """(model, training loss, tasks with their sizes) for the Setup section: a classifier's pooling and the
+    classes its loss runs over, or a preference stream's DPO β and pairs."""
+    config, stream_tasks = run.config, run.env.get("stream", {}).get("tasks", [])
+    model = f"model `{config.get('model', '?')}`"
+    if run.kind == "preference":
+        beta = config.get("dpo_beta")
+        return (model, f"training loss DPO with β = {beta if beta is not None else 'not recorded'} (`dpo_beta`)",
+                ", ".join(f"{t['name']} (train {t.get('train')} pairs, test {t.get('test')} pairs)"
+                          for t in stream_tasks))
+    return (f"{model} with {config.get('pooling') or 'its default'} pooling",
+            f"training loss over {config.get('active_classes', 'all')} classes",
+            ", ".join(f"{t['name']} ({len(t.get('classes', []))} classes, train {t.get('train')}, "
+                      f"test {t.get('test')})" for t in stream_tasks))
+
+
 def header(run: RunData) -> list[str]:
     """Title and the Setup section: command, config link, versions, hardware, stream, date."""
     env, config = run.env, run.config
     packages = env.get("packages", {})
+    now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    seeds = ", ".join(str(s) for s in config.get("seeds", []))
     versions = ", ".join(f"{name} {packages[name]}" for name in
                          ("clbench", "torch", "transformers", "peft", "numpy", "avalanche-lib") if packages.get(name))
     cuda = env.get("cuda")
     gpu = f"{cuda['device']} × {cuda['count']} (CUDA {cuda['cuda']})" if cuda else "no CUDA device (CPU run)"
     stream = env.get("stream", {})
-    tasks = ", ".join(f"{t['name']} ({len(t.get('classes', []))} classes, train {t.get('train')}, "
-                      f"test {t.get('test')})" for t in stream.get("tasks", []))
-    now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    seeds = ", ".join(str(s) for s in config.get("seeds", []))
+    model, loss, tasks = _training(run)
     methods = env.get("methods") or {}
     optimisers = "; ".join(f"{m}: {methods[m].get('optimizer', '?')}" for m in run.methods if m in methods)
     return [
         "## Setup", "",
         "Command (from `env.json`):", "", "```", str(env.get("command") or "(not recorded: run from Python)"),
         "```", "",
-        (f"- configuration: [config.yaml](config.yaml) (model `{config.get('model', '?')}` with "
-         f"{config.get('pooling') or 'its default'} pooling, methods {', '.join(run.methods)}, seeds {seeds}, "
-         f"device `{config.get('device', '?')}`, training loss over {config.get('active_classes', 'all')} classes, "
-         f"evaluated on the {run.eval_split} split)"),
+        (f"- configuration: [config.yaml](config.yaml) ({model}, methods {', '.join(run.methods)}, seeds {seeds}, "
+         f"device `{config.get('device', '?')}`, {loss}, evaluated on the {run.eval_split} split)"),
         f"- optimisers: {optimisers or 'not recorded (run before env.json listed them): the runner’s AdamW'}",
         (f"- stream: **{stream.get('name', config.get('stream', '?'))}** version {stream.get('version', '?')}, "
         f"split seed {stream.get('seed', '?')}; tasks in order: {tasks or '?'}"),
@@ -114,34 +134,66 @@ def _units_section(run: RunData) -> list[str]:
     return [*lines, ""]
 
 
+def _beta(run: RunData) -> str:
+    beta = run.config.get("dpo_beta")
+    return f"β = {beta}" if beta is not None else "β (not recorded in config.yaml)"
+
+
+def _scores_defined(run: RunData) -> tuple[str, str, str, list[str], str]:
+    """The kind-specific parts of Definitions: (what R holds and row 0, FWT's baseline and note, chance,
+    bullets defining the scores, the parts Δθ leaves out besides the transformer layers)."""
+    if run.kind == "preference":
+        beta = _beta(run)
+        return (("R[i, j] is the preference accuracy on task j after training task i; row 0 is the model before "
+                 "any training, which scores exactly 0.5 on every task (every reward is 0, so every pair ties)"),
+                "model before training (R[0, j] = 0.5).",
+                "0.5, the base model's preference accuracy.",
+                [("- preference accuracy: the share of a task's held-out (prompt, chosen, rejected) pairs whose "
+                  "implicit reward r(x, y) = β (log π(y|x) − log π_0(y|x)), against the model before the stream "
+                  "π_0, is higher for the chosen response than for the rejected one, a tie counting half; one model "
+                  "scores every pair with no task identity to use, so this is the only accuracy reported."),
+                 (f"- reward margin: the mean over those pairs of r(x, chosen) − r(x, rejected), with {beta}; 0 for "
+                  "the model before training."),
+                 ("- training loss: DPO (Rafailov et al., 2023), −log σ(β [(log π − log π_ref)(chosen) − (log π − "
+                  f"log π_ref)(rejected)]) averaged over pairs, with {beta} and π_ref the model at the start of the "
+                  "task being trained.")],
+                "embeddings, final norm and output head")
+    return (("R[i, j] is the accuracy on task j after training task i; row 0 is the pretrained model before any "
+             "training"),
+            ("pretrained model. Class-incremental FWT is the same for every method whose head rows for task j stay "
+             "untrained until task j (its accuracy there is 0 before and after), so the tables drop it when it "
+             "carries no information."),
+            "the share of the split's largest class, which predicting one class for everything reaches.",
+            [("- class-incremental: argmax over every class of the shared head; task-aware: argmax within the "
+              "evaluated task's own classes.")],
+            "embeddings and head")
+
+
 def _definitions(run: RunData) -> list[str]:
     memory = ("peak GPU memory allocated by tensors (`torch.cuda.max_memory_allocated`, reset per phase)"
               if run.on_cuda else
               "**CPU run: peak RSS** of the whole process (resident memory, includes the Python runtime and "
               "what earlier units in the same process left allocated; no CUDA records)")
+    matrix, fwt, chance, scores, apart = _scores_defined(run)
+    functional = [("- functional drift: Bhattacharyya distance −log Σ_c √(p_c q_c) between the predictions before "
+                   "and after training task i, on the evaluated inputs of each earlier learned task j < i, averaged "
+                   "over inputs and over all such (i, j).")] if run.scenario.functional_drift else []
     return [
         "## Definitions", "",
-        ("R[i, j] is the accuracy on task j after training task i; row 0 is the pretrained model before any "
-         "training. T is the number of tasks. Accuracies are fractions in [0, 1], measured on each task's "
+        (f"{matrix}. T is the number of tasks. Accuracies are fractions in [0, 1], measured on each task's "
          f"{run.eval_split} split."), "",
         ("- ACC = mean_j R[T, j]; BWT = mean_{j<T} (R[T, j] − R[j, j]) (Lopez-Paz & Ranzato, 2017); "
-         "FWT = mean_{j≥2} (R[j−1, j] − R[0, j]), against the pretrained model. Class-incremental FWT is the same "
-         "for every method whose head rows for task j stay untrained until task j (its accuracy there is 0 "
-         "before and after), so the tables drop it when it carries no information."),
+         f"FWT = mean_{{j≥2}} (R[j−1, j] − R[0, j]), against the {fwt}"),
         ("- learning accuracy: R[t, t], accuracy on task t right after training it (plasticity); "
          "old tasks after last: mean_{j<T} R[T, j] (stability). A task is *learned* when the 95% Wilson "
-         "interval of R[t, t] on its split lies above chance: the share of the split's largest class, which "
-         "predicting one class for everything reaches."),
+         f"interval of R[t, t] on its split lies above chance: {chance}"),
         ("- forgetting = mean over learned tasks j < T of (max_{j≤l<T} R[l, j] − R[T, j]) (Chaudhry et al., "
          "2018): a unit is never credited for not forgetting what it never learned."),
-        ("- class-incremental: argmax over every class of the shared head; task-aware: argmax within the "
-         "evaluated task's own classes."),
+        *scores,
         ("- Δθ: fractional Frobenius change ‖θ_after − θ_before‖_F / ‖θ_before‖_F of the weights over the last "
-         "task, of the encoder layers alone (embeddings and head apart) over the last task, and since the start "
+         f"task, of the {run.scenario.layers} layers alone ({apart} apart) over the last task, and since the start "
          "(LoRA: effective weights W + (α/r)·B·A)."),
-        ("- functional drift: Bhattacharyya distance −log Σ_c √(p_c q_c) between the predictions before and "
-         "after training task i, on the evaluated inputs of each earlier learned task j < i, averaged over "
-         "inputs and over all such (i, j)."),
+        *functional,
         ("- train time: wall time of training plus the method's before/after-task work, summed over tasks "
          "(evaluation excluded); a unit that reused another unit's first-task fine-tuning is charged that "
          "training's time and memory. Optimiser steps: summed over tasks (joint trains on the union of the "
@@ -153,6 +205,16 @@ def _definitions(run: RunData) -> list[str]:
          "over seeds)."),
         "",
     ]
+
+
+def _margin_section(run: RunData, units: dict[str, dict[int, dict[str, float]]]) -> list[str]:
+    """The mean reward margin after the last task, per method and task (preference streams)."""
+    return ["## Reward margin after the last task", "",
+            (f"Mean reward margin r(chosen) − r(rejected) on each task's {run.eval_split} pairs after the last task: "
+             f"{_beta(run)} times how much more the log-probability of the chosen response rose, against the model "
+             "before training, than that of the rejected one (0 before training; mean over seeds, ± the 95% "
+             "t-interval over seeds, none with one seed)."), "",
+            markdown_table(run, units, margin_columns(run.tasks), rank_by="acc_cil"), ""]
 
 
 def write_report(run_dir: Path) -> Path:
@@ -183,44 +245,53 @@ def write_report(run_dir: Path) -> Path:
         old.unlink()  # a plot skipped this time must not leave a stale file behind
     colours = plots.method_palette(run.methods)
     memory_note = "peak GPU memory" if run.on_cuda else "CPU run: peak RSS"
+    scenario = run.scenario
     lines = [f"# clbench report: {run.name}", "", "## Findings", "", *findings(run, units), ""]
     summary = plots.stability_plasticity(run, units, colours, out / "stability_plasticity.png")
     if summary is None:
         lines += ["![Stability against plasticity per method](plots/stability_plasticity.png)", "",
                   ("Per method: accuracy on each new task right after learning it (x) against accuracy on the "
-                   "earlier tasks after the last task (y), class-incremental, mean over seeds with 95% intervals; "
+                   f"earlier tasks after the last task (y), {scenario.label}, mean over seeds with 95% intervals; "
                    "dashed lines: chance. Up and to the right is better; hollow points († in the tables) mark a "
                    "method with a unit that did not learn every task."), ""]
     lines += header(run) + provenance_section(run)
 
-    lines += ["## Summary: class-incremental", ""]
+    lines += [f"## Summary: {scenario.label}", ""]
     if units:
-        lines += [markdown_table(run, units, cil_columns()), "", TABLE_LEGEND, "",
+        functional = "; functional drift on the evaluated inputs of earlier learned tasks" \
+            if scenario.functional_drift else ""
+        lines += [markdown_table(run, units, cil_columns(scenario)), "", TABLE_LEGEND, "",
                   (f"Peak memory: {memory_note}. Δθ: fractional Frobenius change of the weights over the last "
-                   "task, of the encoder layers alone over the last task, and since the start; functional drift "
-                   "on the evaluated inputs of earlier learned tasks (see Definitions)."), ""]
+                   f"task, of the {scenario.layers} layers alone over the last task, and since the start{functional} "
+                   "(see Definitions)."), ""]
     else:
         lines += ["No unit has finished yet: nothing to summarise.", ""]
     if units:
         chance = " | ".join(f"{run.chance(t)[0]:.3f}" for t in range(len(tasks)))
         measured = all(run.chance(t)[1] for t in range(len(tasks)))
         lines += ["## Learning each task", "",
-                  ("Class-incremental accuracy on each task right after training it (R[t, t], plasticity); † marks "
-                   "a method with a unit that did not learn the task (its 95% interval not above chance)."), "",
-                  markdown_table(run, units, task_columns(tasks, "cil"), rank_by="acc_cil"),
-                  f"| chance ({'largest class' if measured else '1/classes'}) | | {chance} |", ""]
-    lines += ["## Summary: task-aware", ""]
-    lines += [markdown_table(run, units, til_columns()), "", TABLE_LEGEND, ""] if units else \
-        ["No unit has finished yet.", ""]
+                  (f"{scenario.accuracy.capitalize()} on each task right after training it (R[t, t], plasticity); "
+                   "† marks a method with a unit that did not learn the task (its 95% interval not above chance)."),
+                  "", markdown_table(run, units, task_columns(tasks, "cil"), rank_by="acc_cil"),
+                  f"| chance ({scenario.chance_row if measured else '1/classes'}) | | {chance} |", ""]
+    if units and scenario.reward_margin:
+        lines += _margin_section(run, units)
+    if scenario.task_aware:
+        lines += ["## Summary: task-aware", ""]
+        lines += [markdown_table(run, units, til_columns()), "", TABLE_LEGEND, ""] if units else \
+            ["No unit has finished yet.", ""]
 
+    task_aware: list[tuple[str, str, str, Callable[[Path], str | None]]] = [
+        ("Accuracy matrices", "accuracy_matrices_task_aware.png", "The same with task-aware accuracy.",
+         lambda p: plots.accuracy_heatmaps(run, "acc_til", colours, p))] if scenario.task_aware else []
+    against = "weight drift and against functional drift" if scenario.functional_drift else "weight drift"
     figures: list[tuple[str, str, str, Callable[[Path], str | None]]] = [
         ("Accuracy matrices", "accuracy_matrices.png",
-         "Mean class-incremental accuracy matrix per method over seeds (row: after training that task).",
+         f"Mean {scenario.accuracy} matrix per method over seeds (row: after training that task).",
          lambda p: plots.accuracy_heatmaps(run, "acc_cil", colours, p)),
-        ("Accuracy matrices", "accuracy_matrices_task_aware.png", "The same with task-aware accuracy.",
-         lambda p: plots.accuracy_heatmaps(run, "acc_til", colours, p)),
+        *task_aware,
         ("Accuracy along training", "accuracy_curves.png",
-         ("Class-incremental accuracy on each task along training (mean over seeds, band: min–max); dotted "
+         (f"{scenario.accuracy.capitalize()} on each task along training (mean over seeds, band: min–max); dotted "
          "lines mark where the next task starts."),
          lambda p: plots.accuracy_curves(run, colours, p)),
         ("Per-layer weight change", "layer_drift.png",
@@ -228,7 +299,7 @@ def write_report(run_dir: Path) -> Path:
          "LoRA on effective weights with α/r), as in the FIP paper's Figure 1."),
          lambda p: plots.layer_drift(run, colours, p)),
         ("Forgetting against drift", "forgetting_vs_drift.png",
-         "Class-incremental forgetting against weight drift and against functional drift, one point per unit.",
+         f"{scenario.label.capitalize()} forgetting against {against}, one point per unit.",
          lambda p: plots.forgetting_vs_drift(run, scores, colours, p)),
         ("Cost", "cost.png", (f"Train time and peak memory ({memory_note}) per method; bars: mean, error bars: "
          "95% CI, dots: seeds."),

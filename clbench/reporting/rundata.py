@@ -25,7 +25,9 @@ Besides them:
   producer) is charged the producer's task-1 ``train`` time and peak memory, so the cost is what the method
   would take alone;
 - peak memory: max ``peak_cuda_mb`` over all phases and tasks, or on a CPU run the max ``peak_rss_mb``;
-- trainable parameters: the ``trainable_params`` profile record of the last task.
+- trainable parameters: the ``trainable_params`` profile record of the last task;
+- on a preference stream, the mean reward margin after the last task per task (``reward_margin_<t>``) and
+  over tasks (``reward_margin``), from the ``reward_margin`` records (`clbench.preference`).
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ from clbench.evaluators.accuracy import (
 )
 from clbench.evaluators.drift import layer_key
 from clbench.evaluators.stats import wilson_interval
+from clbench.reporting.scenario import Scenario, scenario
 from clbench.results import RESULTS, read_records
 from clbench.yamlio import read_yaml
 
@@ -118,6 +121,16 @@ class RunData:
             return tasks
         seen = {r["eval_index"]: r["eval_task"] for r in self.records if r["type"] == "accuracy"}
         return [seen[i] for i in sorted(seen)]
+
+    @property
+    def kind(self) -> str:
+        """The stream's kind, "classification" or "preference" (runs that did not record it: classification)."""
+        return str(self.env.get("stream", {}).get("kind") or "classification")
+
+    @property
+    def scenario(self) -> Scenario:
+        """What the report calls this run's scores and which sections it has (`clbench.reporting.scenario`)."""
+        return scenario(self.kind)
 
     @property
     def on_cuda(self) -> bool:
@@ -256,6 +269,10 @@ def unit_scores(run: RunData) -> dict[str, dict[str, float]]:
                      t1_change_cil=R[2, 0] - R[1, 0])
             if unit in til:
                 s["t1_change_til"] = til[unit][2, 0] - til[unit][1, 0]
+    for unit, M in complete_matrices(run, "reward_margin").items():
+        if unit in scores:  # margins after the last task (row T), per task and their mean
+            scores[unit]["reward_margin"] = float(np.mean(M[-1]))
+            scores[unit].update({f"reward_margin_{t}": float(v) for t, v in enumerate(M[-1])})
     last = len(run.tasks)
     functional: dict[str, list[float]] = defaultdict(list)
     train_time: dict[str, float] = defaultdict(float)

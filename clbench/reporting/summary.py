@@ -10,14 +10,15 @@ from clbench.reporting.rundata import complete_matrices, load_run, unit_scores
 
 
 def summary_table(run_dir: Path) -> str:
-    """Plain-text table: method, seeds, ACC, BWT, forgetting (class-incremental) and final per-task accuracy."""
+    """Plain-text table: method, seeds, ACC, BWT, forgetting (class-incremental, or preference accuracy on a
+    preference stream) and final per-task accuracy."""
     run = load_run(Path(run_dir))
     scores = unit_scores(run)
     matrices = complete_matrices(run, "acc_cil")
     units = {m: [u for u in scores if run.unit_method[u] == m] for m in run.methods}
     failed = {u: run.errors.get(u, "") for u, status in run.status.items() if status == "failed"}
     width = max([16, *(len(name) + 1 for name in (*run.methods, *failed))])
-    lines = [f"{'method':<{width}} {'seeds':>5} {'ACC':>7} {'BWT':>7} {'forget':>7}  final accuracy per task (CIL)"]
+    lines = [f"{'method':<{width}} {'seeds':>5} {'ACC':>7} {'BWT':>7} {'forget':>7}  final accuracy per task ({run.scenario.short})"]
     for method, done in units.items():
         if not done:
             continue

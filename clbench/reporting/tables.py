@@ -24,6 +24,7 @@ from typing import Protocol
 import numpy as np
 
 from clbench.evaluators.stats import accuracy_half_width, ci_half_width, effective_n, holm, paired_t_test
+from clbench.reporting.scenario import SCENARIOS, Scenario
 
 NOT_SIGNIFICANT = "≈"
 NOT_LEARNED = "†"
@@ -40,6 +41,9 @@ class TableRun(Protocol):
 
     @property
     def test_sizes(self) -> list[int]: ...
+
+    @property
+    def scenario(self) -> Scenario: ...
 
     def role(self, method: str) -> str: ...
 
@@ -68,22 +72,24 @@ class Column:
     needs_learning: str | None = None
 
 
-def cil_columns() -> list[Column]:
-    """Columns of the class-incremental summary table: accuracy, plasticity and stability, drift, cost."""
-    return [Column("acc_cil", "ACC ↑", "max", accuracy=True),
+def cil_columns(scenario: Scenario = SCENARIOS["classification"]) -> list[Column]:
+    """Columns of the main summary table (class-incremental, or preference accuracy): accuracy, plasticity and
+    stability, drift, cost; functional drift only where `scenario` records it."""
+    columns = [Column("acc_cil", "ACC ↑", "max", accuracy=True),
             Column("learn_cil", "learning acc. ↑", "max", accuracy=True),
             Column("retained_cil", "old tasks after last ↑", "max", accuracy=True, needs_learning="cil"),
             Column("bwt_cil", "BWT ↑", "max", needs_learning="cil"),
             Column("forgetting_cil", "forgetting ↓", "min", needs_learning="cil"),
             Column("fwt_cil", "FWT ↑", "max", needs_learning="cil"),
             Column("weight_drift_last", "Δθ last task", None, ".4f", needs_learning="cil"),
-            Column("encoder_drift_last", "Δθ encoder, last task", None, ".4f", needs_learning="cil"),
+            Column("encoder_drift_last", f"Δθ {scenario.layers}, last task", None, ".4f", needs_learning="cil"),
             Column("weight_drift", "Δθ since start", None, ".4f"),
             Column("functional_drift", "functional drift ↓ (nats)", "min", ".3f", needs_learning="cil"),
             Column("train_time_s", "train time ↓ (s)", "min", ".0f"),
             Column("peak_memory_mb", "peak memory ↓ (MiB)", "min", ".0f"),
             Column("trainable_params", "trainable params ↓", "min", ",.0f"),
             Column("steps", "optimiser steps", None, ".0f")]
+    return [c for c in columns if scenario.functional_drift or c.key != "functional_drift"]
 
 
 def til_columns() -> list[Column]:
@@ -100,6 +106,13 @@ def task_columns(tasks: Sequence[str], suffix: str) -> list[Column]:
     """Learning accuracy R[t, t] of each task (what each method learnt of it, right after training it)."""
     return [Column(f"learn_{suffix}_{t}", name, "max", accuracy=True, needs_learning=f"learned_{suffix}_{t}")
             for t, name in enumerate(tasks)]
+
+
+def margin_columns(tasks: Sequence[str]) -> list[Column]:
+    """Mean reward margin after the last task over tasks, then per task (descriptive: a margin can keep growing
+    as the model moves away from the base model, so larger is not ranked as better)."""
+    return [Column("reward_margin", "mean over tasks", None),
+            *(Column(f"reward_margin_{t}", name, None) for t, name in enumerate(tasks))]
 
 
 def order_rows(run: TableRun, units: dict[str, Units], key: str) -> tuple[list[str], list[str]]:
