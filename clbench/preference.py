@@ -202,3 +202,38 @@ def preference_fisher(model: nn.Module, split: PairSplit, estimator: str, beta: 
             if g is not None:
                 total[n] += scale * g.detach().pow(2)
     return {n: t / max(len(plan), 1) for n, t in total.items()}
+
+
+# ---- general language ability: perplexity and KL to the base model on held-out text ----
+
+GENERAL_TOPK = 64  # tokens of the base model's distribution kept per position for the KL (the rest: one bucket)
+
+
+@torch.no_grad()
+def general_ability(model: nn.Module, split: PairSplit, base: TokenAnchors, batch_size: int,
+                    device: torch.device) -> tuple[float, float]:
+    """(perplexity, KL) of `model` on general text (`encode_general`): exp of the mean negative log-likelihood
+    per token, and the mean per position of KL(p_base ‖ p_model) over the base's kept tokens plus one bucket
+    for the rest (a lower bound of the full KL: merging outcomes never increases a divergence)."""
+    from clbench.data import BatchPlan
+
+    was_training = model.training
+    model.eval()
+    nll = kl = positions = 0.0
+    for index in BatchPlan(split, batch_size, shuffle=False).indices():  # type: ignore[arg-type]
+        batch = split.batch(index).to(device)
+        logits = model(**batch.chosen_inputs()).logits.float()
+        mask = torch.nn.functional.pad(batch.chosen_mask[:, 1:], (0, 1)).float()  # positions predicting a token
+        log_p = torch.log_softmax(logits, dim=-1)
+        nll -= float((log_p[:, :-1].gather(-1, batch.chosen_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+                      * mask[:, :-1]).sum())
+        anchors = base.rows(index, batch.chosen_ids.shape[1], device)
+        kept, rest = kept_log_probs(log_p, anchors.tokens)
+        terms = (anchors.log_q.exp() * (anchors.log_q - kept)).sum(-1)
+        if rest is not None:
+            terms = terms + anchors.log_rest.exp() * (anchors.log_rest - rest)  # type: ignore[union-attr]
+        kl += float((terms * mask).sum())
+        positions += float(mask.sum())
+    model.train(was_training)
+    count = max(positions, 1.0)
+    return float(torch.exp(torch.tensor(nll / count))), kl / count

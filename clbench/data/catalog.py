@@ -34,8 +34,9 @@ def task_archives(task: TaskSpec) -> tuple[str, ...]:
 
 
 def stream_archives(spec: StreamSpec) -> tuple[str, ...]:
-    """Pinned archive keys a stream reads, in first-use order."""
-    return tuple(dict.fromkeys(key for task in spec.tasks for key in task_archives(task)))
+    """Pinned archive keys a stream reads (its `general` corpus included), in first-use order."""
+    tasks = (*spec.tasks, spec.general) if spec.general is not None else spec.tasks
+    return tuple(dict.fromkeys(key for task in tasks for key in task_archives(task)))
 
 
 def hf_local_copy(task: TaskSpec, data_dir: Path | None) -> bool:

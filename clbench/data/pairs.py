@@ -204,3 +204,24 @@ def encode_pairs(texts: Sequence[str], labels: Sequence[int], offset: int, task_
                      matrix(rejected_rows), torch.tensor([len(r) for r in rejected_rows], dtype=torch.long),
                      torch.tensor([p for _, _, p in rows], dtype=torch.long), global_labels,
                      torch.full_like(global_labels, task_index), pad_id)
+
+
+def encode_general(texts: Sequence[str], tokenizer: object, max_length: int) -> PairSplit:
+    """Plain texts as a PairSplit whose chosen and rejected sequences are both the text (BOS first when the
+    tokenizer has one, at most `max_length` tokens) and whose "response" is everything after the first token,
+    so `clbench.preference` scores whole texts: perplexity and distances on general language."""
+    bos = getattr(tokenizer, "bos_token_id", None)
+    pad = getattr(tokenizer, "pad_token_id", None)
+    eos = getattr(tokenizer, "eos_token_id", None)
+    pad_id = int(pad if pad is not None else (eos or 0))
+    rows = [([bos] if bos is not None else []) + ids
+            for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]  # type: ignore[operator]
+    rows = [row[:max_length] for row in rows if len(row) >= 2]
+    width = max((len(r) for r in rows), default=1)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, :len(row)] = torch.tensor(row, dtype=torch.long)
+    lengths = torch.tensor([len(r) for r in rows], dtype=torch.long)
+    zeros = torch.zeros(len(rows), dtype=torch.long)
+    return PairSplit(ids, lengths, ids.clone(), lengths.clone(), torch.ones(len(rows), dtype=torch.long), zeros,
+                     zeros.clone(), pad_id)

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from clbench.config import RunConfig
 from clbench.data import EncodedSplit, Stream, Task, TaskInfo, TaskSplits
+from clbench.data.pairs import PairSplit, encode_general
 from clbench.data.streams import cache_dir, load_stream
 from clbench.data.tokenize import encode_stream
 from clbench.errors import ConfigError
@@ -41,6 +42,7 @@ class Prepared:
     eval_split: str = "test"  # what every evaluation reads: "test" (verdicts) or "val" (choices)
     model_args: ModelArgs = field(default_factory=ModelArgs)  # revision resolved to the commit every unit loads
     model_info: dict[str, Any] = field(default_factory=dict)  # env.json's "model" (`model_provenance`)
+    general: PairSplit | None = None  # preference streams: the general text, tokenised (`encode_general`)
 
     @property
     def train(self) -> list[EncodedSplit]:
@@ -70,7 +72,11 @@ def prepare(config: RunConfig) -> Prepared:
     tokenizer = load_tokenizer(config.model, args.revision)
     check_max_length(stream, config.model, tokenizer)
     splits = encode_stream(stream, tokenizer, tokenizer_fingerprint(config.model, args.revision), cache_dir())
-    return Prepared(stream, stream.infos(), splits, config.head or stream.head, config.eval_split, args, model_info)
+    general = None  # general text is read in the tasks' token budget (the first task's max_length)
+    if stream.general_texts and stream.kind == "preference":
+        general = encode_general(stream.general_texts, tokenizer, stream.tasks[0].max_length)
+    return Prepared(stream, stream.infos(), splits, config.head or stream.head, config.eval_split, args, model_info,
+                    general)
 
 
 def check_max_length(stream: Stream, model: str, tokenizer: PreTrainedTokenizerBase) -> None:

