@@ -477,6 +477,7 @@ def method_own_options(config: RunConfig, name: str) -> dict[str, Any]:
 def kind_problems(kind: str, model: str, classes: Mapping[str, Any]) -> list[str]:
     """What does not fit the stream's task kind: a method not defined for it, or a model of the other kind
     (a classifier for preference pairs, a causal LM for classification)."""
+    from clbench.data import LM_KINDS
     from clbench.models import model_kind
 
     errors = []
@@ -486,10 +487,10 @@ def kind_problems(kind: str, model: str, classes: Mapping[str, Any]) -> list[str
             errors.append(f"method '{name}' does not apply to {kind} streams (it handles "
                           f"{' and '.join(cls.task_kinds)}); drop it"
                           + (f" and keep {', '.join(fitting)}" if fitting else ""))
-    wanted = "causal-lm" if kind == "preference" else "classifier"
+    wanted = "causal-lm" if kind in LM_KINDS else "classifier"
     found = model_kind(model)
     if found not in (wanted, "unknown"):
-        fix = "tiny-lm, smollm2 or a Hub causal LM" if kind == "preference" else "tiny, minilm or a Hub encoder"
+        fix = "tiny-lm, smollm2 or a Hub causal LM" if kind in LM_KINDS else "tiny, minilm or a Hub encoder"
         errors.append(f"model '{model}' is a {found} but stream kind is {kind}; use {fix}")
     return errors
 

@@ -1,4 +1,5 @@
-"""Direct preference optimisation and its evaluation, for the `preference` task kind (causal LMs).
+"""Direct preference optimisation and its evaluation, for the `preference` task kind (causal LMs); the
+`generation` kind's target loss and answer scoring; FIP's token-level distance and general-ability measures.
 
 DPO (Rafailov et al., "Direct Preference Optimization: Your Language Model is Secretly a Reward Model",
 NeurIPS 2023) trains the policy π on pairs (x, y_w, y_l) against a frozen reference π_ref:
@@ -44,6 +45,24 @@ def pair_log_probs(logits: Tensor, batch: PairBatch) -> Tensor:
     per_token = token_log_probs(logits[:rows, :inputs.shape[1]], inputs)
     sums = (per_token * batch.response_mask()).sum(dim=1)  # [2B]
     return torch.stack(sums.chunk(2), dim=1)
+
+
+def target_nll(logits: Tensor, batch: PairBatch) -> Tensor:
+    """Generation tasks: mean negative log-likelihood per target token, over the batch's target (chosen)
+    sequences, from logits whose first B rows are those sequences (`batch.model_inputs()` puts them first)."""
+    ids = batch.chosen_ids
+    per_token = token_log_probs(logits[:len(batch), :ids.shape[1]], ids)
+    mask = batch.response_mask("chosen").to(per_token.dtype)
+    return -(per_token * mask).sum() / mask.sum().clamp_min(1)
+
+
+def choice_accuracy(log_probs: Tensor) -> float:
+    """Generation tasks, scored as lm-eval scores multiple choice: the share of examples whose target has a
+    higher log-likelihood than the alternative ([n, 2] summed response log-probs; ties count half)."""
+    if not len(log_probs):
+        return float("nan")
+    margins = log_probs[:, 0] - log_probs[:, 1]
+    return float(((margins > 0).float() + 0.5 * (margins == 0).float()).mean())
 
 
 def dpo_loss(policy: Tensor, reference: Tensor, beta: float) -> Tensor:
@@ -237,3 +256,30 @@ def general_ability(model: nn.Module, split: PairSplit, base: TokenAnchors, batc
     model.train(was_training)
     count = max(positions, 1.0)
     return float(torch.exp(torch.tensor(nll / count))), kl / count
+
+
+def generation_fisher(model: nn.Module, split: PairSplit, estimator: str, names: list[str], device: torch.device,
+                      batch_size: int) -> dict[str, Tensor]:
+    """Diagonal Fisher of the target's likelihood on a generation task, for EWC: `empirical` averages over
+    examples the squared gradient of log p(target | prompt) (summed over its tokens), `batched` the squared
+    gradient of the mean token loss over batches of `batch_size`. (`exact` would need sampled answers.)"""
+    from clbench.data import BatchPlan
+
+    if estimator not in ("empirical", "batched"):
+        raise ValueError(f"ewc: estimator {estimator!r} is not defined on generation tasks; use empirical or batched")
+    params = dict(model.named_parameters())
+    total = {n: torch.zeros_like(params[n]) for n in names}
+    plan = BatchPlan(split, 1 if estimator == "empirical" else batch_size, shuffle=False)  # type: ignore[arg-type]
+    for index in plan.indices():
+        batch = split.batch(index).to(device)
+        logits = model(**batch.chosen_inputs()).logits
+        if estimator == "batched":
+            target = target_nll(logits, batch)
+        else:
+            per_token = token_log_probs(logits, batch.chosen_ids)
+            target = (per_token * batch.response_mask("chosen")).sum()
+        grads = torch.autograd.grad(target, [params[n] for n in names], allow_unused=True)
+        for n, g in zip(names, grads):
+            if g is not None:
+                total[n] += g.detach().pow(2)
+    return {n: t / max(len(plan), 1) for n, t in total.items()}

@@ -59,19 +59,24 @@ class RunContext:
     weight_decay: float = 0.01
     active_classes: str = "all"  # which outputs the training cross-entropy sees: all, seen or current
     task_index: int = 0  # the task being trained; the runner sets it before each task
-    kind: str = "classification"  # the stream's task kind; "preference": pairs, DPO, a causal LM
+    kind: str = "classification"  # the stream's task kind; "preference" (DPO) or "generation": a causal LM
     beta: float = 0.1  # DPO's β for preference streams (the run's `dpo_beta`)
 
     def task_loss(self, outputs: Any, batch: Any) -> Tensor:
         """The runner's task loss on `batch` from the forward pass's `outputs` (extra rows after the batch's
         own are ignored): cross-entropy under `loss_logits` for classification, DPO for preference pairs
-        (`clbench.preference`; the batch carries its reference log-probs)."""
+        (`clbench.preference`; the batch carries its reference log-probs), the target answer's mean token
+        negative log-likelihood for generation."""
         if self.kind == "preference":
             from clbench.preference import dpo_loss, pair_log_probs
 
             if batch.reference is None:
                 raise RuntimeError("a preference batch needs its reference log-probs (PairSplit.with_reference)")
             return dpo_loss(pair_log_probs(outputs.logits, batch), batch.reference, self.beta)
+        if self.kind == "generation":
+            from clbench.preference import target_nll
+
+            return target_nll(outputs.logits, batch)
         logits = self.loss_logits(outputs.logits[:len(batch)], batch.task_ids)  # [batch, num_labels]
         return nn.functional.cross_entropy(logits.float(), batch.labels)
 

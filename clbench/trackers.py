@@ -8,7 +8,8 @@ matrix's row: 0 before any training, i after training task i.
 
 Scalars per row: ``acc_cil/<task>``, ``acc_til/<task>``, ``f1_cil/<task>``, ``f1_til/<task>`` and
 ``acc_cil/mean_seen`` (mean over the tasks trained so far); ``drift/frobenius_task`` and
-``drift/frobenius_total``; ``functional/<distance>/<earlier task>``; ``profile/<phase>/<metric>`` (time,
+``drift/frobenius_total``; ``functional/<distance>/<earlier task>``; on a preference stream with general text,
+``general/perplexity`` and ``general/kl_base`` (from the base model); ``profile/<phase>/<metric>`` (time,
 throughput, memory). When a unit finishes: ``final/acc_cil``, ``final/bwt_cil``, ``final/fwt_cil``,
 ``final/forgetting_all_cil`` (over every earlier task: a live tracker cannot yet tell which tasks were learned,
 so the report's ``forgetting_cil`` over learned tasks only is in ``summary.csv``) and their task-aware twins
@@ -236,6 +237,8 @@ def scalars_of(records: Sequence[Mapping[str, Any]]) -> dict[int, dict[str, floa
             out[row][metric_key("drift", r["metric"])] = float(value)
         elif kind == "functional":
             out[row][metric_key("functional", r["metric"], r["eval_task"])] = float(value)
+        elif kind == "general":
+            out[row][metric_key("general", r["metric"])] = float(value)
         elif kind == "profile":
             out[row][metric_key("profile", r.get("phase", ""), r["metric"])] = float(value)
     for (row, metric), values in seen.items():

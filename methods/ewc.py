@@ -18,7 +18,8 @@ output gradients; a model with layers it does not cover falls back to torch.func
 
 On a preference stream (DPO) the likelihood is the preference model's, p(y_w ≻ y_l) = σ(β m) with m the
 margin of log-ratios against the task's reference: the same three estimators apply to it
-(`clbench.preference.preference_fisher`, one backward per pair; `fisher_samples` bounds the cost).
+(`clbench.preference.preference_fisher`, one backward per pair; `fisher_samples` bounds the cost). On a
+generation stream it is the target answer's likelihood (`generation_fisher`: empirical or batched).
 
 Hooks: `loss` adds the penalty; `after_task` estimates the Fisher and stores the anchor.
 """
@@ -38,7 +39,7 @@ from clbench.data.pairs import PairSplit
 from clbench.methods import Hooks, MethodConfig, option
 from clbench.ops import quadratic_penalty, snapshot
 from clbench.per_example import diagonal_fisher
-from clbench.preference import preference_fisher
+from clbench.preference import generation_fisher, preference_fisher
 from clbench.search import LogUniform
 
 ESTIMATORS = ("empirical", "exact", "batched")
@@ -86,7 +87,7 @@ class EWC(Hooks):
     config_cls: ClassVar[type[MethodConfig]] = EWCConfig
     citation: ClassVar[str] = "Kirkpatrick et al. 2017 (PNAS); online variant Schwarz et al. 2018"
     first_task_is_finetuning: bool = True  # no penalty before task 2: the runner may share task 1
-    task_kinds: ClassVar[tuple[str, ...]] = ("classification", "preference")
+    task_kinds: ClassVar[tuple[str, ...]] = ("classification", "preference", "generation")
     config: EWCConfig
 
     def __init__(self, config: EWCConfig | None = None) -> None:
@@ -126,8 +127,10 @@ class EWC(Hooks):
         model.eval()  # dropout off: the Fisher of the deterministic network (and vmap needs no RNG)
         names = [n for n, p in model.named_parameters() if p.requires_grad]
         try:
+            ctx = self.context
+            if isinstance(data, PairSplit) and ctx.kind == "generation":  # the target answer's likelihood
+                return generation_fisher(model, data, self.config.estimator, names, ctx.device, ctx.batch_size)
             if isinstance(data, PairSplit):  # DPO's preference likelihood
-                ctx = self.context
                 return preference_fisher(model, data, self.config.estimator, ctx.beta, names, ctx.device,
                                          ctx.batch_size)
             if self.config.estimator == "batched":

@@ -131,7 +131,7 @@ class FIP(Hooks):
                                "functionally invariant paths, Nature Machine Intelligence 2024")
     uses_buffer: ClassVar[bool] = True
     first_task_is_finetuning: bool = True  # empty buffer on task 1: the runner may share it
-    task_kinds: ClassVar[tuple[str, ...]] = ("classification", "preference")
+    task_kinds: ClassVar[tuple[str, ...]] = ("classification", "preference", "generation")
 
     def __init__(self, config: MethodConfig | None = None) -> None:
         super().__init__(config)
@@ -145,8 +145,8 @@ class FIP(Hooks):
     def setup(self, model: nn.Module, ctx: RunContext) -> nn.Module:
         self.ctx = ctx
         self.buffer = TaskMemory(ctx.buffer_size)
-        if ctx.kind == "preference" and self.cfg.fused_forward:
-            raise ValueError("fip: fused_forward applies to classification streams; drop it on preference streams")
+        if ctx.kind != "classification" and self.cfg.fused_forward:
+            raise ValueError(f"fip: fused_forward applies to classification streams; drop it on {ctx.kind} streams")
         return model
 
     def before_task(self, task: TaskInfo, model: nn.Module) -> None:

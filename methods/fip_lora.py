@@ -50,7 +50,7 @@ class FIPLoRA(Hooks):
     citation: ClassVar[str] = ("Raghavan & Thomson, Nature Machine Intelligence 2024 (FIP) with Hu et al., "
                                "ICLR 2022 (LoRA)")
     uses_buffer: ClassVar[bool] = True
-    task_kinds: ClassVar[tuple[str, ...]] = ("classification", "preference")
+    task_kinds: ClassVar[tuple[str, ...]] = ("classification", "preference", "generation")
 
     def __init__(self, config: MethodConfig | None = None) -> None:
         super().__init__(config)

@@ -114,7 +114,7 @@ def wrap(model: nn.Module, config: LoRAConfig, kind: str = "classification") -> 
     causal LM on preference streams)."""
     from peft import LoraConfig, TaskType, get_peft_model
 
-    task_type = TaskType.CAUSAL_LM if kind == "preference" else TaskType.SEQ_CLS
+    task_type = TaskType.SEQ_CLS if kind == "classification" else TaskType.CAUSAL_LM
     peft_config = LoraConfig(r=config.rank, lora_alpha=config.alpha, lora_dropout=config.dropout,
                              target_modules=target_names(model, config.target_modules), task_type=task_type)
     return get_peft_model(model, peft_config)
@@ -139,7 +139,7 @@ class LoRA(Hooks):
     name: ClassVar[str] = "lora"
     config_cls: ClassVar[type[MethodConfig]] = LoRAConfig
     citation: ClassVar[str] = "Hu et al., LoRA: Low-Rank Adaptation of Large Language Models, ICLR 2022"
-    task_kinds: ClassVar[tuple[str, ...]] = ("classification", "preference")
+    task_kinds: ClassVar[tuple[str, ...]] = ("classification", "preference", "generation")
 
     def __init__(self, config: MethodConfig | None = None) -> None:
         super().__init__(config)

@@ -23,5 +23,5 @@ class Naive(Hooks):
     name: ClassVar[str] = "naive"
     config_cls: ClassVar[type[MethodConfig]] = NaiveConfig
     first_task_is_finetuning = True  # task 1 is plain fine-tuning: the runner may share it
-    task_kinds: ClassVar[tuple[str, ...]] = ("classification", "preference")  # cross-entropy or DPO per task
+    task_kinds: ClassVar[tuple[str, ...]] = ("classification", "preference", "generation")  # CE, DPO or target NLL
     citation: ClassVar[str] = "Lopez-Paz & Ranzato 2017 (baseline 'single')"

@@ -154,7 +154,7 @@ class OLoRA(Hooks):
     config_cls: ClassVar[type[MethodConfig]] = OLoRAConfig
     citation: ClassVar[str] = ("Wang et al., Orthogonal Subspace Learning for Language Model Continual "
                                "Learning, Findings of EMNLP 2023")
-    task_kinds: ClassVar[tuple[str, ...]] = ("classification", "preference")
+    task_kinds: ClassVar[tuple[str, ...]] = ("classification", "preference", "generation")
 
     def __init__(self, config: MethodConfig | None = None) -> None:
         super().__init__(config)

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from clbench.data import Batch, EncodedSplit, TaskInfo
-from clbench.data.pairs import PairSplit
+from clbench.data.pairs import PairBatch, PairSplit
 from clbench.episodic import Reservoir, TaskMemory
 from clbench.methods import Hooks, MethodConfig, RunContext, option
 from clbench.preference import sequence_log_probs
@@ -69,7 +69,7 @@ class Replay(Hooks):
     citation: ClassVar[str] = ("Chaudhry et al., On Tiny Episodic Memories in Continual Learning, 2019; "
                                "Rolnick et al., Experience Replay for Continual Learning, NeurIPS 2019")
     uses_buffer: ClassVar[bool] = True
-    task_kinds: ClassVar[tuple[str, ...]] = ("classification", "preference")
+    task_kinds: ClassVar[tuple[str, ...]] = ("classification", "preference", "generation")
     config: ReplayConfig
 
     def __init__(self, config: MethodConfig | None = None) -> None:
@@ -81,8 +81,8 @@ class Replay(Hooks):
     def setup(self, model: nn.Module, ctx: RunContext) -> nn.Module:
         budget = ctx.buffer_size
         self.memory = Reservoir(budget) if self.config.policy == "reservoir" else TaskMemory(budget)
-        if ctx.kind == "preference" and self.config.fused_forward:
-            raise ValueError("replay: fused_forward applies to classification streams; drop it on preference "
+        if ctx.kind != "classification" and self.config.fused_forward:
+            raise ValueError(f"replay: fused_forward applies to classification streams; drop it on {ctx.kind} "
                              "streams")
         return super().setup(model, ctx)
 
@@ -95,7 +95,7 @@ class Replay(Hooks):
     def before_task(self, task: TaskInfo, model: nn.Module) -> None:
         """Preference streams: DPO's reference for the stored pairs is, as for the new ones, the model now."""
         stored = self.stored()
-        if isinstance(stored, PairSplit):
+        if isinstance(stored, PairSplit) and self.context.kind == "preference":
             ctx = self.context
             self.pairs = stored.with_reference(sequence_log_probs(model, stored, ctx.batch_size * 4, ctx.device))
 
@@ -124,7 +124,7 @@ class Replay(Hooks):
             fresh = None if self.config.fused_forward else self.memory_batch()
             if fresh is None:
                 return task_loss
-            if self.pairs is not None:  # preference pairs: DPO on the old pairs
+            if isinstance(fresh, PairBatch):  # pairs: DPO (or the target's NLL) on the old ones
                 return task_loss + self.config.replay_weight * ctx.loss_of(model, fresh)
             old, raw = fresh, model(**fresh.model_inputs()).logits
         logits = ctx.loss_logits(raw, old.task_ids)  # the run's active classes, as for the task loss

@@ -34,8 +34,10 @@ class TaskInfo:
         return range(self.label_offset, self.label_offset + self.num_classes)
 
 
-TASK_KINDS = ("classification", "preference")
+TASK_KINDS = ("classification", "preference", "generation")
 PREFERENCE_CLASSES = ("chosen", "rejected")  # a preference task's two "classes": label 0 = the chosen response
+GENERATION_CLASSES = ("target", "alternative")  # a generation task's: label 0 = the target answer
+LM_KINDS = ("preference", "generation")  # task kinds a causal language model trains on (`clbench.data.pairs`)
 
 
 @dataclass(frozen=True)
@@ -55,7 +57,9 @@ class Task:
     train_groups: tuple[str, ...] = ()  # group key per training text (a review, an article); () = each its own
     val_texts: tuple[str, ...] = ()  # carved from the training data by the stream (`clbench.data.splits`)
     val_labels: tuple[int, ...] = ()
-    kind: str = "classification"  # or "preference": each text is `join_preference(prompt, chosen, rejected)`
+    kind: str = "classification"  # "preference": each text is `join_preference(prompt, chosen, rejected)`;
+    # "generation": `join_preference(prompt, target, alternative)`, the loss on the target, scored against
+    # the alternative by log-likelihood
 
     def __post_init__(self) -> None:
         if (len(self.train_texts) != len(self.train_labels) or len(self.test_texts) != len(self.test_labels)

@@ -79,6 +79,10 @@ def stream_summaries(data_dir: Path | None = None) -> list[dict[str, Any]]:
 
 
 def _default_classes(task: TaskSpec) -> tuple[str, ...]:
+    if task.kind == "generation":  # asked as questions: a target and an alternative answer
+        from clbench.data import GENERATION_CLASSES
+
+        return GENERATION_CLASSES
     if task.source == "pypi":
         from clbench.data.sources.pypi import check_options
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from clbench.config import RunConfig
-from clbench.data import EncodedSplit, Stream, Task, TaskInfo, TaskSplits
+from clbench.data import LM_KINDS, EncodedSplit, Stream, Task, TaskInfo, TaskSplits
 from clbench.data.pairs import PairSplit, encode_general
 from clbench.data.streams import cache_dir, load_stream
 from clbench.data.tokenize import encode_stream
@@ -73,7 +73,7 @@ def prepare(config: RunConfig) -> Prepared:
     check_max_length(stream, config.model, tokenizer)
     splits = encode_stream(stream, tokenizer, tokenizer_fingerprint(config.model, args.revision), cache_dir())
     general = None  # general text is read in the tasks' token budget (the first task's max_length)
-    if stream.general_texts and stream.kind == "preference":
+    if stream.general_texts and stream.kind in LM_KINDS:
         general = encode_general(stream.general_texts, tokenizer, stream.tasks[0].max_length)
     return Prepared(stream, stream.infos(), splits, config.head or stream.head, config.eval_split, args, model_info,
                     general)

@@ -231,6 +231,49 @@ def parse_stream_file(path: Path) -> StreamSpec:
                       general=general)
 
 
+GENERATION_PROMPT = "{text}\nAnswer:"  # a generation task's default prompt template
+
+
+def build_task(spec: TaskSpec, ctx: SourceContext) -> Task:
+    """One task from its source. A `kind: generation` task is built by the source as a classification task
+    and then asked as a question (`as_generation`), so every labelled source can feed a causal LM."""
+    if spec.kind != "generation":
+        return source_builder(spec.source)(spec, ctx)
+    options = {k: v for k, v in spec.options.items() if k not in ("kind", "prompt")}
+    template = spec.options.get("prompt", GENERATION_PROMPT)
+    if not isinstance(template, str) or "{text}" not in template:
+        raise StreamError(f"task '{spec.name}': a generation prompt must hold {{text}}, e.g. "
+                          f"prompt: \"Review: {{text}}\\nSentiment:\"; got {shown(template)}")
+    task = source_builder(spec.source)(replace(spec, options=options), ctx)
+    return as_generation(task, template, ctx.seed)
+
+
+def as_generation(task: Task, template: str, seed: int) -> Task:
+    """A labelled task as questions: the prompt is `template` with the text in it, the target answer the
+    example's class name and the alternative another class, drawn from a generator seeded by the stream seed
+    and the task name. Scored as lm-eval scores multiple choice (`clbench.preference.choice_accuracy`)."""
+    import random
+    import zlib
+
+    from clbench.data import GENERATION_CLASSES
+    from clbench.data.render import join_preference, split_pair
+
+    rng = random.Random(zlib.crc32(f"{seed}/{task.name}/generation".encode()))
+    classes = task.classes
+
+    def ask(texts: tuple[str, ...], labels: tuple[int, ...]) -> tuple[str, ...]:
+        out = []
+        for text, label in zip(texts, labels):
+            other = (label + 1 + rng.randrange(len(classes) - 1)) % len(classes)
+            prompt = template.replace("{text}", " ".join(split_pair(text)))
+            out.append(join_preference(prompt, f" {classes[label]}", f" {classes[other]}"))
+        return tuple(out)
+
+    return replace(task, classes=GENERATION_CLASSES, kind="generation",
+                   train_texts=ask(task.train_texts, task.train_labels), train_labels=(0,) * len(task.train_texts),
+                   test_texts=ask(task.test_texts, task.test_labels), test_labels=(0,) * len(task.test_texts))
+
+
 def _general_spec(raw: Any, errors: list[str]) -> TaskSpec | None:
     """The stream's `general` key: a corpus declared like a task (source and its options, `train_size` texts,
     `max_length` tokens) whose training texts measure how much general language ability each task costs."""
@@ -305,7 +348,7 @@ def build_stream(spec: StreamSpec, data_dir: Path | None = None, read_test: bool
         raise StreamError(f"stream '{spec.name}': {problem}")
     ctx = SourceContext(seed=spec.seed, cache_dir=cache_dir(), data_dir=data_dir,
                         stream_dir=Path(spec.path).parent if spec.path else None, read_test=read_test)
-    tasks = [source_builder(t.source)(t, ctx) for t in spec.tasks]
+    tasks = [build_task(t, ctx) for t in spec.tasks]
     if not read_test:
         tasks = [replace(t, test_texts=(), test_labels=()) for t in tasks]
     tasks = [with_validation(t, spec.val_fraction, spec.seed) for t in drop_cross_task_duplicates(tasks)]

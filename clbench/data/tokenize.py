@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from clbench.data import EncodedSplit, Stream, Task, TaskSplits
+from clbench.data import LM_KINDS, EncodedSplit, Stream, Task, TaskSplits
 from clbench.data.pairs import encode_pairs
 from clbench.data.render import split_pair
 from clbench.errors import StreamError
@@ -128,7 +128,7 @@ def encode_stream(stream: Stream, tokenizer: PreTrainedTokenizerBase, fingerprin
         StreamError: the cache's `tokenized` folder, or this stream's entry in it, is not what it should be (a
             file where a folder belongs, or the reverse); nothing is deleted that clbench did not write.
     """
-    if stream.kind == "preference":  # a few hundred pairs tokenise in well under a second: not cached
+    if stream.kind in LM_KINDS:  # a few hundred pairs tokenise in well under a second: not cached
         return [TaskSplits(*(encode_pairs(texts, labels, info.label_offset, info.index, tokenizer, task.max_length)
                              for texts, labels in ((task.train_texts, task.train_labels),
                                                    (task.val_texts, task.val_labels),

@@ -3,9 +3,12 @@
 
 One row per unit (method × seed) with the report's scores (`clbench.reporting.rundata.unit_scores`: ACC, BWT,
 FWT and forgetting, class-incremental and task-aware; the first two tasks' accuracies; weight and functional
-drift; train time, peak memory, trainable parameters). A unit that has not finished, or failed, keeps its row
-with its status and empty scores, so a table never hides a unit. ``summary.json`` adds, per method, the mean,
-the half-width of the 95% t-interval and the number of seeds of each score, as the report's tables show them.
+drift; train time, peak memory, trainable parameters). A preference run has preference accuracy in the
+``*_cil`` columns, no task-aware or functional-drift columns, and the reward margin and, where its stream has
+general text, the perplexity and KL from the base model there after the last task (``general_perplexity``,
+``general_kl_base``). A unit that has not finished, or failed, keeps its row with its status and empty scores,
+so a table never hides a unit. ``summary.json`` adds, per method, the mean, the half-width of the 95%
+t-interval and the number of seeds of each score, as the report's tables show them.
 """
 
 from __future__ import annotations
@@ -30,7 +33,8 @@ KEYS = ("method", "seed", "unit", "status")
 # Score columns in the report's order; any other score a later version adds follows, sorted.
 SCORES = ("acc_cil", "bwt_cil", "fwt_cil", "forgetting_cil", "acc_til", "bwt_til", "fwt_til", "forgetting_til",
           "t1_after_t1", "t2_after_t1", "t1_after_t2", "t2_after_t2", "t1_change_cil", "t1_change_til",
-          "weight_drift", "functional_drift", "train_time_s", "peak_memory_mb", "trainable_params")
+          "weight_drift", "functional_drift", "general_perplexity", "general_kl_base", "train_time_s",
+          "peak_memory_mb", "trainable_params")
 
 
 def _seed(run: RunData, unit: str) -> int:

@@ -13,11 +13,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from clbench.errors import RunDirError
+from clbench.preference import GENERAL_TOPK
 from clbench.reporting import plots
 from clbench.reporting.findings import findings
 from clbench.reporting.rundata import (
     RunData,
     complete_matrices,
+    general_ability,
     load_run,
     method_samples,
     method_units,
@@ -26,6 +28,7 @@ from clbench.reporting.rundata import (
 from clbench.reporting.tables import (
     TABLE_LEGEND,
     cil_columns,
+    general_columns,
     margin_columns,
     markdown_table,
     task_columns,
@@ -217,6 +220,24 @@ def _margin_section(run: RunData, units: dict[str, dict[int, dict[str, float]]])
             markdown_table(run, units, margin_columns(run.tasks), rank_by="acc_cil"), ""]
 
 
+def _general_section(run: RunData, scores: dict[str, dict[str, float]]) -> list[str]:
+    """Perplexity and KL from the base model on the stream's held-out general text, before training and after
+    each task, per method; nothing for a run without ``general`` records."""
+    general = general_ability(run)
+    units = method_units(run, {unit: {**s, **general[unit]} for unit, s in scores.items() if unit in general})
+    if not units:
+        return []
+    return ["## General ability", "",
+            ("Perplexity and KL from the base model (the model before training) on held-out general text (the "
+             "stream's `general` corpus), which no task trains on, before training and after each task (mean over "
+             "seeds, ± the 95% t-interval over seeds, none with one seed). Perplexity is exp of the mean per-token "
+             "negative log-likelihood of that text. KL (in nats) is the mean over its token positions of "
+             f"KL(p_base ‖ p_model), both distributions reduced to the base model's {GENERAL_TOPK} most likely "
+             "tokens at that position plus one bucket for all others: a lower bound of the full KL, 0 before "
+             "training."), "",
+            markdown_table(run, units, general_columns(run.tasks), rank_by="acc_cil"), ""]
+
+
 def write_report(run_dir: Path) -> Path:
     """Regenerate ``run_dir/report.md`` and ``run_dir/plots/*.png`` from the run's files.
 
@@ -276,6 +297,7 @@ def write_report(run_dir: Path) -> Path:
                   f"| chance ({scenario.chance_row if measured else '1/classes'}) | | {chance} |", ""]
     if units and scenario.reward_margin:
         lines += _margin_section(run, units)
+    lines += _general_section(run, scores)
     if scenario.task_aware:
         lines += ["## Summary: task-aware", ""]
         lines += [markdown_table(run, units, til_columns()), "", TABLE_LEGEND, ""] if units else \

@@ -27,7 +27,10 @@ Besides them:
 - peak memory: max ``peak_cuda_mb`` over all phases and tasks, or on a CPU run the max ``peak_rss_mb``;
 - trainable parameters: the ``trainable_params`` profile record of the last task;
 - on a preference stream, the mean reward margin after the last task per task (``reward_margin_<t>``) and
-  over tasks (``reward_margin``), from the ``reward_margin`` records (`clbench.preference`).
+  over tasks (``reward_margin``), from the ``reward_margin`` records (`clbench.preference`), and, where the
+  stream has held-out general text, the perplexity on it and the KL from the base model there after the last
+  task (``general_perplexity``, ``general_kl_base``; every row's in `general_ability`). A preference run has
+  no task-aware scores (``acc_til`` repeats ``acc_cil`` there) and no functional drift.
 """
 
 from __future__ import annotations
@@ -258,7 +261,8 @@ def unit_scores(run: RunData) -> dict[str, dict[str, float]]:
     Returns:
         unit -> score name -> value; units without a complete accuracy matrix are absent.
     """
-    cil, til = complete_matrices(run, "acc_cil"), complete_matrices(run, "acc_til")
+    cil = complete_matrices(run, "acc_cil")
+    til = complete_matrices(run, "acc_til") if run.scenario.task_aware else {}
     scores: dict[str, dict[str, float]] = {}
     for unit, R in cil.items():
         s = scores[unit] = matrix_scores(run, R, "cil")
@@ -274,6 +278,10 @@ def unit_scores(run: RunData) -> dict[str, dict[str, float]]:
             scores[unit]["reward_margin"] = float(np.mean(M[-1]))
             scores[unit].update({f"reward_margin_{t}": float(v) for t, v in enumerate(M[-1])})
     last = len(run.tasks)
+    for unit, general in general_ability(run).items():
+        for metric in ("perplexity", "kl_base"):
+            if unit in scores and f"{metric}_{last}" in general:
+                scores[unit][f"general_{metric}"] = general[f"{metric}_{last}"]
     functional: dict[str, list[float]] = defaultdict(list)
     train_time: dict[str, float] = defaultdict(float)
     parts: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(lambda: [0.0, 0.0]))
@@ -314,12 +322,24 @@ def unit_scores(run: RunData) -> dict[str, dict[str, float]]:
             elif r["metric"] == "steps" and r["phase"] == "train":
                 s["steps"] = s.get("steps", 0.0) + r["value"]
     for unit, s in scores.items():
-        s["functional_drift"] = float(np.mean(functional[unit])) if functional[unit] else math.nan
+        if run.scenario.functional_drift:
+            s["functional_drift"] = float(np.mean(functional[unit])) if functional[unit] else math.nan
         for part, (change, before) in parts[unit].items():
             s[f"{part}_drift_last"] = math.sqrt(change / before) if before > 0 else math.nan
         if unit in train_time:
             s["train_time_s"] = train_time[unit]
     return scores
+
+
+def general_ability(run: RunData) -> dict[str, dict[str, float]]:
+    """unit -> ``perplexity_<row>`` and ``kl_base_<row>`` from its ``general`` records: the perplexity of the
+    model on the stream's held-out general text and its KL from the base model there (`clbench.preference`), at
+    row 0 (before training) and after each task; empty for a run without such records."""
+    out: dict[str, dict[str, float]] = defaultdict(dict)
+    for r in run.records:
+        if r["type"] == "general" and r["value"] is not None:
+            out[r["unit"]][f"{r['metric']}_{r['row']}"] = float(r["value"])
+    return dict(out)
 
 
 def method_units(run: RunData, scores: dict[str, dict[str, float]] | None = None

@@ -3,7 +3,8 @@
 On a classification stream ``acc_cil`` is class-incremental accuracy (argmax over every class of the shared
 head) and ``acc_til`` task-aware accuracy, a score of its own. On a preference stream (`clbench.preference`)
 ``acc_cil`` is preference accuracy and ``acc_til`` repeats it (one model scores every pair: there is no task
-identity to use), no functional drift is recorded, and the mean reward margin is recorded beside it. Runs
+identity to use), no functional drift is recorded, and the mean reward margin is recorded beside it. On a
+generation stream ``acc_cil`` is answer accuracy (the target likelier than the alternative answer). Runs
 written before env.json named the kind are classification runs.
 """
 
@@ -50,11 +51,14 @@ SCENARIOS = {
     "preference": Scenario("preference", "preference accuracy", "preference accuracy", "preference",
                            "0.5, the base model's preference accuracy", "base model", "decoder",
                            task_aware=False, functional_drift=False, reward_margin=True),
+    "generation": Scenario("generation", "answer accuracy", "answer accuracy", "answer",
+                           "0.5, a random choice between the target and the alternative answer", "random choice",
+                           "decoder", task_aware=False, functional_drift=False, reward_margin=False),
 }
 
 
 def scenario(kind: str) -> Scenario:
-    """The report's names for a stream of `kind` ("classification" or "preference").
+    """The report's names for a stream of `kind` ("classification", "preference" or "generation").
 
     Raises:
         RunDirError: If `kind` is none of them (a run written by a newer clbench).

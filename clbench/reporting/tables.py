@@ -115,6 +115,15 @@ def margin_columns(tasks: Sequence[str]) -> list[Column]:
             *(Column(f"reward_margin_{t}", name, None) for t, name in enumerate(tasks))]
 
 
+def general_columns(tasks: Sequence[str]) -> list[Column]:
+    """Perplexity on the stream's held-out general text before training and after each task, then the KL from
+    the base model there after each task (`clbench.reporting.rundata.general_ability`); descriptive, not
+    ranked."""
+    return [Column("perplexity_0", "perplexity before training", None, ".2f"),
+            *(Column(f"perplexity_{t + 1}", f"perplexity after {name}", None, ".2f") for t, name in enumerate(tasks)),
+            *(Column(f"kl_base_{t + 1}", f"KL after {name}", None, ".4f") for t, name in enumerate(tasks))]
+
+
 def order_rows(run: TableRun, units: dict[str, Units], key: str) -> tuple[list[str], list[str]]:
     """(ranked methods by mean `key`, best first; upper bounds and references in run order)."""
     def mean(method: str) -> float:

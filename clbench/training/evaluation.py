@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from clbench.data import BatchPlan, EncodedSplit, TaskInfo
+from clbench.data import LM_KINDS, BatchPlan, EncodedSplit, TaskInfo
 from clbench.data.pairs import PairSplit
 from clbench.data.prepare import Prepared
 from clbench.evaluators.accuracy import (
@@ -21,6 +21,7 @@ from clbench.evaluators.drift import frobenius_drift_norms, functional_drift
 from clbench.ops import effective_weights
 from clbench.preference import (
     TokenAnchors,
+    choice_accuracy,
     general_ability,
     preference_accuracy,
     reward_margins,
@@ -64,19 +65,27 @@ def evaluate_all(model: nn.Module, prepared: Prepared, ctx: RunContext, records:
     for row 0 of a model identical to one already evaluated. On a preference stream the records are
     preference accuracy (as `acc_cil` and `acc_til`: one head, no task identity to use) and the mean reward
     margin, both against the model before the stream, whose outputs `base` holds (None: this is that model).
+    On a generation stream they are answer accuracy: how often the target is likelier than the alternative.
     """
     out = []
     all_logits = []
     for info, split in zip(prepared.infos, prepared.evaluated):
         logits = cached[info.index] if cached is not None else predict(model, split, ctx, batch_size, precision)
         all_logits.append(logits)
+        if isinstance(split, PairSplit) and ctx.kind == "generation":  # the target against the alternative
+            value = choice_accuracy(logits)
+            out += [records.record(kind, row, task, eval_task=info.name, eval_index=info.index, step=step,
+                                   split=prepared.eval_split, metric=metric, value=value, measure="answer accuracy")
+                    for metric in ("acc_cil", "acc_til")]
+            continue
         if isinstance(split, PairSplit):
             reference = logits if base is None else base[info.index]
             margins = reward_margins(logits, reference, ctx.beta)
             values = {"acc_cil": preference_accuracy(logits, reference), "reward_margin": float(margins.mean())}
             values["acc_til"] = values["acc_cil"]
             out += [records.record(kind, row, task, eval_task=info.name, eval_index=info.index, step=step,
-                                   split=prepared.eval_split, metric=metric, value=value)
+                                   split=prepared.eval_split, metric=metric, value=value,
+                                   measure="preference accuracy")
                     for metric, value in values.items()]
             continue
         target = split.labels
@@ -144,7 +153,7 @@ def functional_records(records: UnitRecorder, info: TaskInfo, before: list[Tenso
     """Distance in function space on previous tasks' test inputs, before vs after training `info` (classifiers
     only: a preference stream's outputs are sequence log-probabilities, not a distribution over classes)."""
     out: list[dict[str, Any]] = []
-    if kind == "preference":
+    if kind in LM_KINDS:
         return out
     for old in infos[:info.index]:
         drift = functional_drift(before[old.index], after[old.index])

