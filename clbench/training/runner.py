@@ -177,8 +177,9 @@ def build_unit(config: RunConfig, prepared: Prepared, method: Hooks, seed: int, 
     device = resolve_device(config.device)
     generator = torch.Generator().manual_seed(seed)
     built = build_for(config, prepared, seed).to(device)
-    if config.gradient_checkpointing:
-        built.gradient_checkpointing_enable()  # type: ignore[operator]
+    if config.gradient_checkpointing:  # transformers 5 renamed it; older versions have only the first name
+        enable = getattr(built, "activation_checkpointing_enable", None) or built.gradient_checkpointing_enable
+        enable()  # type: ignore[operator]
     lr = config.lr if config.lr is not None else model_spec(config.model).default_lr
     ctx = RunContext(tasks=prepared.infos, num_labels=prepared.stream.num_labels, device=device, seed=seed,
                      generator=torch.Generator().manual_seed(seed + 1_000_003), buffer_size=config.buffer_size,
