@@ -164,6 +164,7 @@ def token_anchors(model: nn.Module, split: PairSplit, batch_size: int, device: t
         if topk:
             tokens = log_p.topk(min(topk, log_p.shape[-1]), dim=-1).indices
             kept, rest = kept_log_probs(log_p, tokens)
+            assert rest is not None
             values = {"log_q": kept, "tokens": tokens, "log_rest": rest}
         else:
             values = {"log_q": log_p}
@@ -249,8 +250,8 @@ def general_ability(model: nn.Module, split: PairSplit, base: TokenAnchors, batc
         anchors = base.rows(index, batch.chosen_ids.shape[1], device)
         kept, rest = kept_log_probs(log_p, anchors.tokens)
         terms = (anchors.log_q.exp() * (anchors.log_q - kept)).sum(-1)
-        if rest is not None:
-            terms = terms + anchors.log_rest.exp() * (anchors.log_rest - rest)  # type: ignore[union-attr]
+        if rest is not None and anchors.log_rest is not None:
+            terms = terms + anchors.log_rest.exp() * (anchors.log_rest - rest)
         kl += float((terms * mask).sum())
         positions += float(mask.sum())
     model.train(was_training)

@@ -249,6 +249,7 @@ def run_task(unit: Unit, info: TaskInfo, logits_before: list[Tensor], drift: Dri
         method.before_task(info, model)
         data = method.train_data(info, train_splits[info.index], train_splits[:info.index])
         if unit.ctx.kind == "preference":  # DPO's reference: the model as this task starts, once per pair
+            assert isinstance(data, PairSplit)
             data = data.with_reference(sequence_log_probs(model, data, unit.config.eval_batch_size, unit.ctx.device,
                                                           autocast(unit.ctx.device, unit.config.precision)))
     trained = train_task(unit, info, data)
