@@ -15,6 +15,10 @@ the last row its checkpoint holds (-1: restarted from scratch). Rows of that uni
 by the interrupted run (the partly finished task) stay in the file, which stays append-only, but
 `read_records` drops every record of the unit with a larger row that comes before the `resume` record; read
 results through it.
+
+Archived: a finished run kept for reading only (the reports committed under `reports/`) may hold its records
+as `results.jsonl.gz` (gzip of the same lines) instead; `read_records`, and so `clbench report` and `compare`,
+read it when no `results.jsonl` is there.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from clbench.errors import RunDirError
 
 SCHEMA_VERSION = 1
 RESULTS = "results.jsonl"
+ARCHIVED = RESULTS + ".gz"  # a finished run's records compressed for keeping (e.g. committed reports): read-only
 LOCK = ".lock"
 PACKAGES = ("clbench", "torch", "transformers", "datasets", "peft", "numpy", "pandas", "avalanche-lib", "ray")
 
@@ -318,6 +323,8 @@ def read_records(path: Path) -> list[dict[str, Any]]:
         RunDirError: results.jsonl is not a file, not UTF-8, or holds a line that is not a clbench record.
     """
     file = path / RESULTS
+    if not file.exists() and (path / ARCHIVED).is_file():
+        file = path / ARCHIVED
     if not file.exists():
         return []
     lines = _result_lines(file)
@@ -352,6 +359,13 @@ def _result_lines(file: Path) -> list[str]:
     if not file.is_file():
         raise RunDirError(f"'{file}' is not a file; restore the run's results file or start a new --out")
     data = file.read_bytes()
+    if file.name == ARCHIVED:
+        import gzip
+
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError) as exc:
+            raise RunDirError(f"'{file}' is not a readable gzip file ({exc}); restore it") from None
     try:
         return data.decode("utf-8").splitlines()
     except UnicodeDecodeError as exc:

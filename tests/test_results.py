@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from clbench.errors import RunDirError
-from clbench.results import LOCK, RESULTS, RunDir, json_line, read_records, torn_tail
+from clbench.results import ARCHIVED, LOCK, RESULTS, RunDir, json_line, read_records, torn_tail
 
 RECORD = {"type": "drift", "unit": "naive/seed0", "method": "naive", "seed": 0, "row": 1, "task": "a",
           "param": "w", "metric": "frobenius_task", "value": 0.5, "norm_before": 1.0, "norm_change": 0.5}
@@ -103,3 +103,18 @@ def test_a_run_that_writes_nothing_leaves_no_folder(tmp_path: Path) -> None:
     with RunDir(tmp_path / "kept") as run_dir:
         run_dir.write_text("config.yaml", "x: 1\n")
     assert (tmp_path / "kept" / "config.yaml").is_file() and not (tmp_path / "kept" / LOCK).exists()
+
+
+def test_an_archived_run_reads_like_the_plain_one_and_a_broken_archive_is_named(tmp_path: Path) -> None:
+    import gzip
+
+    records = [RECORD, {**RECORD, "row": 2, "value": 0.25}]
+    with RunDir(tmp_path / "plain") as run_dir:
+        run_dir.append(records)
+    archived = tmp_path / "archived"
+    archived.mkdir()
+    (archived / ARCHIVED).write_bytes(gzip.compress((tmp_path / "plain" / RESULTS).read_bytes()))
+    assert read_records(archived) == read_records(tmp_path / "plain")
+    (archived / ARCHIVED).write_bytes(b"not gzip")
+    with pytest.raises(RunDirError, match="not a readable gzip file"):
+        read_records(archived)

@@ -56,7 +56,7 @@ from clbench.evaluators.accuracy import (
 from clbench.evaluators.drift import layer_key
 from clbench.evaluators.stats import wilson_interval
 from clbench.reporting.scenario import Scenario, scenario
-from clbench.results import RESULTS, read_records
+from clbench.results import ARCHIVED, RESULTS, read_records
 from clbench.yamlio import read_yaml
 
 TRAIN_PHASES = ("train", "method_before", "method_after")
@@ -160,7 +160,7 @@ def load_run(run_dir: Path) -> RunData:
         RunDirError: If the directory has no results file, or a file of it cannot be read.
     """
     run_dir = Path(run_dir)
-    if not (run_dir / RESULTS).exists():
+    if not (run_dir / RESULTS).exists() and not (run_dir / ARCHIVED).is_file():
         raise RunDirError(f"'{run_dir}' holds no {RESULTS}; pass a run directory written by `clbench run`")
     records = read_records(run_dir)
     run = RunData(run_dir, run_dir.resolve().name, records, _read_mapping(run_dir / "config.yaml"),
