@@ -213,8 +213,9 @@ def restore_or_row0(unit: Unit, seed: int, resume: bool) -> tuple[int, list[Tens
         unit.model.load_state_dict(checkpoint.model)
         unit.method.load_state_dict(checkpoint.method)
         set_rng_states(checkpoint.rng, unit.generator, unit.ctx.generator, unit.ctx.device)
-        if unit.ctx.kind == "preference":  # rewards are measured against the model before the stream
-            unit.base = base_outputs(unit, seed)
+        if unit.ctx.kind in LM_KINDS:  # rewards and the general-text KL are measured against the model before
+            base = base_outputs(unit, seed)  # the stream: build it again
+            unit.base = base if unit.ctx.kind == "preference" else None
         unit.progress.message(f"{unit.label}: resumed after task {checkpoint.row}")
         return checkpoint.row, checkpoint.logits
     cached = unit.shared.row0_logits(seed, unit.model) if unit.shared is not None else None
@@ -227,8 +228,8 @@ def restore_or_row0(unit: Unit, seed: int, resume: bool) -> tuple[int, list[Tens
 
 
 def base_outputs(unit: Unit, seed: int) -> list[Tensor]:
-    """Row 0's outputs, for a resumed preference unit: the model as built from `seed`, evaluated again (and its
-    distributions on the general text)."""
+    """Row 0's outputs, for a resumed unit of a causal LM: the model as built from `seed`, evaluated again (and
+    its distributions on the general text)."""
     model = build_for(unit.config, unit.prepared, seed).to(unit.ctx.device)
     outputs = [predict(model, split, unit.ctx, unit.config.eval_batch_size, unit.config.precision)
                for split in unit.prepared.evaluated]

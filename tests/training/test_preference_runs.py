@@ -104,3 +104,15 @@ def test_every_method_runs_on_a_generation_stream_and_naive_learns_then_forgets(
     assert accuracy(records, "naive/seed0", 2, 1) >= 0.9
     assert accuracy(records, "naive/seed0", 2, 0) <= 0.75  # forgotten
     assert not [r for r in records if r["metric"] == "reward_margin"]
+
+
+def test_a_resumed_generation_run_measures_general_text_against_the_base_model(tmp_path, monkeypatch):
+    methods = ("naive", "interrupt")
+    whole = preference_run(tmp_path / "whole", methods, plugins=(FAULTS,), stream=GENERATION)
+    monkeypatch.setenv("CLBENCH_TEST_INTERRUPT", "1")
+    with pytest.raises(KeyboardInterrupt):
+        preference_run(tmp_path / "part", methods, plugins=(FAULTS,), stream=GENERATION)
+    monkeypatch.delenv("CLBENCH_TEST_INTERRUPT")
+    resumed = preference_run(tmp_path / "part", methods, plugins=(FAULTS,), stream=GENERATION, resume=True)
+    assert any(r["type"] == "general" and r["metric"] == "kl_base" and r["row"] == 2 for r in resumed)
+    assert comparable(resumed) == pytest.approx(comparable(whole), abs=1e-6)
