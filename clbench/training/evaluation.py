@@ -72,20 +72,10 @@ def evaluate_all(model: nn.Module, prepared: Prepared, ctx: RunContext, records:
     for info, split in zip(prepared.infos, prepared.evaluated):
         logits = cached[info.index] if cached is not None else predict(model, split, ctx, batch_size, precision)
         all_logits.append(logits)
-        if isinstance(split, PairSplit) and ctx.kind == "generation":  # the target against the alternative
-            value = choice_accuracy(logits)
-            out += [records.record(kind, row, task, eval_task=info.name, eval_index=info.index, step=step,
-                                   split=prepared.eval_split, metric=metric, value=value, measure="answer accuracy")
-                    for metric in ("acc_cil", "acc_til")]
-            continue
         if isinstance(split, PairSplit):
-            reference = logits if base is None else base[info.index]
-            margins = reward_margins(logits, reference, ctx.beta)
-            values = {"acc_cil": preference_accuracy(logits, reference), "reward_margin": float(margins.mean())}
-            values["acc_til"] = values["acc_cil"]
+            values, measure = lm_scores(logits, logits if base is None else base[info.index], ctx)
             out += [records.record(kind, row, task, eval_task=info.name, eval_index=info.index, step=step,
-                                   split=prepared.eval_split, metric=metric, value=value,
-                                   measure="preference accuracy")
+                                   split=prepared.eval_split, metric=metric, value=value, measure=measure)
                     for metric, value in values.items()]
             continue
         target = split.labels
@@ -98,6 +88,18 @@ def evaluate_all(model: nn.Module, prepared: Prepared, ctx: RunContext, records:
                                       split=prepared.eval_split, metric=metric, value=value))
     records.append(out)
     return all_logits
+
+
+def lm_scores(log_probs: Tensor, base: Tensor, ctx: RunContext) -> tuple[dict[str, float], str]:
+    """A causal LM's scores on one task from its [n, 2] response log-probs, and what they measure: answer
+    accuracy on a generation task; on a preference task preference accuracy and the mean reward margin
+    against the base model's log-probs `base`. `acc_til` repeats `acc_cil`: one model scores every example."""
+    if ctx.kind == "generation":  # the target against the alternative
+        value = choice_accuracy(log_probs)
+        return {"acc_cil": value, "acc_til": value}, "answer accuracy"
+    value = preference_accuracy(log_probs, base)
+    margin = float(reward_margins(log_probs, base, ctx.beta).mean())
+    return {"acc_cil": value, "reward_margin": margin, "acc_til": value}, "preference accuracy"
 
 
 class DriftReferences:
