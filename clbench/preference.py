@@ -20,11 +20,14 @@ E[r(y_w) − r(y_l)] is recorded beside it.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
+from clbench.data import BatchPlan
 from clbench.data.pairs import PairBatch, PairSplit
 
 DEFAULT_BETA = 0.1  # Rafailov et al. use β = 0.1 for most experiments
@@ -71,29 +74,16 @@ def dpo_loss(policy: Tensor, reference: Tensor, beta: float) -> Tensor:
     return -torch.nn.functional.logsigmoid(beta * margin).mean()
 
 
-def batch_dpo_loss(model: nn.Module, batch: PairBatch, beta: float) -> Tensor:
-    """The DPO loss of `model` on `batch`, whose reference log-probs must be attached."""
-    if batch.reference is None:
-        raise RuntimeError("a preference batch needs its reference log-probs (PairSplit.with_reference)")
-    logits = model(**batch.model_inputs()).logits
-    return dpo_loss(pair_log_probs(logits, batch), batch.reference, beta)
-
-
 @torch.no_grad()
 def sequence_log_probs(model: nn.Module, split: PairSplit, batch_size: int, device: torch.device,
                        autocast: object | None = None) -> Tensor:
     """[n, 2] summed response log-probs of every pair of `split` under `model` in eval mode, on the CPU."""
-    from clbench.data import BatchPlan
-
     was_training = model.training
     model.eval()
     out = torch.zeros(len(split), 2)
     for index in BatchPlan(split, batch_size, shuffle=False).indices():  # type: ignore[arg-type]
         batch = split.batch(index).to(device)
-        if autocast is not None:
-            with autocast:  # type: ignore[attr-defined]
-                logits = model(**batch.model_inputs()).logits
-        else:
+        with autocast if autocast is not None else contextlib.nullcontext():  # type: ignore[attr-defined]
             logits = model(**batch.model_inputs()).logits
         out[index] = pair_log_probs(logits.float(), batch).cpu()
     model.train(was_training)
@@ -152,8 +142,6 @@ def token_anchors(model: nn.Module, split: PairSplit, batch_size: int, device: t
                   topk: int) -> TokenAnchors:
     """q on the chosen sequence of every pair of `split`, in eval mode, on the CPU: the `topk` most likely
     tokens per position and the rest as one bucket (`topk` 0: the whole vocabulary)."""
-    from clbench.data import BatchPlan
-
     was_training = model.training
     model.eval()
     width = split.chosen_ids.shape[1]
@@ -199,25 +187,30 @@ def preference_fisher(model: nn.Module, split: PairSplit, estimator: str, beta: 
     the expectation over the model's own preference, σ(1 − σ) β² g²; `batched` averages the squared gradient
     of the mean DPO loss over batches of `batch_size` pairs. Per-pair gradients take one backward each.
     """
-    params = dict(model.named_parameters())
-    total = {n: torch.zeros_like(params[n]) for n in names}
-    size = 1 if estimator != "batched" else batch_size
-    from clbench.data import BatchPlan
-
-    plan = BatchPlan(split, size, shuffle=False)  # type: ignore[arg-type]
-    for index in plan.indices():
-        batch = split.batch(index).to(device)
+    def target(batch: PairBatch) -> tuple[Tensor, float]:
         if batch.reference is None:
             raise RuntimeError("the Fisher of a preference split needs its reference log-probs")
         policy = pair_log_probs(model(**batch.model_inputs()).logits, batch)
         margin = (policy[:, 0] - batch.reference[:, 0]) - (policy[:, 1] - batch.reference[:, 1])
         if estimator == "batched":
-            target, scale = -torch.nn.functional.logsigmoid(beta * margin).mean(), 1.0
-        else:
-            sigma = float(torch.sigmoid(beta * margin.detach()).item())
-            target = margin.sum()
-            scale = ((1 - sigma) * beta) ** 2 if estimator == "empirical" else sigma * (1 - sigma) * beta ** 2
-        grads = torch.autograd.grad(target, [params[n] for n in names], allow_unused=True)
+            return -torch.nn.functional.logsigmoid(beta * margin).mean(), 1.0
+        sigma = float(torch.sigmoid(beta * margin.detach()).item())
+        scale = ((1 - sigma) * beta) ** 2 if estimator == "empirical" else sigma * (1 - sigma) * beta ** 2
+        return margin.sum(), scale
+
+    return mean_squared_gradients(model, split, names, device, 1 if estimator != "batched" else batch_size, target)
+
+
+def mean_squared_gradients(model: nn.Module, split: PairSplit, names: list[str], device: torch.device, size: int,
+                           target: Callable[[PairBatch], tuple[Tensor, float]]) -> dict[str, Tensor]:
+    """Mean over batches of `size` examples of scale · (∇ value)² for the named parameters, where
+    `target(batch)` gives (value, scale): the accumulation every Fisher estimator here shares."""
+    params = dict(model.named_parameters())
+    total = {n: torch.zeros_like(params[n]) for n in names}
+    plan = BatchPlan(split, size, shuffle=False)  # type: ignore[arg-type]
+    for index in plan.indices():
+        value, scale = target(split.batch(index).to(device))
+        grads = torch.autograd.grad(value, [params[n] for n in names], allow_unused=True)
         for n, g in zip(names, grads):
             if g is not None:
                 total[n] += scale * g.detach().pow(2)
@@ -235,8 +228,6 @@ def general_ability(model: nn.Module, split: PairSplit, base: TokenAnchors, batc
     """(perplexity, KL) of `model` on general text (`encode_general`): exp of the mean negative log-likelihood
     per token, and the mean per position of KL(p_base ‖ p_model) over the base's kept tokens plus one bucket
     for the rest (a lower bound of the full KL: merging outcomes never increases a divergence)."""
-    from clbench.data import BatchPlan
-
     was_training = model.training
     model.eval()
     nll = kl = positions = 0.0
@@ -264,23 +255,13 @@ def generation_fisher(model: nn.Module, split: PairSplit, estimator: str, names:
     """Diagonal Fisher of the target's likelihood on a generation task, for EWC: `empirical` averages over
     examples the squared gradient of log p(target | prompt) (summed over its tokens), `batched` the squared
     gradient of the mean token loss over batches of `batch_size`. (`exact` would need sampled answers.)"""
-    from clbench.data import BatchPlan
-
     if estimator not in ("empirical", "batched"):
         raise ValueError(f"ewc: estimator {estimator!r} is not defined on generation tasks; use empirical or batched")
-    params = dict(model.named_parameters())
-    total = {n: torch.zeros_like(params[n]) for n in names}
-    plan = BatchPlan(split, 1 if estimator == "empirical" else batch_size, shuffle=False)  # type: ignore[arg-type]
-    for index in plan.indices():
-        batch = split.batch(index).to(device)
+    def target(batch: PairBatch) -> tuple[Tensor, float]:
         logits = model(**batch.chosen_inputs()).logits
         if estimator == "batched":
-            target = target_nll(logits, batch)
-        else:
-            per_token = token_log_probs(logits, batch.chosen_ids)
-            target = (per_token * batch.response_mask("chosen")).sum()
-        grads = torch.autograd.grad(target, [params[n] for n in names], allow_unused=True)
-        for n, g in zip(names, grads):
-            if g is not None:
-                total[n] += g.detach().pow(2)
-    return {n: t / max(len(plan), 1) for n, t in total.items()}
+            return target_nll(logits, batch), 1.0
+        per_token = token_log_probs(logits, batch.chosen_ids)
+        return (per_token * batch.response_mask("chosen")).sum(), 1.0
+
+    return mean_squared_gradients(model, split, names, device, 1 if estimator == "empirical" else batch_size, target)
