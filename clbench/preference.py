@@ -42,7 +42,7 @@ def token_log_probs(logits: Tensor, input_ids: Tensor) -> Tensor:
 
 def pair_log_probs(logits: Tensor, batch: PairBatch) -> Tensor:
     """[B, 2]: summed response log-probs of each pair's (chosen, rejected) sequence, from the logits [2B, W, V]
-    of `batch.model_inputs()` (extra rows after the first 2B, e.g. a fused replay batch, are ignored)."""
+    of `batch.model_inputs()` (rows after the first 2B are ignored)."""
     inputs = batch.model_inputs()["input_ids"]
     rows = inputs.shape[0]
     per_token = token_log_probs(logits[:rows, :inputs.shape[1]], inputs)
@@ -52,7 +52,9 @@ def pair_log_probs(logits: Tensor, batch: PairBatch) -> Tensor:
 
 def target_nll(logits: Tensor, batch: PairBatch) -> Tensor:
     """Generation tasks: mean negative log-likelihood per target token, over the batch's target (chosen)
-    sequences, from logits whose first B rows are those sequences (`batch.model_inputs()` puts them first)."""
+    sequences, from logits whose first B rows are those sequences: a forward pass over `batch.chosen_inputs()`
+    (what `RunContext.training_inputs` sends) or over `batch.concat(other).chosen_inputs()`, whose further rows
+    and padded positions are ignored (`batch.model_inputs()` puts the chosen rows first too)."""
     ids = batch.chosen_ids
     per_token = token_log_probs(logits[:len(batch), :ids.shape[1]], ids)
     mask = batch.response_mask("chosen").to(per_token.dtype)

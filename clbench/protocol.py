@@ -11,7 +11,7 @@ Call order for each task::
     data = train_data(task, data, previous)        # e.g. joint training on the union of tasks
     for every step:
         extra = extra_inputs(batch)                # e.g. a replay batch to forward together with the new one
-        outputs = model(batch [+ extra])  -> task_loss on the batch's rows only
+        outputs = model(training_inputs(batch [+ extra]))  -> task_loss on the batch's rows only
         loss = loss(model, batch, outputs, task_loss); loss.backward()
         after_backward(model)                      # gradients ready: projections, path integrals
         optimizer.step(); after_step(model)        # optimizer: configure_optimizer(task, params) or AdamW
@@ -62,11 +62,20 @@ class RunContext:
     kind: str = "classification"  # the stream's task kind; "preference" (DPO) or "generation": a causal LM
     beta: float = 0.1  # DPO's β for preference streams (the run's `dpo_beta`)
 
+    def training_inputs(self, batch: Any) -> dict[str, Tensor]:
+        """The model inputs a forward pass for `task_loss` needs on `batch`: its rows for classification, a
+        preference pair's chosen and rejected rows (2B, DPO compares them), and only the B target (chosen) rows
+        for generation, whose loss never reads the alternatives (evaluation scores both, `lm_scores`)."""
+        inputs: dict[str, Tensor] = batch.chosen_inputs() if self.kind == "generation" else batch.model_inputs()
+        return inputs
+
     def task_loss(self, outputs: Any, batch: Any) -> Tensor:
-        """The runner's task loss on `batch` from the forward pass's `outputs` (extra rows after the batch's
-        own are ignored): cross-entropy under `loss_logits` for classification, DPO for preference pairs
-        (`clbench.preference`; the batch carries its reference log-probs), the target answer's mean token
-        negative log-likelihood for generation."""
+        """The runner's task loss on `batch` from the `outputs` of a forward pass over `training_inputs(batch)`
+        (rows after the batch's own, e.g. those of `training_inputs(batch.concat(extra))`, are ignored; not on
+        preference pairs, whose concat puts both batches' chosen rows before their rejected ones):
+        cross-entropy under `loss_logits` for classification, DPO for preference pairs (`clbench.preference`;
+        the batch carries its reference log-probs), the target answer's mean token negative log-likelihood for
+        generation."""
         if self.kind == "preference":
             from clbench.preference import dpo_loss, pair_log_probs
 
@@ -82,7 +91,7 @@ class RunContext:
 
     def loss_of(self, model: nn.Module, batch: Any) -> Tensor:
         """`task_loss` of `model` on `batch` in its own forward pass (e.g. a replay batch, a Fisher sample)."""
-        return self.task_loss(model(**batch.model_inputs()), batch)
+        return self.task_loss(model(**self.training_inputs(batch)), batch)
 
     def adamw(self, params: Sequence[nn.Parameter], lr: float | None = None) -> torch.optim.Optimizer:
         """The runner's default optimiser (AdamW with the run's weight decay) at `lr`, default the run's.

@@ -1,4 +1,5 @@
-"""Preference pairs tokenised for a causal language model: the `preference` task kind's splits and batches.
+"""Preference pairs tokenised for a causal language model: the `preference` and `generation` task kinds'
+splits and batches.
 
 A pair is a prompt and two responses, the chosen and the rejected one. Each becomes two token sequences,
 ``prompt + chosen`` and ``prompt + rejected`` (BOS first when the tokenizer has one, EOS last), sharing the
@@ -7,8 +8,12 @@ log-probability of a sequence is the sum over its response tokens of log p(token
 
 `PairSplit` and `PairBatch` offer what the runner, `BatchPlan` and the episodic memories use of
 `EncodedSplit` and `Batch` (lengths, batch, subset, concat, labels, task ids), so every part of the harness
-that only moves examples around works on pairs unchanged. A batch of B pairs goes through the model as one
-forward pass over 2B rows: the B chosen sequences, then the B rejected ones.
+that only moves examples around works on pairs unchanged. Where both responses are scored (DPO, evaluation) a
+batch of B pairs goes through the model as one forward pass over 2B rows, the B chosen sequences then the B
+rejected ones (`model_inputs`). A `generation` task stores its target answer as the chosen response and an
+alternative answer as the rejected one: evaluation scores both, but training reads only the target's
+likelihood, so its training forward passes take the B chosen rows alone (`chosen_inputs`, as
+`RunContext.training_inputs` says).
 
 `reference` holds, per pair, the log-probabilities of the chosen and the rejected response under the DPO
 reference model (the model at the start of the task being trained), computed once per task by the runner.
@@ -48,7 +53,7 @@ class PairBatch:
                 "attention_mask": torch.cat([self.chosen_mask, self.rejected_mask])}
 
     def chosen_inputs(self) -> dict[str, Tensor]:
-        """Only the chosen sequences (old prompts and their preferred responses), e.g. for FIP's anchors."""
+        """Only the B chosen sequences: a generation task's targets for training, FIP's anchors, general text."""
         return {"input_ids": self.chosen_ids, "attention_mask": self.chosen_mask}
 
     def response_mask(self, rows: str = "both") -> Tensor:
@@ -71,7 +76,11 @@ class PairBatch:
                          self.task_ids.to(device, non_blocking=True), self.index, move(self.reference))
 
     def concat(self, other: PairBatch) -> PairBatch:
-        """This batch's pairs followed by `other`'s, right-padded to the wider of the two."""
+        """This batch's pairs followed by `other`'s, right-padded to the wider of the two.
+
+        `chosen_inputs` of the result has this batch's chosen rows, then `other`'s; `model_inputs` has both
+        batches' chosen rows, then both batches' rejected rows.
+        """
         width = max(self.chosen_ids.shape[1], other.chosen_ids.shape[1])
 
         def pad(t: Tensor) -> Tensor:

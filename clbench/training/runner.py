@@ -321,7 +321,8 @@ def step_loop(unit: Unit, info: TaskInfo, plan: BatchPlan, params: Sequence[nn.P
                               unit.config, forward=unit.forward)
             scheduler.step()
             step += 1
-            rec.add(examples=len(batch), tokens=batch.num_tokens, steps=1)
+            forwarded = unit.ctx.training_inputs(batch)["attention_mask"]  # generation: the targets' tokens only
+            rec.add(examples=len(batch), tokens=int(forwarded.sum()), steps=1)
             unit.progress.step(step, loss)
             check_finite(unit, info, loss, step)
             every = unit.config.eval_every
@@ -357,7 +358,7 @@ def train_step(model: nn.Module, method: Hooks, ctx: RunContext, batch: Any, par
     extra = method.extra_inputs(batch)
     inputs = batch if extra is None else batch.concat(extra)
     with autocast(ctx.device, config.precision):
-        outputs = (model if forward is None else forward)(**inputs.model_inputs())
+        outputs = (model if forward is None else forward)(**ctx.training_inputs(inputs))  # generation: targets
         task_loss = ctx.task_loss(outputs, batch)  # cross-entropy, DPO on preference pairs, or target NLL
         loss = method.loss(model, batch, outputs, task_loss)
     if not method.backward_in_loss:
