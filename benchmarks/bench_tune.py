@@ -34,14 +34,14 @@ from clbench.tuning.settings import TuneSettings
 
 
 def search(args: argparse.Namespace, methods: list[str], out: Path) -> list[tuple[str, dict[str, Any]]]:
-    """Run the search; return every counted trial as (method, values), in order."""
+    """Run the search; return every trial it ran (finished or pruned) as (method, values), in order."""
     settings = TuneSettings(trials=args.trials, params=tuple(args.params.split(",")) if args.params else ())
     tune(build_config(raw_config(args, methods, out)), settings, registry=MethodRegistry.default(),
          progress=Progress("quiet"))
     trials = []
     with (out / "trials.csv").open(encoding="utf-8") as fh:
         for row in csv.DictReader(fh):
-            if row["state"] in ("complete", "pruned"):
+            if row["state"] in ("complete", "pruned") and not row["repeat_of"]:  # a repeat ran nothing
                 values = dict(pair.split("=", 1) for pair in row["values"].split("; ") if pair)
                 trials.append((row["method"], {k: literal(v) for k, v in values.items()}))
     return trials

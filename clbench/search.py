@@ -79,6 +79,10 @@ class IntRange:
     def describe(self) -> str:
         return f"integer{' log' if self.log else ''} [{self.low}, {self.high}]"
 
+    def grid(self) -> tuple[int, ...]:
+        """Every value the space can draw."""
+        return tuple(range(self.low, self.high + 1))
+
 
 @dataclass(frozen=True)
 class Choice:
@@ -95,6 +99,10 @@ class Choice:
 
     def describe(self) -> str:
         return "one of " + ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in self.values)
+
+    def grid(self) -> tuple[Any, ...]:
+        """Every value the space can draw."""
+        return self.values
 
 
 Space = LogUniform | Uniform | IntRange | Choice

@@ -177,25 +177,46 @@ def pruner(settings: TuneSettings) -> Any:
 
 def run_trials(study: Any, name: str, params: list[Param], search_config: RunConfig, settings: TuneSettings,
                out: Path, prepared: Any, shared: SharedStart, registry: MethodRegistry, progress: Progress) -> None:
-    """Run trials of one method until its budget (finished + pruned trials) is spent."""
+    """Run trials of one method until its budget is spent: `settings.trials` distinct sets of values evaluated
+    (finished or pruned), or every set a finite space holds when it holds fewer.
+
+    A draw of values already evaluated runs nothing and does not count: it is told the earlier result (so the
+    sampler learns from it) and marked `repeat_of`; in a finite space (every parameter a `Choice` or an
+    `IntRange`) the next trial is then an unevaluated set, drawn with a generator seeded by the search's seed
+    and the trial's number. Without that, a method whose space is a five-value grid (the learning rate) would
+    get fewer distinct evaluations than a method searching a continuous range for the same budget.
+    """
     import optuna
 
     for stale in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         study.tell(stale.number, state=optuna.trial.TrialState.FAIL)  # the search was killed during it
-    counted = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-    while len(study.get_trials(deepcopy=False, states=counted)) < settings.trials:
+    grid = value_grid(params)
+    budget = settings.trials if grid is None else min(settings.trials, len(grid))
+    repeats_in_a_row = 0
+    while len(evaluated(study)) < budget:
         trial = study.ask()
         values = {p.name: p.sample(trial) for p in params}
         earlier = same_values(study, values)
-        if earlier is not None:  # a seeded run repeats exactly: count the earlier result again, run nothing
+        if earlier is not None:  # a seeded run repeats exactly: tell the earlier result, run nothing, count nothing
             trial.set_user_attr("seconds", 0.0)
             trial.set_user_attr("repeat_of", earlier.number)
             if "seed_scores" in earlier.user_attrs:
                 trial.set_user_attr("seed_scores", earlier.user_attrs["seed_scores"])
             study.tell(trial, earlier.value, state=earlier.state)
             progress.message(f"tune {name}: trial {trial.number} drew trial {earlier.number}'s values {values} "
-                             "again; its result counts, nothing re-run")
+                             "again; nothing re-run, not counted")
+            repeats_in_a_row += 1
+            if grid is not None:
+                done = [t.params for t in evaluated(study)]
+                untried = [g for g in grid if g not in done]
+                rng = np.random.default_rng([settings.sampler_seed, trial.number])
+                study.enqueue_trial(untried[int(rng.integers(len(untried)))])
+            elif repeats_in_a_row >= MAX_REPEATS:
+                progress.message(f"tune {name}: {MAX_REPEATS} draws in a row repeated earlier values; stopping "
+                                 f"with {len(evaluated(study))} of {budget} trials")
+                return
             continue
+        repeats_in_a_row = 0
         config = trial_config(search_config, name, values, out / "trials" / name / f"{trial.number:03d}")
         Path(str(config.out)).parent.mkdir(parents=True, exist_ok=True)
         observer = PruningObserver(trial, settings.objective, config.seeds, len(prepared.infos))
@@ -215,12 +236,30 @@ def run_trials(study: Any, name: str, params: list[Param], search_config: RunCon
         progress.message(f"tune {name}: trial {trial.number} validation ACC {np.mean(scores):.3f} {values}")
 
 
-def same_values(study: Any, values: dict[str, Any]) -> Any | None:
-    """The earliest finished or pruned trial of `study` with exactly these values, or None."""
+MAX_REPEATS = 20  # draws in a row of already evaluated values, in a continuous space, before a method stops
+
+
+def value_grid(params: list[Param]) -> list[dict[str, Any]] | None:
+    """Every set of values a finite space holds (each parameter a `Choice` or an `IntRange`), or None."""
+    import itertools
+
+    grids = [getattr(p.space, "grid", None) for p in params]
+    if not params or any(g is None for g in grids):
+        return None
+    return [dict(zip((p.name for p in params), combo)) for combo in itertools.product(*(g() for g in grids))]
+
+
+def evaluated(study: Any) -> list[Any]:
+    """The trials that count towards a method's budget: finished or pruned, and not a repeat of earlier values."""
     import optuna
 
     states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-    return next((t for t in study.get_trials(deepcopy=False, states=states) if t.params == values), None)
+    return [t for t in study.get_trials(deepcopy=False, states=states) if "repeat_of" not in t.user_attrs]
+
+
+def same_values(study: Any, values: dict[str, Any]) -> Any | None:
+    """The earliest finished or pruned trial of `study` with exactly these values, or None."""
+    return next((t for t in evaluated(study) if t.params == values), None)
 
 
 def trial_config(search_config: RunConfig, name: str, values: dict[str, Any], out: Path) -> RunConfig:

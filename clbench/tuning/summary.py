@@ -68,11 +68,12 @@ def write_summary(out: Path, config: RunConfig, settings: TuneSettings, storage:
     all_studies = studies(config, storage)
     for name, study in all_studies.items():
         trials = study.get_trials(deepcopy=False)
-        count = {s: sum(t.state == s for t in trials) for s in (states.COMPLETE, states.PRUNED, states.FAIL)}
+        distinct = [t for t in trials if "repeat_of" not in t.user_attrs]
+        count = {s: sum(t.state == s for t in distinct) for s in (states.COMPLETE, states.PRUNED, states.FAIL)}
         seconds = sum(float(t.user_attrs.get("seconds", 0.0)) for t in trials)
-        repeats = sum("repeat_of" in t.user_attrs for t in trials)
+        repeats = len(trials) - len(distinct)
         counts = f"{count[states.COMPLETE]} / {count[states.PRUNED]} / {count[states.FAIL]}" + (
-            f" ({repeats} drew earlier values, not re-run)" if repeats else "")
+            f" (+{repeats} draws of earlier values, not re-run or counted)" if repeats else "")
         best = best_trial(study)
         scores = best.user_attrs.get("seed_scores", []) if best else []
         spread = f"{np.std(scores, ddof=0):.3f}" if len(scores) > 1 else "– (one seed)"

@@ -102,8 +102,10 @@ def test_a_search_gives_every_method_the_same_budget_and_run_replays_it_on_test(
     assert '"eval_split": "test"' in (out / "env.json").read_text()
 
 
-def test_values_drawn_again_are_not_run_again_and_count_with_the_earlier_result(tmp_path: Path) -> None:
-    """The learning rate has five choices, so seven trials must draw some values twice (TPE does even sooner)."""
+def test_values_drawn_again_are_not_run_again_nor_counted_and_a_small_grid_is_searched_whole(tmp_path: Path
+                                                                                             ) -> None:
+    """The learning rate has five choices: a budget of 7 evaluates each once (the space is smaller), and the
+    draws that repeat an evaluated value run nothing and score the earlier result."""
     config = small_config(tmp_path, ("naive",))
     tune(config, TuneSettings(trials=7, params=("lr",), pruner="none"), progress=Progress("quiet"))
     out = tmp_path / "tune"
@@ -112,12 +114,41 @@ def test_values_drawn_again_are_not_run_again_and_count_with_the_earlier_result(
     for (_, number), (value, params) in sorted(values.items()):
         first.setdefault(params["lr"], (number, value))
         assert value == first[params["lr"]][1]  # a repeat scores what the first trial with its values scored
-    assert len(first) < 7 and len(values) == 7  # some repeated, and each counted towards the budget
+    assert sorted(first) == [1e-5, 3e-5, 1e-4, 3e-4, 1e-3]  # every choice evaluated, none left out
+    repeats = len(values) - len(first)
+    assert repeats > 0  # this seeded search draws some values twice (checked: it would otherwise prove nothing)
+    firsts = {number for number, _ in first.values()}
+    after_repeats = [n + 1 for n in range(len(values)) if n not in firsts and n + 1 < len(values)]
+    assert all(n in firsts for n in after_repeats)  # a repeat is followed by an unevaluated value, not left to luck
     ran = sorted(int(d.name) for d in (out / "trials" / "naive").iterdir())
     assert ran == sorted(number for number, _ in first.values())  # only the first of each value set ran
     summary = (out / "tuning.md").read_text()
-    assert f"({7 - len(first)} drew earlier values, not re-run)" in summary
+    assert f"| naive | 5 / 0 / 0 (+{repeats} draws of earlier values, not re-run or counted) |" in summary
     assert "– (one seed)" in summary  # no spread from one search seed
+
+
+def test_a_budget_counts_distinct_values_so_a_grid_gets_as_many_evaluations_as_a_range(tmp_path: Path) -> None:
+    config = small_config(tmp_path, ("naive", "ewc"))
+    tune(config, TuneSettings(trials=4, params=("naive.lr", "ewc.penalty_weight"), pruner="none"),
+         progress=Progress("quiet"))
+    evaluated = {}
+    for (method, number), (_, params) in trial_values(tmp_path / "tune").items():
+        evaluated.setdefault(method, set()).add(tuple(params.values()))
+    assert {m: len(v) for m, v in evaluated.items()} == {"naive": 4, "ewc": 4}
+
+
+def test_a_continuous_space_that_keeps_repeating_stops_instead_of_looping(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    class Stuck:  # a space whose every draw is the same value
+        def sample(self, trial: Any, name: str) -> float:
+            return trial.suggest_float(name, 1e-4, 1e-4)
+
+    monkeypatch.setattr(search, "method_space", lambda *args, **kwargs: [search.Param("lr", Stuck())])
+    monkeypatch.setattr(search, "MAX_REPEATS", 2)
+    config = small_config(tmp_path, ("naive",))
+    tune(config, TuneSettings(trials=3, pruner="none"), progress=Progress("quiet"))
+    values = trial_values(tmp_path / "tune")
+    assert len(values) == 3 and len(list((tmp_path / "tune" / "trials" / "naive").iterdir())) == 1
 
 
 def test_the_test_set_is_never_read_while_tuning(tmp_path: Path) -> None:
@@ -162,11 +193,14 @@ def test_a_killed_search_resumes_without_repeating_finished_trials(tmp_path: Pat
     with pytest.raises(Exception, match="already holds a search"):
         tune(config, settings, progress=Progress("quiet"))  # a fresh search refuses the directory
     tune(config, settings, progress=Progress("quiet"), resume=True)
-    # trial 0 kept, trial 1 (killed) replaced by two more; one that draws trial 0's values again is not run
-    assert {Path(c).name for c in calls} <= {"002", "003"} and calls
+    # trial 0 kept, trial 1 (killed) marked failed, and two more runs spend the rest of the budget of 3; a draw
+    # of trial 0's values again runs nothing
+    assert len(calls) == 2 and all(int(Path(c).name) >= 2 for c in calls)
     assert hashlib.sha256(first.read_bytes()).hexdigest() == digest
-    states = {n: v is not None for (_, n), (v, _) in trial_values(tmp_path / "tune").items()}
-    assert states == {0: True, 1: False, 2: True, 3: True}
+    values = trial_values(tmp_path / "tune")
+    states = {n: v is not None for (_, n), (v, _) in values.items()}
+    assert states[0] and not states[1] and all(states[n] for n in states if n >= 2)
+    assert len({params["lr"] for (_, n), (v, params) in values.items() if v is not None}) == 3
     with pytest.raises(Exception, match="different configuration"):
         tune(small_config(tmp_path, ("naive",), max_steps=4), settings, progress=Progress("quiet"), resume=True)
 
