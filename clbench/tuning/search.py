@@ -36,6 +36,7 @@ from clbench.evaluators.accuracy import average_accuracy
 from clbench.registry import MethodRegistry
 from clbench.reporting.rundata import accuracy_matrices
 from clbench.results import RunDir, read_records
+from clbench.search import Choice, IntRange
 from clbench.training.progress import Progress
 from clbench.training.run import run
 from clbench.training.sharing import SharedStart
@@ -243,10 +244,11 @@ def value_grid(params: list[Param]) -> list[dict[str, Any]] | None:
     """Every set of values a finite space holds (each parameter a `Choice` or an `IntRange`), or None."""
     import itertools
 
-    grids = [getattr(p.space, "grid", None) for p in params]
-    if not params or any(g is None for g in grids):
+    spaces = [p.space for p in params]
+    if not params or not all(isinstance(s, (Choice, IntRange)) for s in spaces):
         return None
-    return [dict(zip((p.name for p in params), combo)) for combo in itertools.product(*(g() for g in grids))]
+    grids = [s.grid() for s in spaces if isinstance(s, (Choice, IntRange))]
+    return [dict(zip((p.name for p in params), combo)) for combo in itertools.product(*grids)]
 
 
 def evaluated(study: Any) -> list[Any]:
