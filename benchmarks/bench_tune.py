@@ -7,10 +7,13 @@ its own directory, with the values the search chose for that trial: what a user 
 task's training across trials of a method whose first task is plain fine-tuning (same seed, learning rate and
 budget), and prunes hopeless trials (pruned trials are re-run in full on the separate side, as a hand search
 would not know to stop them). Both sides run in this process, the tokenisation cache warm, the search first
-(its trials define the other side); with `--repeats` > 1 the figure is the median of paired ratios.
+(its trials define the other side); with `--repeats` > 1 the figure is the median of paired ratios. Since the
+separate side runs every trial to the end, it also says where each method's chosen trial ranks among them: what
+pruning cost in the quality of the choice.
 
     python benchmarks/bench_tune.py [--methods fip,naive] [--params fip.ce_weight,naive.lr] [--trials 6]
-        [--model minilm] [--stream reviews] [--steps 8] [--train-size 64] [--test-size 32] [--repeats 1]
+        [--pruner percentile|median|halving|none] [--prune-every 0] [--model minilm] [--stream reviews]
+        [--steps 8] [--train-size 64] [--test-size 32] [--repeats 1]
 """
 
 from __future__ import annotations
@@ -26,25 +29,32 @@ from typing import Any
 from clbench.benchmarks._timing import machine, median_ratio, timed, verdict
 from clbench.benchmarks.bench_grid import add_size_options, raw_config
 from clbench.config import build_config
+from clbench.data.streams import load_stream_spec
 from clbench.registry import MethodRegistry
 from clbench.training.progress import Progress
 from clbench.training.run import run
-from clbench.tuning.search import tune
+from clbench.tuning.search import seed_scores, tune
 from clbench.tuning.settings import TuneSettings
 
 
-def search(args: argparse.Namespace, methods: list[str], out: Path) -> list[tuple[str, dict[str, Any]]]:
-    """Run the search; return every trial it ran (finished or pruned) as (method, values), in order."""
-    settings = TuneSettings(trials=args.trials, params=tuple(args.params.split(",")) if args.params else ())
+def search(args: argparse.Namespace, methods: list[str], out: Path
+           ) -> tuple[list[tuple[str, dict[str, Any]]], dict[str, int]]:
+    """Run the search; return every trial it ran (finished or pruned) as (method, values), in order, and the
+    position in that list of each method's chosen trial (its best finished one)."""
+    settings = TuneSettings(trials=args.trials, params=tuple(args.params.split(",")) if args.params else (),
+                            pruner=args.pruner, prune_every=args.prune_every)
     tune(build_config(raw_config(args, methods, out)), settings, registry=MethodRegistry.default(),
          progress=Progress("quiet"))
-    trials = []
+    trials: list[tuple[str, dict[str, Any]]] = []
+    best: dict[str, tuple[float, int]] = {}
     with (out / "trials.csv").open(encoding="utf-8") as fh:
         for row in csv.DictReader(fh):
             if row["state"] in ("complete", "pruned") and not row["repeat_of"]:  # a repeat ran nothing
                 values = dict(pair.split("=", 1) for pair in row["values"].split("; ") if pair)
+                if row["state"] == "complete" and float(row["validation_acc"]) > best.get(row["method"], (-1, 0))[0]:
+                    best[row["method"]] = (float(row["validation_acc"]), len(trials))
                 trials.append((row["method"], {k: literal(v) for k, v in values.items()}))
-    return trials
+    return trials, {method: position for method, (_, position) in best.items()}
 
 
 def literal(text: str) -> Any:
@@ -55,11 +65,27 @@ def literal(text: str) -> Any:
         return text
 
 
-def separately(args: argparse.Namespace, trials: list[tuple[str, dict[str, Any]]], root: Path) -> None:
-    """Each trial as its own run on the validation split, as a search by hand would run it."""
+def separately(args: argparse.Namespace, trials: list[tuple[str, dict[str, Any]]], root: Path) -> list[float]:
+    """Each trial as its own run on the validation split, as a search by hand would run it; returns each run's
+    validation ACC after the last task (the objective the search maximises)."""
+    scores = []
+    tasks = len(load_stream_spec(args.stream).tasks)
     for number, (method, values) in enumerate(trials):
         raw = {**raw_config(args, [method], root / f"{number:03d}-{method}"), "eval_split": "val", method: values}
-        run(build_config(raw), registry=MethodRegistry.default(), progress=Progress("quiet"))
+        out = run(build_config(raw), registry=MethodRegistry.default(), progress=Progress("quiet"))
+        scores.append(seed_scores(out, "acc_cil", [0], tasks)[0])
+    return scores
+
+
+def choice_quality(trials: list[tuple[str, dict[str, Any]]], chosen: dict[str, int], scores: list[float]) -> str:
+    """Per method: where the search's choice ranks among the same trials run to the end (1 = the best of them)."""
+    parts = []
+    for method, position in chosen.items():
+        mine = [scores[i] for i, (m, _) in enumerate(trials) if m == method]
+        rank = 1 + sum(score > scores[position] for score in mine)
+        parts.append(f"{method}: chose {trials[position][1]} at {scores[position]:.3f}, rank {rank} of {len(mine)} "
+                     f"run to the end (best {max(mine):.3f})")
+    return "; ".join(parts)
 
 
 def main() -> None:
@@ -68,25 +94,29 @@ def main() -> None:
     parser.add_argument("--params", default="fip.ce_weight,naive.lr",
                         help="what to search (clbench tune --params); empty: every declared space")
     parser.add_argument("--trials", type=int, default=6, help="trials per method")
+    parser.add_argument("--pruner", default="percentile", help="clbench tune --pruner")
+    parser.add_argument("--prune-every", type=int, default=0, help="clbench tune --prune-every (steps)")
     add_size_options(parser)
     args = parser.parse_args()
     methods = [m for m in args.methods.split(",") if m]
 
     print(f"machine: {machine()}")
     print(f"search of {', '.join(methods)} ({args.params or 'every declared space'}), {args.trials} trials each, "
-          f"on {args.stream} with {args.model}: {args.steps} steps per task, train {args.train_size} per task")
+          f"on {args.stream} with {args.model}: {args.steps} steps per task, train {args.train_size} per task; "
+          f"pruner {args.pruner}, reports every {args.prune_every or 'task'} steps")
     root = Path(tempfile.mkdtemp(prefix="bench_tune-"))
     try:
         run(build_config(raw_config(args, ["naive"], root / "warm")), progress=Progress("quiet"))  # caches warm
         search_times: list[float] = []
         separate_times: list[float] = []
         for repeat in range(args.repeats):
-            seconds, trials = timed(lambda r=repeat: search(args, methods, root / f"search{r}"))
+            seconds, (trials, chosen) = timed(lambda r=repeat: search(args, methods, root / f"search{r}"))
             search_times.append(seconds)
-            seconds, _ = timed(lambda r=repeat, t=trials: separately(args, t, root / f"separate{r}"))
+            seconds, scores = timed(lambda r=repeat, t=trials: separately(args, t, root / f"separate{r}"))
             separate_times.append(seconds)
             print(f"repeat {repeat + 1}: search {search_times[-1]:.1f} s, the same {len(trials)} trials as "
                   f"separate runs {separate_times[-1]:.1f} s")
+            print(f"  the search's choices among the trials run to the end: {choice_quality(trials, chosen, scores)}")
         ratio = median_ratio(search_times, separate_times)
         print(f"search / separate runs: {ratio:.3f}x  {verdict(ratio, 0.5)}")
     finally:

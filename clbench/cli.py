@@ -206,7 +206,9 @@ def _config_from_flags(kwargs: dict[str, Any], resume: bool) -> tuple[Any, list[
               help="Validation ACC after the last task to maximise: acc_cil or acc_til.")
 @click.option("--eval-seeds", default="0,1,2", show_default=True, help="Seeds written into tuned.yaml for the test run.")
 @click.option("--params", help="Search only these, e.g. lr,ewc.penalty_weight (default: every declared space).")
-@click.option("--pruner", default="percentile", show_default=True, help="percentile, median or none.")
+@click.option("--pruner", default="percentile", show_default=True, help="percentile, median, halving or none.")
+@click.option("--prune-every", type=int, default=0, show_default=True,
+              help="Also let the pruner judge a trial every N training steps within a task (0: after tasks only).")
 @click.option("--sampler-seed", type=int, default=0, show_default=True, help="Seed of the TPE samplers.")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML run configuration.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config value.")
@@ -227,7 +229,7 @@ def tune(**kwargs: Any) -> None:
                             tune_stream=kwargs.pop("tune_stream"),
                             eval_seeds=tuple(int(s) for s in _csv(kwargs.pop("eval_seeds")) or ()),
                             params=tuple(_csv(kwargs.pop("params")) or ()), pruner=kwargs.pop("pruner"),
-                            sampler_seed=kwargs.pop("sampler_seed"))
+                            sampler_seed=kwargs.pop("sampler_seed"), prune_every=kwargs.pop("prune_every"))
     quiet, resume = kwargs.pop("quiet"), kwargs.pop("resume")
     config, errors, registry = _config_from_flags(kwargs, resume=False)  # tune.yaml is checked, not a base layer
     if errors:

@@ -285,7 +285,7 @@ def train_task(unit: Unit, info: TaskInfo, data: EncodedSplit) -> TrainedTask:
     shared, seed = unit.shared, unit.ctx.seed
     key = None if shared is None or info.index else SharedStart.key(
         method, unit.built, model, data, unit.prepared.train[0], params, optimizer, unit.generator,
-        config.eval_every, (total, warmup, config.grad_clip, config.batch_size))
+        config.eval_every, (total, warmup, config.grad_clip, config.batch_size), unit.prepared.general is not None)
     reused = shared.reusable(seed, key, model) if shared is not None else None
     if shared is not None and reused is None:
         shared.begin(seed, key, unit.label, model)
@@ -293,6 +293,7 @@ def train_task(unit: Unit, info: TaskInfo, data: EncodedSplit) -> TrainedTask:
         unit.progress.reused(unit.label, info.name, reused.producer, reused.steps)
     else:
         unit.progress.start_task(f"{unit.label} {info.name}", total)
+    curves: list[tuple[int, list[Tensor]]] = []
     with profile(unit.ctx.device) as rec:
         if reused is not None:
             steps = SharedStart.apply(reused, model, unit.generator)
@@ -301,17 +302,21 @@ def train_task(unit: Unit, info: TaskInfo, data: EncodedSplit) -> TrainedTask:
                                     config.precision, unit.ctx.device, unit.generator)
             steps = fit_external(unit, info, data, settings, rec)
         else:
-            steps = step_loop(unit, info, plan, params, optimizer, scheduler, total, rec)
+            steps = step_loop(unit, info, plan, params, optimizer, scheduler, total, rec, curves)
     unit.progress.end_task()
+    for step, logits in reused.curves if reused is not None else ():  # the producer's learning curve, as this unit's
+        unit.evaluate(info.index + 1, info.name, step=step, kind="curve", cached=logits)
     if shared is not None and reused is None and info.index == 0:
-        shared.end(seed, unit.label, model, unit.generator, steps, optimizer_state_mb(optimizer))
+        shared.end(seed, unit.label, model, unit.generator, steps, optimizer_state_mb(optimizer), curves)
     state_mb = reused.optimizer_state_mb if reused is not None else optimizer_state_mb(optimizer)
     return TrainedTask(steps, rec, state_mb, reused)
 
 
 def step_loop(unit: Unit, info: TaskInfo, plan: BatchPlan, params: Sequence[nn.Parameter],
-              optimizer: torch.optim.Optimizer, scheduler: Any, total: int, rec: ProfileRecord) -> int:
-    """The runner's own loop: `total` optimiser steps over shuffled epochs of `plan`; returns the steps taken."""
+              optimizer: torch.optim.Optimizer, scheduler: Any, total: int, rec: ProfileRecord,
+              curves: list[tuple[int, list[Tensor]]]) -> int:
+    """The runner's own loop: `total` optimiser steps over shuffled epochs of `plan`; returns the steps taken.
+    With `eval_every`, every task is evaluated every that many steps, and (step, logits) appended to `curves`."""
     step = 0
     while step < total:
         for batch in plan:
@@ -327,7 +332,7 @@ def step_loop(unit: Unit, info: TaskInfo, plan: BatchPlan, params: Sequence[nn.P
             check_finite(unit, info, loss, step)
             every = unit.config.eval_every
             if every and step % every == 0 and step < total:  # the learning curve between task ends
-                unit.evaluate(info.index + 1, info.name, step=step, kind="curve")
+                curves.append((step, unit.evaluate(info.index + 1, info.name, step=step, kind="curve")))
     return step
 
 

@@ -5,7 +5,9 @@ runner trains task 1 once per seed and hands the trained weights to the others. 
 not names; a unit reuses another's first task only when, right before training it,
 
 - the method declares `first_task_is_finetuning` (its class or `__init__` sets it True; `Hooks`' default is
-  False), it has no `external_loop`, and `eval_every` is 0;
+  False) and it has no `external_loop`;
+- both evaluate along training at the same `eval_every` (the producer's curve logits are replayed as the
+  reusing unit's curve records), and the stream has no general text (whose records need the model itself);
 - `setup` returned the model the runner built (no wrapper such as PEFT's LoRA model);
 - `train_data` returned the task's own training split, the optimiser has the same type and defaults, and the
   schedule is the same (steps, warm-up, clipping, batch size: a method may set its own lr or budget);
@@ -23,7 +25,7 @@ model copies in memory), and within one run a unit keeps no copy that no later u
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -58,6 +60,7 @@ class TrainedFirstTask:
     cuda_rng: Tensor | None = None
     steps: int = 0
     optimizer_state_mb: float = 0.0
+    curves: list[tuple[int, list[Tensor]]] = field(default_factory=list)  # (step, logits) of each curve evaluation
 
 
 class SharedStart:
@@ -110,16 +113,16 @@ class SharedStart:
     @staticmethod
     def key(method: Any, built: nn.Module, model: nn.Module, data: EncodedSplit, base: EncodedSplit,
             params: list[nn.Parameter], optimizer: torch.optim.Optimizer, generator: torch.Generator,
-            eval_every: int, schedule: tuple[Any, ...] = ()) -> tuple[Any, ...] | None:
+            eval_every: int, schedule: tuple[Any, ...] = (), general_text: bool = False) -> tuple[Any, ...] | None:
         """What must match for two units to share task 1's training, or None when this unit cannot share."""
-        if (not method.first_task_is_finetuning or method.external_loop or eval_every or model is not built
-                or data is not base):
+        if (not method.first_task_is_finetuning or method.external_loop or (eval_every and general_text)
+                or model is not built or data is not base):
             return None
         names = {id(p): n for n, p in model.named_parameters()}
         if any(id(p) not in names for p in params):
             return None
         defaults = tuple(sorted((k, repr(v)) for k, v in optimizer.defaults.items()))
-        return (type(optimizer).__name__, defaults, schedule, tuple(names[id(p)] for p in params),
+        return (type(optimizer).__name__, defaults, schedule, eval_every, tuple(names[id(p)] for p in params),
                 bytes(generator.get_state().numpy()), bytes(torch.get_rng_state().numpy()))
 
     def reusable(self, seed: int, key: tuple[Any, ...] | None, model: nn.Module) -> TrainedFirstTask | None:
@@ -137,8 +140,9 @@ class SharedStart:
             self.firsts[seed][key] = TrainedFirstTask(producer, key, _state(model))
 
     def end(self, seed: int, producer: str, model: nn.Module, generator: torch.Generator, steps: int,
-            optimizer_state_mb: float) -> None:
-        """Called after that unit trained task 1 without diverging: keep its trained weights and RNG states."""
+            optimizer_state_mb: float, curves: Sequence[tuple[int, list[Tensor]]] = ()) -> None:
+        """Called after that unit trained task 1 without diverging: keep its trained weights and RNG states, and
+        the logits of its evaluations along training (`curves`)."""
         first = next((f for f in self.firsts.get(seed, {}).values() if f.producer == producer and f.after is None),
                      None)
         if first is None:
@@ -150,6 +154,7 @@ class SharedStart:
         first.cuda_rng = torch.cuda.get_rng_state(device) if device is not None else None
         first.steps = steps
         first.optimizer_state_mb = optimizer_state_mb
+        first.curves = list(curves)
 
     @staticmethod
     def apply(first: TrainedFirstTask, model: nn.Module, generator: torch.Generator) -> int:

@@ -4,12 +4,14 @@ A trial is an ordinary run of one method (every search seed) into `DIR/trials/<m
 trial's values in the method's section, `eval_split: val` (the stream is built without its test data, so no
 test example is read) and the tuning stream. Its objective is the validation ACC after the whole stream
 (`clbench.evaluators.average_accuracy` of the class-incremental matrix by default), averaged over seeds; a
-unit that fails (e.g. diverges) scores 0. After each task the mean validation accuracy over the tasks seen
-so far is reported to the study's pruner, which may stop a hopeless trial early.
+unit that fails (e.g. diverges) scores 0. After each task, and every `--prune-every` steps within a task, the
+mean validation accuracy over the tasks seen so far is reported to the study's pruner, which may stop a hopeless
+trial early.
 
 What the trials share: the tokenised stream (prepared once), row 0, and the trained first task of every
-(seed, learning rate, budget) already seen (`clbench.training.sharing.SharedStart`), so a trial of a method
-whose first task is plain fine-tuning trains it only when no earlier trial did with the same settings.
+(seed, learning rate, budget) already seen (`clbench.training.sharing.SharedStart`, with its evaluations along
+training), so a trial of a method whose first task is plain fine-tuning trains it only when no earlier trial did
+with the same settings.
 
 The study lives in `DIR/study.journal` (Optuna's journal storage): `--resume` continues a killed search
 without repeating finished or pruned trials; a trial that was running when the search died is marked failed
@@ -40,7 +42,7 @@ from clbench.search import Choice, IntRange
 from clbench.training.progress import Progress
 from clbench.training.run import run
 from clbench.training.sharing import SharedStart
-from clbench.tuning.settings import OBJECTIVES, PRUNERS, SETTINGS, STUDY, TuneSettings
+from clbench.tuning.settings import OBJECTIVES, PRUNERS, SETTING_DEFAULTS, SETTINGS, STUDY, TuneSettings
 from clbench.tuning.space import Param, method_space
 
 
@@ -50,22 +52,32 @@ class Pruned(Exception):
 
 @dataclass
 class PruningObserver:
-    """Reports a trial's mean validation accuracy over the tasks seen so far after each task; raises `Pruned`
-    when the study's pruner says the trial cannot catch up."""
+    """Reports a trial's mean validation accuracy over the tasks seen so far to the study's pruner, at every
+    evaluation along training (`eval_every`, set by `--prune-every`) and after each task; raises `Pruned` when
+    the pruner says the trial cannot catch up.
+
+    The step of a report is the number of training steps the trial has taken so far, over its tasks and seeds
+    in order, so trials of one method are compared at the same amount of training, and a halving pruner's
+    rungs are fractions of the whole trial.
+    """
 
     trial: Any
     objective: str
     seeds: Sequence[int]
     num_tasks: int
+    finished_steps: int = 0  # training steps of the tasks finished so far (every seed)
 
     def __call__(self, records: list[dict[str, Any]]) -> None:
-        rows: dict[tuple[int, int], list[float]] = {}
+        points: dict[tuple[int, int, str, int], list[float]] = {}
         for r in records:
-            if r["type"] == "accuracy" and r["metric"] == self.objective and r["row"] >= 1 \
+            if r["type"] in ("accuracy", "curve") and r["metric"] == self.objective and r["row"] >= 1 \
                     and r["eval_index"] < r["row"]:
-                rows.setdefault((int(r["seed"]), int(r["row"])), []).append(float(r["value"]))
-        for (seed, row), values in sorted(rows.items()):
-            self.trial.report(float(np.mean(values)), self.seeds.index(seed) * self.num_tasks + row)
+                key = (self.seeds.index(int(r["seed"])), int(r["row"]), r["type"], int(r.get("step") or 0))
+                points.setdefault(key, []).append(float(r["value"]))
+        for (_, _, kind, step), values in sorted(points.items(), key=lambda p: (p[0][0], p[0][1], p[0][3])):
+            self.trial.report(float(np.mean(values)), self.finished_steps + step)
+            if kind == "accuracy":  # the task is finished: its steps count from now on
+                self.finished_steps += step
             if self.trial.should_prune():
                 raise Pruned
 
@@ -82,6 +94,9 @@ def check_settings(config: RunConfig, settings: TuneSettings) -> list[str]:
         errors.append(f"--objective '{settings.objective}' must be one of {', '.join(OBJECTIVES)}")
     if settings.pruner not in PRUNERS:
         errors.append(f"--pruner '{settings.pruner}' must be one of {', '.join(PRUNERS)}")
+    if settings.prune_every < 0:
+        errors.append(f"--prune-every {settings.prune_every} must be 0 (prune after tasks only) or a positive "
+                      "number of steps")
     if not settings.eval_seeds or len(set(settings.eval_seeds)) != len(settings.eval_seeds):
         errors.append(f"--eval-seeds {list(settings.eval_seeds)} must list distinct seeds, e.g. 0,1,2")
     if config.out is None:
@@ -166,11 +181,15 @@ def sampler(settings: TuneSettings, position: int) -> Any:
 
 def pruner(settings: TuneSettings) -> Any:
     """Stop a trial whose running validation accuracy is below the 25th percentile (or median) of earlier
-    trials at the same task, once 3 trials have finished."""
+    trials at the same point of training, once 3 trials have finished; or, with `halving`, successive halving
+    (Jamieson & Talwalkar 2016; Li et al. 2020, ASHA): at rungs of 1, 3, 9, ... times a minimum amount of
+    training, only the best third of the trials that reached a rung go on."""
     import optuna
 
     if settings.pruner == "none":
         return optuna.pruners.NopPruner()
+    if settings.pruner == "halving":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource="auto", reduction_factor=3)
     if settings.pruner == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=3)
     return optuna.pruners.PercentilePruner(25.0, n_startup_trials=3)
@@ -218,7 +237,8 @@ def run_trials(study: Any, name: str, params: list[Param], search_config: RunCon
                 return
             continue
         repeats_in_a_row = 0
-        config = trial_config(search_config, name, values, out / "trials" / name / f"{trial.number:03d}")
+        config = trial_config(search_config, name, values, out / "trials" / name / f"{trial.number:03d}",
+                              settings.prune_every)
         Path(str(config.out)).parent.mkdir(parents=True, exist_ok=True)
         observer = PruningObserver(trial, settings.objective, config.seeds, len(prepared.infos))
         started = time.perf_counter()
@@ -264,10 +284,13 @@ def same_values(study: Any, values: dict[str, Any]) -> Any | None:
     return next((t for t in evaluated(study) if t.params == values), None)
 
 
-def trial_config(search_config: RunConfig, name: str, values: dict[str, Any], out: Path) -> RunConfig:
-    """The run of one trial: one method, the trial's values in its section, into `out`."""
+def trial_config(search_config: RunConfig, name: str, values: dict[str, Any], out: Path, prune_every: int = 0
+                 ) -> RunConfig:
+    """The run of one trial: one method, the trial's values in its section, into `out`; with `prune_every`, it
+    also evaluates every that many steps (unless the configuration sets its own `eval_every`)."""
     section = {**search_config.method_options.get(name, {}), **values}
-    return replace(search_config, methods=(name,), out=str(out), method_options={name: section})
+    every = search_config.eval_every or prune_every
+    return replace(search_config, methods=(name,), out=str(out), method_options={name: section}, eval_every=every)
 
 
 def seed_scores(run_dir: Path, objective: str, seeds: Sequence[int], num_tasks: int) -> list[float]:
@@ -293,7 +316,8 @@ def check_tuning_dir(out: Path, config: RunConfig, settings: TuneSettings, resum
     before = {k: v for k, v in saved_config.to_dict().items() if k not in ("provenance", "out")}
     now = {k: v for k, v in config.to_dict().items() if k not in ("provenance", "out")}
     changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
-    if (saved_config.provenance or {}).get("tune") != settings.to_dict():
+    saved_settings = {**SETTING_DEFAULTS, **((saved_config.provenance or {}).get("tune") or {})}
+    if saved_settings != settings.to_dict():
         changed.append("search settings")
     if changed:
         raise RunDirError(f"--resume: '{out}' was searched with a different configuration ({', '.join(changed[:6])});"

@@ -9,7 +9,7 @@ STUDY = "study.journal"
 SETTINGS = "tune.yaml"
 TUNED = "tuned.yaml"
 OBJECTIVES = ("acc_cil", "acc_til")
-PRUNERS = ("percentile", "median", "none")
+PRUNERS = ("percentile", "median", "halving", "none")
 
 
 @dataclass(frozen=True)
@@ -23,8 +23,13 @@ class TuneSettings:
     params: tuple[str, ...] = ()  # restrict the search to these names (default: every declared space)
     pruner: str = "percentile"
     sampler_seed: int = 0
+    prune_every: int = 0  # also report to the pruner every N training steps within a task (0: after tasks only)
 
     def to_dict(self) -> dict[str, Any]:
         return {"trials": self.trials, "objective": self.objective, "tune_stream": self.tune_stream,
                 "eval_seeds": list(self.eval_seeds), "params": list(self.params), "pruner": self.pruner,
-                "sampler_seed": self.sampler_seed}
+                "sampler_seed": self.sampler_seed, "prune_every": self.prune_every}
+
+
+# Settings added after searches were committed: a saved search without them ran with these values.
+SETTING_DEFAULTS = {"prune_every": 0}

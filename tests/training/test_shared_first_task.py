@@ -23,6 +23,16 @@ def test_shared_first_task_equals_separate_runs(tmp_path: Path) -> None:
         assert comparable(together, units) == comparable(alone, units), method
 
 
+def test_units_evaluated_along_training_share_the_first_task_and_its_curve(tmp_path: Path) -> None:
+    together = tiny_run(tmp_path / "grid", ("naive", "ewc"), seeds=[0], max_steps=4, eval_every=2)
+    assert [r["value"] for r in together if r["type"] == "note" and r["metric"] == "shared_first_task"] == \
+        ["naive/seed0"]
+    alone = tiny_run(tmp_path / "ewc", ("ewc",), seeds=[0], max_steps=4, eval_every=2)
+    curve = comparable(together, {"ewc/seed0"})
+    assert {k[3] for k in curve if k[1] == "curve" and k[2] == 1} == {2}  # task 1's curve point, replayed
+    assert curve == comparable(alone, {"ewc/seed0"})
+
+
 def test_a_method_with_its_own_lr_trains_its_own_first_task(tmp_path: Path) -> None:
     records = tiny_run(tmp_path / "grid", ("naive", "ewc"), seeds=[0], max_steps=4, ewc={"lr": 3e-3})
     assert not [r for r in records if r["type"] == "note" and r["metric"] == "shared_first_task"]

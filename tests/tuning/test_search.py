@@ -61,25 +61,48 @@ def test_max_steps_drops_epochs_and_params_restrict_the_search() -> None:
         method_space("ewc", ewc, ("ewc.gamma",))
 
 
-def test_the_pruner_sees_running_validation_accuracy_per_task() -> None:
-    class Trial:
-        def __init__(self) -> None:
-            self.reports: list[tuple[float, int]] = []
+class Trial:
+    """Records what a trial reports; asks to prune once it has `prune_after` reports."""
 
-        def report(self, value: float, step: int) -> None:
-            self.reports.append((value, step))
+    def __init__(self, prune_after: int = 99) -> None:
+        self.reports: list[tuple[float, int]] = []
+        self.prune_after = prune_after
 
-        def should_prune(self) -> bool:
-            return len(self.reports) >= 2
+    def report(self, value: float, step: int) -> None:
+        self.reports.append((value, step))
 
-    trial = Trial()
+    def should_prune(self) -> bool:
+        return len(self.reports) >= self.prune_after
+
+
+def evaluation(kind: str, seed: int, row: int, step: int, values: tuple[float, ...]) -> list[dict[str, Any]]:
+    return [{"type": kind, "metric": "acc_cil", "seed": seed, "row": row, "step": step, "eval_index": j, "value": v}
+            for j, v in enumerate(values)]
+
+
+def test_the_pruner_sees_running_validation_accuracy_over_the_tasks_seen() -> None:
+    trial = Trial(prune_after=2)
     observer = PruningObserver(trial, "acc_cil", seeds=[3, 5], num_tasks=3)
-    row = [{"type": "accuracy", "metric": "acc_cil", "seed": 5, "row": 2, "eval_index": j, "value": v}
-           for j, v in enumerate((0.9, 0.5, 0.0))]  # task 3 not trained yet: left out
-    observer(row + [{"type": "accuracy", "metric": "acc_til", "seed": 5, "row": 2, "eval_index": 0, "value": 1.0}])
-    assert trial.reports == [(0.7, 1 * 3 + 2)]
+    row = evaluation("accuracy", 5, 2, 10, (0.9, 0.5, 0.0))  # task 3 not trained yet: left out
+    observer(row + [{"type": "accuracy", "metric": "acc_til", "seed": 5, "row": 2, "step": 10, "eval_index": 0,
+                     "value": 1.0}])
+    assert trial.reports == [(0.7, 10)]
     with pytest.raises(Pruned):
-        observer(row)
+        observer(evaluation("accuracy", 5, 3, 10, (0.9, 0.5, 0.3)))
+
+
+def test_the_pruner_step_counts_training_steps_over_tasks_and_seeds_with_the_curve_between() -> None:
+    """Two seeds of two tasks of 6 steps, evaluated every 3 steps: reports at 3, 6 (task 1 ends), 9, 12, then the
+    second seed goes on from 12, so every trial of a method is compared at the same amount of training."""
+    trial = Trial()
+    observer = PruningObserver(trial, "acc_cil", seeds=[0, 1], num_tasks=2)
+    for seed in (0, 1):
+        observer(evaluation("curve", seed, 1, 3, (0.25, 0.0)))
+        observer(evaluation("accuracy", seed, 1, 6, (0.5, 0.0)))
+        observer(evaluation("curve", seed, 2, 3, (0.25, 0.75)))
+        observer(evaluation("accuracy", seed, 2, 6, (0.25, 1.0)))
+    assert trial.reports == [(0.25, 3), (0.5, 6), (0.5, 9), (0.625, 12),
+                             (0.25, 15), (0.5, 18), (0.5, 21), (0.625, 24)]
 
 
 def test_a_search_gives_every_method_the_same_budget_and_run_replays_it_on_test(tmp_path: Path) -> None:
@@ -205,6 +228,52 @@ def test_a_killed_search_resumes_without_repeating_finished_trials(tmp_path: Pat
         tune(small_config(tmp_path, ("naive",), max_steps=4), settings, progress=Progress("quiet"), resume=True)
 
 
+def test_prune_every_stops_trials_within_a_task(tmp_path: Path) -> None:
+    """Successive halving with a report every 2 steps: a trial whose running validation accuracy falls behind
+    stops before its task ends (its last report is not a task's end)."""
+    config = small_config(tmp_path, ("naive",), max_steps=6, seeds=[0, 1])
+    tune(config, TuneSettings(trials=5, params=("lr",), pruner="halving", prune_every=2), progress=Progress("quiet"))
+    from optuna.storages.journal import JournalFileBackend
+
+    storage = optuna.storages.JournalStorage(JournalFileBackend(str(tmp_path / "tune" / "study.journal")))
+    trials = optuna.load_study(study_name="naive", storage=storage).get_trials()
+    first = trials[0]  # 2 seeds x 3 tasks x 6 steps, a report every 2 steps
+    assert first.state == optuna.trial.TrialState.COMPLETE and sorted(first.intermediate_values) == \
+        list(range(2, 37, 2))
+    task_ends = {6, 12, 18, 24, 30, 36}
+    pruned = [t for t in trials if t.state == optuna.trial.TrialState.PRUNED]
+    assert pruned and all(max(t.intermediate_values) not in task_ends for t in pruned)
+    assert len(list((tmp_path / "tune" / "trials" / "naive").iterdir())) == len(evaluated_trials(trials))
+
+
+def evaluated_trials(trials: list[Any]) -> list[Any]:
+    return [t for t in trials if "repeat_of" not in t.user_attrs]
+
+
+def test_trials_evaluated_along_training_still_share_the_first_task(tmp_path: Path) -> None:
+    config = small_config(tmp_path, ("ewc",), max_steps=4)
+    tune(config, TuneSettings(trials=2, params=("ewc.penalty_weight",), pruner="none", prune_every=2),
+         progress=Progress("quiet"))
+    from clbench.results import read_records
+
+    records = read_records(tmp_path / "tune" / "trials" / "ewc" / "001")
+    assert [r["value"] for r in records if r["type"] == "note"] == ["ewc/seed0"]  # task 1 from trial 0
+    assert {r["step"] for r in records if r["type"] == "curve" and r["row"] == 1} == {2}  # its curve, replayed
+
+
+def test_a_search_saved_before_prune_every_existed_resumes(tmp_path: Path) -> None:
+    config = small_config(tmp_path, ("naive",))
+    settings = TuneSettings(trials=1, pruner="none")
+    tune(config, settings, progress=Progress("quiet"))
+    saved = tmp_path / "tune" / "tune.yaml"
+    saved.write_text("".join(line for line in saved.read_text().splitlines(keepends=True)
+                             if line.strip() != "prune_every: 0"))
+    assert "prune_every" not in saved.read_text()
+    tune(config, settings, progress=Progress("quiet"), resume=True)  # the missing setting had its default
+    with pytest.raises(Exception, match="different configuration"):
+        tune(config, TuneSettings(trials=1, pruner="none", prune_every=2), progress=Progress("quiet"), resume=True)
+
+
 @pytest.mark.slow
 def test_ray_runs_trials_with_the_local_results(tmp_path: Path) -> None:
     ray = pytest.importorskip("ray")
@@ -217,3 +286,14 @@ def test_ray_runs_trials_with_the_local_results(tmp_path: Path) -> None:
     finally:
         ray.shutdown()
     assert trial_values(tmp_path / "ray" / "tune") == trial_values(tmp_path / "local" / "tune")
+
+
+def test_bad_search_settings_are_one_line_exit_2_before_anything_is_written(tmp_path: Path) -> None:
+    out = tmp_path / "tune"
+    result = CliRunner().invoke(main, ["tune", "--methods", "naive", "--stream", "synthetic", "--model", "tiny",
+                                       "--trials", "2", "--pruner", "hyperband", "--prune-every", "-1",
+                                       "--out", str(out)])
+    assert result.exit_code == 2 and not out.exists()
+    line = result.output.strip()
+    assert "\n" not in line and "--pruner 'hyperband'" in line and "halving" in line
+    assert "--prune-every -1" in line and "positive number of steps" in line
