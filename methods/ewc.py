@@ -108,6 +108,8 @@ class EWC(Hooks):
         return torch.stack(terms).sum()
 
     def after_task(self, task: TaskInfo, model: nn.Module, data: EncodedSplit) -> None:
+        if task.index + 1 >= len(self.context.tasks):  # the stream's last task: no later task is penalised
+            return
         if self.config.fisher_samples and self.config.fisher_samples < len(data):
             order = torch.randperm(len(data), generator=self.context.generator)
             data = data.subset(order[:self.config.fisher_samples])

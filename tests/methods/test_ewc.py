@@ -14,6 +14,7 @@ from clbench.models import build_model
 from clbench.per_example import diagonal_fisher
 
 TASKS = (TaskInfo(0, "a", ("x", "y", "z"), 0), TaskInfo(1, "b", ("x", "y"), 3))
+LATER = TaskInfo(2, "c", ("x",), 5)  # a task after TASKS, so that after_task(TASKS[1]) has a task to protect
 
 
 def split(n: int, task: TaskInfo = TASKS[0], seed: int = 0, width: int = 8) -> EncodedSplit:
@@ -25,10 +26,11 @@ def split(n: int, task: TaskInfo = TASKS[0], seed: int = 0, width: int = 8) -> E
     return EncodedSplit(ids, lengths, labels, torch.full((n,), task.index))
 
 
-def method(batch_size: int = 4, head: str = "shared", **options: object) -> tuple[EWC, torch.nn.Module]:
+def method(batch_size: int = 4, head: str = "shared", tasks: tuple[TaskInfo, ...] = (*TASKS, LATER),
+           **options: object) -> tuple[EWC, torch.nn.Module]:
     model = build_model("tiny", 5, 0)
     ewc = EWC(EWCConfig(**options))  # type: ignore[arg-type]
-    ctx = RunContext(tasks=TASKS, num_labels=5, device=torch.device("cpu"), seed=0,
+    ctx = RunContext(tasks=tasks, num_labels=5, device=torch.device("cpu"), seed=0,
                      generator=torch.Generator().manual_seed(1), buffer_size=0, batch_size=batch_size, head=head)
     return ewc, ewc.setup(model, ctx)
 
@@ -187,6 +189,18 @@ def test_fisher_samples_draws_a_deterministic_subset() -> None:
         ewc.after_task(TASKS[0], model, data)
         runs.append(ewc.fishers[0])
     assert close(runs[0], runs[1], atol=0.0)
+
+
+def test_no_fisher_after_the_streams_last_task(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing follows the last task, so its Fisher would protect nothing: it is not computed (it cost as much
+    as the first task's, paid per unit)."""
+    ewc, model = method(fisher_batch_size=4, tasks=TASKS)
+    computed: list[int] = []
+    real = ewc.fisher
+    monkeypatch.setattr(ewc, "fisher", lambda m, d: (computed.append(len(d)), real(m, d))[1])
+    ewc.after_task(TASKS[0], model, split(4))
+    ewc.after_task(TASKS[1], model, split(6, TASKS[1]))
+    assert computed == [4] and len(ewc.fishers) == 1 and len(ewc.anchors) == 1
 
 
 def test_state_dict_round_trip() -> None:
