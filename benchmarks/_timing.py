@@ -85,7 +85,7 @@ def _cuda_sync() -> Callable[[], None]:
 
 
 def encoded_stream(name: str = "reviews", model: str = "minilm", **sizes: int | None) -> Any:
-    """(Stream, [(train, test) EncodedSplit per task]) through clbench's cached tokenisation."""
+    """(Stream, [TaskSplits (train, val, test) per task]) through clbench's cached tokenisation."""
     from clbench.data.streams import cache_dir, load_stream
     from clbench.data.tokenize import encode_stream
     from clbench.models import load_tokenizer, tokenizer_fingerprint
