@@ -64,17 +64,16 @@ class PruningObserver:
     trial: Any
     objective: str
     seeds: Sequence[int]
-    num_tasks: int
     finished_steps: int = 0  # training steps of the tasks finished so far (every seed)
 
     def __call__(self, records: list[dict[str, Any]]) -> None:
-        points: dict[tuple[int, int, str, int], list[float]] = {}
+        points: dict[tuple[int, int, int, str], list[float]] = {}  # (seed position, row, step, type): values
         for r in records:
             if r["type"] in ("accuracy", "curve") and r["metric"] == self.objective and r["row"] >= 1 \
                     and r["eval_index"] < r["row"]:
-                key = (self.seeds.index(int(r["seed"])), int(r["row"]), r["type"], int(r.get("step") or 0))
+                key = (self.seeds.index(int(r["seed"])), int(r["row"]), int(r.get("step") or 0), r["type"])
                 points.setdefault(key, []).append(float(r["value"]))
-        for (_, _, kind, step), values in sorted(points.items(), key=lambda p: (p[0][0], p[0][1], p[0][3])):
+        for (_, _, step, kind), values in sorted(points.items()):
             self.trial.report(float(np.mean(values)), self.finished_steps + step)
             if kind == "accuracy":  # the task is finished: its steps count from now on
                 self.finished_steps += step
@@ -240,7 +239,7 @@ def run_trials(study: Any, name: str, params: list[Param], search_config: RunCon
         config = trial_config(search_config, name, values, out / "trials" / name / f"{trial.number:03d}",
                               settings.prune_every)
         Path(str(config.out)).parent.mkdir(parents=True, exist_ok=True)
-        observer = PruningObserver(trial, settings.objective, config.seeds, len(prepared.infos))
+        observer = PruningObserver(trial, settings.objective, config.seeds)
         started = time.perf_counter()
         try:
             run(config, registry=registry, progress=Progress("quiet"), prepared=prepared, shared=shared,

@@ -82,7 +82,7 @@ def evaluation(kind: str, seed: int, row: int, step: int, values: tuple[float, .
 
 def test_the_pruner_sees_running_validation_accuracy_over_the_tasks_seen() -> None:
     trial = Trial(prune_after=2)
-    observer = PruningObserver(trial, "acc_cil", seeds=[3, 5], num_tasks=3)
+    observer = PruningObserver(trial, "acc_cil", seeds=[3, 5])
     row = evaluation("accuracy", 5, 2, 10, (0.9, 0.5, 0.0))  # task 3 not trained yet: left out
     observer(row + [{"type": "accuracy", "metric": "acc_til", "seed": 5, "row": 2, "step": 10, "eval_index": 0,
                      "value": 1.0}])
@@ -95,7 +95,7 @@ def test_the_pruner_step_counts_training_steps_over_tasks_and_seeds_with_the_cur
     """Two seeds of two tasks of 6 steps, evaluated every 3 steps: reports at 3, 6 (task 1 ends), 9, 12, then the
     second seed goes on from 12, so every trial of a method is compared at the same amount of training."""
     trial = Trial()
-    observer = PruningObserver(trial, "acc_cil", seeds=[0, 1], num_tasks=2)
+    observer = PruningObserver(trial, "acc_cil", seeds=[0, 1])
     for seed in (0, 1):
         observer(evaluation("curve", seed, 1, 3, (0.25, 0.0)))
         observer(evaluation("accuracy", seed, 1, 6, (0.5, 0.0)))
