@@ -34,7 +34,8 @@ from clbench.registry import MethodRegistry
 from clbench.training.progress import Progress
 from clbench.training.run import run
 from clbench.tuning.search import seed_scores, tune
-from clbench.tuning.settings import TuneSettings
+from clbench.tuning.settings import STUDY, TuneSettings
+from clbench.tuning.summary import best_trial
 
 
 def search(args: argparse.Namespace, methods: list[str], out: Path
@@ -46,15 +47,23 @@ def search(args: argparse.Namespace, methods: list[str], out: Path
     tune(build_config(raw_config(args, methods, out)), settings, registry=MethodRegistry.default(),
          progress=Progress("quiet"))
     trials: list[tuple[str, dict[str, Any]]] = []
-    best: dict[str, tuple[float, int]] = {}
+    numbers: list[tuple[str, int]] = []
     with (out / "trials.csv").open(encoding="utf-8") as fh:
         for row in csv.DictReader(fh):
             if row["state"] in ("complete", "pruned") and not row["repeat_of"]:  # a repeat ran nothing
                 values = dict(pair.split("=", 1) for pair in row["values"].split("; ") if pair)
-                if row["state"] == "complete" and float(row["validation_acc"]) > best.get(row["method"], (-1, 0))[0]:
-                    best[row["method"]] = (float(row["validation_acc"]), len(trials))
                 trials.append((row["method"], {k: literal(v) for k, v in values.items()}))
-    return trials, {method: position for method, (_, position) in best.items()}
+                numbers.append((row["method"], int(row["trial"])))
+    import optuna
+    from optuna.storages.journal import JournalFileBackend
+
+    storage = optuna.storages.JournalStorage(JournalFileBackend(str(out / STUDY)))
+    chosen = {}
+    for method in methods:  # the trial tuned.yaml took, by the search's own rule
+        best = best_trial(optuna.load_study(study_name=method, storage=storage))
+        if best is not None:
+            chosen[method] = numbers.index((method, best.number))
+    return trials, chosen
 
 
 def literal(text: str) -> Any:
@@ -105,7 +114,8 @@ def main() -> None:
     print(f"machine: {machine()}")
     print(f"search of {', '.join(methods)} ({args.params or 'every declared space'}), {args.trials} trials each, "
           f"on {args.stream} with {args.model}: {args.steps} steps per task, train {args.train_size} per task; "
-          f"pruner {args.pruner}, reports every {args.prune_every or 'task'} steps")
+          f"pruner {args.pruner}, reports "
+          + (f"every {args.prune_every} steps and after each task" if args.prune_every else "after each task"))
     root = Path(tempfile.mkdtemp(prefix="bench_tune-"))
     try:
         run(build_config(raw_config(args, ["naive"], root / "warm")), progress=Progress("quiet"))  # caches warm
