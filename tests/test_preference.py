@@ -63,6 +63,28 @@ def test_encoded_pairs_share_the_prompt_and_end_with_eos(tokenizer):
         assert tokenizer.decode(chosen[start:-1]) == f"a kind answer number {i}"
 
 
+def test_a_chat_template_that_opens_with_bos_gives_one_bos(tokenizer):
+    chat = copy.deepcopy(tokenizer)  # ChatML-like, as SmolLM2's: the template itself starts with the BOS token
+    chat.chat_template = ("{{ bos_token }}{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
+                          "{% if add_generation_prompt %}[assistant] {% endif %}")
+    split = encode_pairs([join_preference("hi?", "yes", "no")], [0], 0, 0, chat, max_length=64)
+    bos = chat.bos_token_id
+    chosen = split.chosen_ids[0, :split.chosen_lengths[0]].tolist()
+    assert chosen[0] == bos and bos not in chosen[1:]
+    start = int(split.prompt_lengths[0])
+    assert chat.decode(chosen[1:start]) == "[user] hi?\n[assistant] "
+
+
+def test_a_prompt_cut_to_half_the_budget_keeps_bos_and_its_end(tokenizer):
+    prompt = "a long instruction " * 8 + "ends here."
+    split = encode_pairs([join_preference(prompt, "yes", "no")], [0], 0, 0, tokenizer, max_length=33)
+    start = int(split.prompt_lengths[0])
+    head = split.chosen_ids[0, :start].tolist()
+    assert start == (33 - 1) // 2  # half of the budget left beside EOS
+    assert head[0] == tokenizer.bos_token_id
+    assert tokenizer.decode(head[1:]) == (prompt + "\n")[-(start - 1):]  # tiny-lm: one token per byte
+
+
 def test_pair_log_probs_equal_a_token_by_token_computation(tokenizer, model):
     split = pairs(tokenizer)
     batch = split.batch(torch.arange(len(split)))

@@ -182,7 +182,9 @@ def encode_pairs(texts: Sequence[str], labels: Sequence[int], offset: int, task_
     The prompt keeps at most half the budget (its last tokens: the instruction's end and the template's
     assistant header stay next to the response); each response is cut to what remains, from its end. BOS
     starts and EOS ends every sequence when the tokenizer defines them (EOS is scored: ending the response is
-    part of it).
+    part of it). BOS is added only where the prompt does not already start with it (a chat template that
+    opens with the BOS token, as SmolLM2's ChatML does, would otherwise put it there twice), and a prompt cut
+    to its half keeps its BOS first.
     """
     bos = getattr(tokenizer, "bos_token_id", None)
     eos = getattr(tokenizer, "eos_token_id", None)
@@ -190,12 +192,15 @@ def encode_pairs(texts: Sequence[str], labels: Sequence[int], offset: int, task_
     pad_id = int(pad if pad is not None else (eos or 0))
     prefix = [bos] if bos is not None else []
     suffix = [eos] if eos is not None else []
+    half = max(1, (max_length - len(suffix)) // 2)
     rows: list[tuple[list[int], list[int], int]] = []
     for text in texts:
         prompt, chosen, rejected = split_preference(text)
         ids = tokenizer([prompt_text(tokenizer, prompt), chosen, rejected],  # type: ignore[operator]
                         add_special_tokens=False)["input_ids"]
-        head = (prefix + ids[0])[-max(1, (max_length - len(suffix)) // 2):]
+        body = ids[0][1:] if bos is not None and ids[0][:1] == [bos] else ids[0]
+        keep = max(0, half - len(prefix))  # the prompt's last tokens that fit beside BOS
+        head = prefix + body[max(0, len(body) - keep):]
         room = max_length - len(head) - len(suffix)
         rows.append((head + ids[1][:room] + suffix, head + ids[2][:room] + suffix, len(head)))
     width = max([max(len(c), len(r)) for c, r, _ in rows], default=1)
