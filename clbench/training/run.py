@@ -30,7 +30,7 @@ from clbench.data.pairs import PairSplit
 from clbench.data.prepare import Prepared, prepare, task_digest
 from clbench.errors import ClbenchError, RunDirError
 from clbench.registry import MethodRegistry
-from clbench.results import RESULTS, RunDir, environment, read_records, unit_id
+from clbench.results import RESULTS, RunDir, environment, git_commit, read_records, unit_id
 from clbench.trackers import open_trackers
 from clbench.training.checkpoint import CheckpointStore
 from clbench.training.executors import ObservedSink, Observer, executor_errors, run_local, run_ray
@@ -77,6 +77,9 @@ def run(config: RunConfig, *, registry: MethodRegistry | None = None, progress: 
         started, finished = check_out_dir(out, config, registry, resume, prepared)
         if resume:
             run_dir.repair_tail()
+            added = added_seeds(out, config)
+            if added:
+                add_seeds(run_dir, config.seeds, added)
             stamp_environment(run_dir, "resumed")
             progress.message(f"resuming {out}: {len(finished)} unit(s) finished, "
                              f"{len(started - finished)} to continue")
@@ -217,10 +220,33 @@ def check_same_run(out: Path, config: RunConfig, registry: MethodRegistry,
         raise RunDirError(f"cannot resume from '{saved_file}': {exc}") from None
     changed = differences(saved, config, registry) if keys is None else \
         [k for k in keys if getattr(saved, k) != getattr(config, k)]
+    if set(saved.seeds) <= set(config.seeds):
+        changed = [k for k in changed if k != "seeds"]  # more seeds: the run's units plus new ones
     if changed:
         shown = ", ".join(f"{k} ({_saved_value(saved, k)!r} -> {_saved_value(config, k)!r})" for k in changed[:6])
         raise RunDirError(f"--resume: '{out}' was run with a different configuration: {shown}; resume with the "
-                          "saved settings (drop those flags) or choose another --out")
+                          "saved settings (drop those flags; --seeds may add seeds to the saved ones) or choose "
+                          "another --out")
+
+
+def added_seeds(out: Path, config: RunConfig) -> list[int]:
+    """The seeds of `config` that the run in `out` did not have (a resume that extends the run)."""
+    saved = from_saved(load_yaml(out / "config.yaml")).seeds
+    return [seed for seed in config.seeds if seed not in saved]
+
+
+def add_seeds(run_dir: RunDir, seeds: Sequence[int], added: list[int]) -> None:
+    """Extend the run in `run_dir` to `seeds`: config.yaml lists them, and env.json says which were added, when,
+    and at which commit (the run's own commit stays the one it started at)."""
+    saved = from_saved(load_yaml(run_dir.path / "config.yaml"))
+    run_dir.write_text("config.yaml", dump_yaml(replace(saved, seeds=tuple(seeds))))
+    path = run_dir.path / "env.json"
+    try:
+        env = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    env.setdefault("seeds_added", []).append({"seeds": added, "at": utc_now(), "git_commit": git_commit()})
+    run_dir.write_text("env.json", json.dumps(env, indent=1))
 
 
 def check_same_data(out: Path, config: RunConfig, prepared: Prepared) -> None:

@@ -52,6 +52,25 @@ def test_interrupted_run_resumes_to_the_uninterrupted_results(tmp_path: Path,
     assert not any((out / "checkpoints").rglob("*.safetensors"))
 
 
+def test_a_resume_with_more_seeds_keeps_the_finished_units_and_runs_the_new_seeds(tmp_path: Path) -> None:
+    methods = ("naive", "ewc")
+    reference = tiny_run(tmp_path / "ref", methods, seeds=[0, 1, 2])
+    out = tmp_path / "run"
+    first = tiny_run(out, methods, seeds=[0])
+    before = (out / "results.jsonl").read_bytes()
+    extended = tiny_run(out, methods, seeds=[0, 1, 2], resume=True)
+    assert (out / "results.jsonl").read_bytes().startswith(before)  # seed 0's records kept as written
+    assert comparable(extended, {"naive/seed0", "ewc/seed0"}) == comparable(first)  # and not trained again
+    assert comparable(extended) == comparable(reference)  # seeds 1 and 2 as a run with all three gives them
+    assert "seeds:\n- 0\n- 1\n- 2\n" in (out / "config.yaml").read_text()
+    added = json.loads((out / "env.json").read_text())["seeds_added"]
+    assert [entry["seeds"] for entry in added] == [[1, 2]]
+    again = tiny_run(out, methods, seeds=[0, 1, 2], resume=True)  # the saved run now has three seeds: no work
+    assert comparable(again) == comparable(extended)
+    with pytest.raises(RunDirError, match="seeds"):  # dropping a seed is another run
+        tiny_run(out, methods, seeds=[0, 1], resume=True)
+
+
 @pytest.mark.slow  # two CLI processes and a reference run: about 30 s on a quiet 2-core machine
 def test_sigkill_in_the_middle_of_a_task_then_resume_gives_identical_results(tmp_path: Path) -> None:
     out = tmp_path / "killed"
