@@ -71,6 +71,22 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+# Extracted folders whose files this process has hashed, with each file's (name, size, mtime, inode) then: a
+# run, a tuning search or a benchmark calls `extracted` for every task and every model load, and re-hashing a
+# model's weights each time was the largest fixed cost of a short run. A file rewritten since has a new mtime
+# or inode, so it is hashed again.
+_VERIFIED: dict[Path, tuple[tuple[str, int, int, int], ...]] = {}
+
+
+def file_stats(root: Path, names: list[str]) -> tuple[tuple[str, int, int, int], ...]:
+    """(name, size, mtime in ns, inode) of each file `root / name`; OSError when one is missing."""
+    stats = []
+    for name in names:
+        st = (root / name).stat()
+        stats.append((name, st.st_size, st.st_mtime_ns, st.st_ino))
+    return tuple(stats)
+
+
 def _clear_hint(path: Path) -> str:
     return f"delete '{path}' (or the whole cache, $CLBENCH_CACHE) and run `clbench fetch` again"
 
@@ -120,12 +136,17 @@ def extracted(key: str) -> Path:
     if marker.is_file():
         try:
             recorded = json.loads(marker.read_text())
-            if recorded.get("sha256") == archive.sha256 and all(
-                    (root / name).is_file() and sha256_file(root / name) == digest
-                    for name, digest in recorded["files"].items()):
-                return root
+            if recorded.get("sha256") == archive.sha256:
+                stats = file_stats(root, [MARKER, *recorded["files"]])
+                if _VERIFIED.get(root) == stats:  # hashed earlier in this process and not touched since
+                    return root
+                if all((root / name).is_file() and sha256_file(root / name) == digest
+                       for name, digest in recorded["files"].items()):
+                    _VERIFIED[root] = stats
+                    return root
         except (ValueError, KeyError, OSError):
             pass
+    _VERIFIED.pop(root, None)
     if root.exists():  # partial or corrupted extraction: rebuild it from the verified archive
         shutil.rmtree(root)
     source = archive_path(key)
@@ -141,6 +162,7 @@ def extracted(key: str) -> Path:
         files = {name: sha256_file(tmp / name) for name in names}
         (tmp / MARKER).write_text(json.dumps({"sha256": archive.sha256, "files": files}, indent=1))
         os.replace(tmp, root)
+        _VERIFIED[root] = file_stats(root, [MARKER, *files])
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return root
