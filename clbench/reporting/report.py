@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable
+from typing import Any
 from pathlib import Path
 
 from clbench.errors import RunDirError
@@ -52,6 +53,14 @@ def _run_date(run: RunData) -> str:
             + (f"finished {finished}" if finished else "not finished"))
 
 
+def _seeds_added(env: dict[str, Any]) -> str:
+    """Seeds that a resume added to the run, with when and at which commit (the versions above are the start's)."""
+    parts = [f"seeds {', '.join(str(s) for s in entry.get('seeds', []))} added {entry.get('at', '?')} at commit "
+             + (f"`{entry['git_commit']}`" if entry.get("git_commit") else "not recorded")
+             for entry in env.get("seeds_added") or []]
+    return f" ({'; '.join(parts)})" if parts else ""
+
+
 def _training(run: RunData) -> tuple[str, str, str]:
     """(model, training loss, tasks with their sizes) for the Setup section: a classifier's pooling and the
     classes its loss runs over, or a preference stream's DPO β and pairs."""
@@ -92,7 +101,8 @@ def header(run: RunData) -> list[str]:
         (f"- stream: **{stream.get('name', config.get('stream', '?'))}** version {stream.get('version', '?')}, "
         f"split seed {stream.get('seed', '?')}; tasks in order: {tasks or '?'}"),
         (f"- versions: Python {env.get('python', '?')}, {versions}; git commit "
-         + (f"`{env['git_commit']}`" if env.get("git_commit") else "not recorded (not run from a git checkout)")),
+         + (f"`{env['git_commit']}`" if env.get("git_commit") else "not recorded (not run from a git checkout)")
+         + _seeds_added(env)),
         (f"- hardware: {env.get('platform', '?')}, {env.get('cpu_count', '?')} CPUs "
         f"({env.get('torch_threads', '?')} torch threads), {gpu}"),
         f"- run: {_run_date(run)}; report generated {now} from `results.jsonl` by `clbench report`",

@@ -17,6 +17,7 @@ from runs_util import FAULTS, comparable, tiny_run
 
 from clbench.cli import main
 from clbench.errors import RunDirError
+from clbench.reporting.report import write_report
 from clbench.reporting.rundata import accuracy_matrices
 from clbench.results import read_records
 
@@ -65,6 +66,8 @@ def test_a_resume_with_more_seeds_keeps_the_finished_units_and_runs_the_new_seed
     assert "seeds:\n- 0\n- 1\n- 2\n" in (out / "config.yaml").read_text()
     added = json.loads((out / "env.json").read_text())["seeds_added"]
     assert [entry["seeds"] for entry in added] == [[1, 2]]
+    write_report(out)
+    assert f"(seeds 1, 2 added {added[0]['at']} at commit" in (out / "report.md").read_text()
     again = tiny_run(out, methods, seeds=[0, 1, 2], resume=True)  # the saved run now has three seeds: no work
     assert comparable(again) == comparable(extended)
     with pytest.raises(RunDirError, match="seeds"):  # dropping a seed is another run
