@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 from clbench.errors import RunDirError
 from clbench.preference import GENERAL_TOPK
