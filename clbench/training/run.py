@@ -77,10 +77,11 @@ def run(config: RunConfig, *, registry: MethodRegistry | None = None, progress: 
         started, finished = check_out_dir(out, config, registry, resume, prepared)
         if resume:
             run_dir.repair_tail()
-            added = added_seeds(out, config)
-            if added:
-                add_seeds(run_dir, config.seeds, added)
-            stamp_environment(run_dir, "resumed")
+            saved = from_saved(load_yaml(out / "config.yaml"))
+            added = [seed for seed in config.seeds if seed not in saved.seeds]
+            if added:  # the run grows by these seeds: config.yaml lists every seed
+                run_dir.write_text("config.yaml", dump_yaml(replace(saved, seeds=config.seeds)))
+            stamp_environment(run_dir, "resumed", added)
             progress.message(f"resuming {out}: {len(finished)} unit(s) finished, "
                              f"{len(started - finished)} to continue")
         else:
@@ -117,13 +118,17 @@ def utc_now() -> str:
     return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def stamp_environment(run_dir: RunDir, event: str) -> None:
-    """Record when the run finished (or was resumed) in env.json, beside the start time written first."""
+def stamp_environment(run_dir: RunDir, event: str, seeds_added: Sequence[int] = ()) -> None:
+    """Record when the run finished (or was resumed) in env.json, beside the start time written first; a resume
+    that added seeds also records which, when and at which commit (the run's own commit stays its start's)."""
     path = run_dir.path / "env.json"
     try:
         env = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return  # a run directory without a readable env.json keeps it as it is
+    if seeds_added:
+        env.setdefault("seeds_added", []).append({"seeds": list(seeds_added), "at": utc_now(),
+                                                  "git_commit": git_commit()})
     if event == "resumed":
         env.setdefault("resumed", []).append(utc_now())
     else:
@@ -227,26 +232,6 @@ def check_same_run(out: Path, config: RunConfig, registry: MethodRegistry,
         raise RunDirError(f"--resume: '{out}' was run with a different configuration: {shown}; resume with the "
                           "saved settings (drop those flags; --seeds may add seeds to the saved ones) or choose "
                           "another --out")
-
-
-def added_seeds(out: Path, config: RunConfig) -> list[int]:
-    """The seeds of `config` that the run in `out` did not have (a resume that extends the run)."""
-    saved = from_saved(load_yaml(out / "config.yaml")).seeds
-    return [seed for seed in config.seeds if seed not in saved]
-
-
-def add_seeds(run_dir: RunDir, seeds: Sequence[int], added: list[int]) -> None:
-    """Extend the run in `run_dir` to `seeds`: config.yaml lists them, and env.json says which were added, when,
-    and at which commit (the run's own commit stays the one it started at)."""
-    saved = from_saved(load_yaml(run_dir.path / "config.yaml"))
-    run_dir.write_text("config.yaml", dump_yaml(replace(saved, seeds=tuple(seeds))))
-    path = run_dir.path / "env.json"
-    try:
-        env = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return
-    env.setdefault("seeds_added", []).append({"seeds": added, "at": utc_now(), "git_commit": git_commit()})
-    run_dir.write_text("env.json", json.dumps(env, indent=1))
 
 
 def check_same_data(out: Path, config: RunConfig, prepared: Prepared) -> None:
