@@ -111,7 +111,7 @@ class ObservedSink:
 
 
 def run_local(config: RunConfig, prepared: Prepared, units: Sequence[tuple[str, int]], run_dir: RecordSink,
-              progress: Progress, make_method: Callable[[str], Hooks], checkpoints: CheckpointStore,
+              progress: Progress, make_method: Callable[[str], Hooks], checkpoints: CheckpointStore | None,
               started: set[str], shared: SharedStart) -> None:
     """Train `units` one after another in this process; a failed unit is recorded and the others go on."""
     for index, (name, seed) in enumerate(units):
@@ -121,7 +121,8 @@ def run_local(config: RunConfig, prepared: Prepared, units: Sequence[tuple[str, 
                           shared=shared, resume=unit_id(name, seed) in started)
         except UnitFailed as exc:
             run_dir.append([failed_record(name, seed, str(exc))])
-            checkpoints.finish(name, seed)
+            if checkpoints is not None:
+                checkpoints.finish(name, seed)
             progress.message(f"{unit_id(name, seed)} failed: {exc}")
 
 

@@ -46,15 +46,16 @@ def default_out(config: RunConfig) -> str:
 
 def run(config: RunConfig, *, registry: MethodRegistry | None = None, progress: Progress | None = None,
         command: str | None = None, resume: bool = False, earlier: Sequence[str] = (),
-        prepared: Prepared | None = None, shared: SharedStart | None = None, observer: Observer | None = None
-        ) -> Path:
+        prepared: Prepared | None = None, shared: SharedStart | None = None, observer: Observer | None = None,
+        checkpoint: bool = True) -> Path:
     """Validate, then run every unit of `config`; returns the run directory.
 
     With `resume`, `config.out` must hold an earlier run of the same configuration (differences that change
     results are refused): finished units are skipped and unfinished ones continue from their last checkpoint.
     A caller that runs many configurations of one stream (`clbench tune`) passes the `prepared` stream and a
     `shared` cache to reuse across them, and an `observer` that sees every batch of records once written (it
-    may raise to stop the run, e.g. to prune a trial).
+    may raise to stop the run, e.g. to prune a trial). Without `checkpoint` no unit saves a checkpoint (a tuning
+    trial, which is never continued, has no use for one).
 
     Order: validate everything (`earlier` are problems found while assembling the config), check the run
     directory, prepare the data, then take the directory's lock and check it again under the lock (another run
@@ -89,12 +90,12 @@ def run(config: RunConfig, *, registry: MethodRegistry | None = None, progress: 
             env = run_environment(prepared, command, method_facts(config, registry, method_configs))
             run_dir.write_text("env.json", json.dumps(env, indent=1))
         progress.message(f"run directory: {out}")
-        checkpoints = CheckpointStore(out, keep=config.keep_checkpoints)
+        checkpoints = CheckpointStore(out, keep=config.keep_checkpoints) if checkpoint else None
         units = [(name, seed) for name, seed in config_units(config) if unit_id(name, seed) not in finished]
         run_dir.listeners.append(progress)  # accuracy lines as each task's evaluation is written
         progress.start_run(len(units), len(prepared.infos))
         for name, seed in config_units(config):
-            if unit_id(name, seed) in finished:
+            if checkpoints is not None and unit_id(name, seed) in finished:
                 checkpoints.finish(name, seed)  # left over when a run stopped right after a unit finished
         trackers = open_trackers(config.log, out, config.to_dict(), progress.message) if config.log else None
         if trackers is not None:

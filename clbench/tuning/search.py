@@ -15,8 +15,9 @@ with the same settings.
 
 The study lives in `DIR/study.journal` (Optuna's journal storage): `--resume` continues a killed search
 without repeating finished or pruned trials; a trial that was running when the search died is marked failed
-and does not count towards the budget. Samplers are seeded (TPE, seed = `sampler_seed` + the method's
-position), so a search that is not interrupted is reproducible.
+and does not count towards the budget. No trial is ever continued, so trials save no checkpoints. Samplers
+are seeded (TPE, seed = `sampler_seed` + the method's position), so a search that is not interrupted is
+reproducible.
 """
 
 from __future__ import annotations
@@ -243,7 +244,7 @@ def run_trials(study: Any, name: str, params: list[Param], search_config: RunCon
         started = time.perf_counter()
         try:
             run(config, registry=registry, progress=Progress("quiet"), prepared=prepared, shared=shared,
-                observer=observer)
+                observer=observer, checkpoint=False)
         except Pruned:
             trial.set_user_attr("seconds", time.perf_counter() - started)
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)

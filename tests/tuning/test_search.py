@@ -246,6 +246,27 @@ def test_prune_every_stops_trials_within_a_task(tmp_path: Path) -> None:
     assert len(list((tmp_path / "tune" / "trials" / "naive").iterdir())) == len(evaluated_trials(trials))
 
 
+def test_trials_save_no_checkpoints(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A trial is never continued (a search killed during one marks it failed), so it writes no checkpoint: not
+    after its non-final tasks, and none left behind by a trial pruned after its first task."""
+    from clbench.training.checkpoint import CheckpointStore
+
+    saved: list[tuple[str, int]] = []
+    original = CheckpointStore.save
+    monkeypatch.setattr(CheckpointStore, "save",
+                        lambda self, name, seed, *a, **k: (saved.append((name, seed)), original(self, name, seed,
+                                                                                                 *a, **k))[1])
+    config = small_config(tmp_path, ("naive",), max_steps=4, seeds=[0, 1])
+    tune(config, TuneSettings(trials=4, params=("lr",), pruner="halving", prune_every=2), progress=Progress("quiet"))
+    assert saved == []
+    assert not list((tmp_path / "tune").rglob("checkpoints"))
+    run_config = build_config({**SMALL, "methods": ["naive"], "out": str(tmp_path / "run")})
+    from clbench.training.run import run
+
+    run(run_config, progress=Progress("quiet"))  # an ordinary run still saves one after each non-final task
+    assert saved == [("naive", 0), ("naive", 0)]
+
+
 def evaluated_trials(trials: list[Any]) -> list[Any]:
     return [t for t in trials if "repeat_of" not in t.user_attrs]
 
