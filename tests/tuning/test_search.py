@@ -253,9 +253,12 @@ def test_trials_save_no_checkpoints(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
     saved: list[tuple[str, int]] = []
     original = CheckpointStore.save
-    monkeypatch.setattr(CheckpointStore, "save",
-                        lambda self, name, seed, *a, **k: (saved.append((name, seed)), original(self, name, seed,
-                                                                                                 *a, **k))[1])
+
+    def save(self: CheckpointStore, name: str, seed: int, *args: Any, **kwargs: Any) -> None:
+        saved.append((name, seed))
+        original(self, name, seed, *args, **kwargs)
+
+    monkeypatch.setattr(CheckpointStore, "save", save)
     config = small_config(tmp_path, ("naive",), max_steps=4, seeds=[0, 1])
     tune(config, TuneSettings(trials=4, params=("lr",), pruner="halving", prune_every=2), progress=Progress("quiet"))
     assert saved == []
