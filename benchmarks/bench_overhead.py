@@ -48,6 +48,11 @@ def bare_evaluate(model: nn.Module, test: EncodedSplit) -> float:
     return correct / len(test)
 
 
+def task_steps(train: EncodedSplit, steps: int | None) -> int:
+    """Optimiser steps on one task: `steps`, or None for the runner's default of EPOCHS passes over `train`."""
+    return steps if steps is not None else EPOCHS * len(BatchPlan(train, BATCH, shuffle=False))
+
+
 def bare_loop(splits: list[TaskSplits], num_labels: int, steps: int | None, lr: float
               ) -> list[float]:
     """The hand-written loop; returns every training loss. `steps` per task, or None for the runner's default
@@ -58,17 +63,17 @@ def bare_loop(splits: list[TaskSplits], num_labels: int, steps: int | None, lr: 
     for _, _, test in splits:
         bare_evaluate(model, test)
     for train, _, _ in splits:
-        task_steps = steps if steps is not None else EPOCHS * len(BatchPlan(train, BATCH, shuffle=False))
+        n = task_steps(train, steps)
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=WEIGHT_DECAY, fused=True)  # as the runner
-        warmup = int(WARMUP * task_steps)
+        warmup = int(WARMUP * n)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda s, w=warmup, n=task_steps: (s + 1) / w if s < w else max(0.0, (n - s) / max(1, n - w)))
+            optimizer, lambda s, w=warmup, n=n: (s + 1) / w if s < w else max(0.0, (n - s) / max(1, n - w)))
         batches: list[Tensor] = []
-        while len(batches) < task_steps:
+        while len(batches) < n:
             batches += BatchPlan(train, BATCH, shuffle=True, generator=generator).indices()
         model.train()
-        for index in batches[:task_steps]:
+        for index in batches[:n]:
             width = int(train.lengths[index].max())
             mask = (torch.arange(width) < train.lengths[index, None]).long()
             logits = model(input_ids=train.ids[index, :width], attention_mask=mask).logits
@@ -106,7 +111,7 @@ def main(argv: list[str] | None = None) -> None:
     stream, splits = encoded_stream("reviews", test_size=args.test_size)  # warm the tokenisation cache
     lr = model_spec("minilm").default_lr
     print(f"machine: {machine()}")
-    steps = [args.steps or EPOCHS * len(BatchPlan(train, BATCH, shuffle=False)) for train, _, _ in splits]
+    steps = [task_steps(train, args.steps) for train, _, _ in splits]
     print(f"reviews: {len(splits)} tasks, {steps} steps x batch {BATCH} per task, "
           f"test {[len(s.test) for s in splits]}, fp32, {args.repeats} paired repeats")
     same = _same_losses(splits, stream.num_labels, lr, args.test_size)
