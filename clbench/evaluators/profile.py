@@ -12,13 +12,18 @@ Measurements:
 
 - ``wall_s``: ``time.perf_counter`` difference; on CUDA the device is synchronised at entry and exit so queued
   kernels are charged to the block that launched them.
-- ``peak_rss_mb``: peak resident set size *during the block*, in MiB. ``getrusage().ru_maxrss`` is the peak
-  over the whole process lifetime, so on its own it cannot see a block's peak below an earlier one. A daemon
-  thread therefore samples RSS with psutil every ``sample_interval_s`` (20 ms by default; each sample costs
-  tens of microseconds) and the result is max(sampled peak, ru_maxrss at exit if ru_maxrss grew during the
-  block — then it is the block's exact peak). Spikes shorter than the interval that do not raise the lifetime
-  peak can be missed. Without psutil only the ru_maxrss rule applies, and ``peak_rss_mb`` is None when the
-  lifetime peak did not grow during the block.
+- ``peak_rss_mb``: peak resident set size *during the block*, in MiB. On Linux (4.0 or later) it is the kernel's
+  own high-water mark: entering a block writes 5 to ``/proc/self/clear_refs``, which resets ``VmHWM`` in
+  ``/proc/self/status`` to the current RSS, and leaving it reads ``VmHWM`` back. That is the block's exact peak,
+  spikes included, at the cost of two small file operations and no thread. Nested or concurrent blocks are
+  handled: before any block resets the mark, the peak so far is folded into every block still open. The reset
+  also lowers the process's ``getrusage().ru_maxrss``, so after a profiled block that is no longer a lifetime
+  peak. Elsewhere (macOS, Windows, a ``/proc`` that cannot be written) ``ru_maxrss`` is the peak over the whole
+  process lifetime and cannot see a block's peak below an earlier one, so a daemon thread samples RSS with
+  psutil every ``sample_interval_s`` (20 ms by default) and the result is max(sampled peak, ru_maxrss at exit if
+  ru_maxrss grew during the block, then the block's exact peak). Spikes shorter than the interval that do not
+  raise the lifetime peak can be missed there. Without psutil only the ru_maxrss rule applies, and
+  ``peak_rss_mb`` is None when the lifetime peak did not grow during the block.
 - ``peak_cuda_mb``: ``torch.cuda.max_memory_allocated`` after ``torch.cuda.reset_peak_memory_stats`` at entry,
   in MiB; memory held by tensors only (not the caching allocator's reserve). ``None`` when the block does not
   run on CUDA, so reports can say "CPU run" instead of showing zeros. Nested profiles on the same device are
@@ -140,6 +145,68 @@ class _RssSampler:
         return self.peak
 
 
+_STATUS, _CLEAR_REFS = "/proc/self/status", "/proc/self/clear_refs"
+
+
+@dataclass
+class _RssWatch:
+    """A block measured by the kernel's high-water mark: the peak folded in from before any later reset."""
+
+    peak: int = 0
+
+
+# Blocks currently measured by the kernel's high-water mark, in any thread; the lock orders fold, reset and read.
+_ACTIVE_RSS: list[_RssWatch] = []
+_RSS_LOCK = threading.Lock()
+_KERNEL_PEAK = {"works": sys.platform.startswith("linux")}  # False once reading or resetting the mark failed
+
+
+def _high_water_bytes() -> int | None:
+    """VmHWM of this process: the most it has had resident since it started or since the last reset."""
+    try:
+        with open(_STATUS, "rb") as fh:
+            for line in fh:
+                if line.startswith(b"VmHWM:"):
+                    return int(line.split()[1]) * 1024  # reported in kB
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _reset_high_water() -> bool:
+    try:
+        with open(_CLEAR_REFS, "w", encoding="ascii") as fh:
+            fh.write("5")
+    except OSError:
+        return False
+    return True
+
+
+def _start_rss_watch() -> _RssWatch | None:
+    """Fold the peak so far into every open block, reset the mark and open a block; None where the kernel's mark
+    cannot be used here (then the caller samples)."""
+    with _RSS_LOCK:
+        if not _KERNEL_PEAK["works"]:
+            return None
+        so_far = _high_water_bytes()
+        if so_far is None or not _reset_high_water():
+            _KERNEL_PEAK["works"] = False
+            return None
+        for outer in _ACTIVE_RSS:
+            outer.peak = max(outer.peak, so_far)
+        watch = _RssWatch()
+        _ACTIVE_RSS.append(watch)
+        return watch
+
+
+def _stop_rss_watch(watch: _RssWatch) -> int:
+    """Close a block opened by `_start_rss_watch`; its peak RSS in bytes."""
+    with _RSS_LOCK:
+        watch.peak = max(watch.peak, _high_water_bytes() or 0)
+        _ACTIVE_RSS.remove(watch)
+        return watch.peak
+
+
 @dataclass
 class _CudaWatch:
     device: torch.device
@@ -171,8 +238,8 @@ def profile(
         device: The device the block computes on. A CUDA device enables the CUDA measurements; "cpu" gives
             ``peak_cuda_mb = None``. None picks the current CUDA device if CUDA is already initialised in this
             process, else CPU; pass the device explicitly when the block may initialise CUDA itself.
-        sample_interval_s: RSS sampling period of the background thread; 0 disables the thread (then only
-            the ru_maxrss rule and the RSS at exit are used).
+        sample_interval_s: RSS sampling period of the background thread, where the kernel's high-water mark
+            cannot be used; 0 disables the thread (then only the ru_maxrss rule and the RSS at exit are used).
 
     Yields:
         A `ProfileRecord`; its measurements are filled in when the block exits, also on an exception.
@@ -189,8 +256,9 @@ def profile(
         torch.cuda.reset_peak_memory_stats(cuda)
         watch = _CudaWatch(cuda)
         _ACTIVE_CUDA.append(watch)
-    ru_start = _ru_maxrss_bytes()
-    sampler = _RssSampler(sample_interval_s)
+    rss_watch = _start_rss_watch()
+    ru_start = _ru_maxrss_bytes() if rss_watch is None else None
+    sampler = _RssSampler(sample_interval_s) if rss_watch is None else None
     start = time.perf_counter()
     try:
         yield record
@@ -198,10 +266,14 @@ def profile(
         if watch is not None:
             torch.cuda.synchronize(watch.device)
         record.wall_s = time.perf_counter() - start
-        peak = sampler.stop()
-        ru_end = _ru_maxrss_bytes()
-        if ru_start is not None and ru_end is not None and ru_end > ru_start:
-            peak = max(peak, ru_end)
+        if rss_watch is not None:
+            peak = _stop_rss_watch(rss_watch)
+        else:
+            assert sampler is not None
+            peak = sampler.stop()
+            ru_end = _ru_maxrss_bytes()
+            if ru_start is not None and ru_end is not None and ru_end > ru_start:
+                peak = max(peak, ru_end)
         record.peak_rss_mb = peak / _MIB if peak else None
         if watch is not None:
             watch.peak = max(watch.peak, torch.cuda.max_memory_allocated(watch.device))

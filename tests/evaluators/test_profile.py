@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+import threading
 import time
 
 import numpy as np
@@ -9,6 +11,8 @@ import pytest
 import torch
 
 from clbench.evaluators import ProfileRecord, optimizer_state_mb, parameter_counts, profile
+
+profile_module = importlib.import_module("clbench.evaluators.profile")  # the package's `profile` is the function
 
 
 def test_profile_measures_a_sleep() -> None:
@@ -26,10 +30,30 @@ def test_profile_measures_a_sleep() -> None:
     assert row["peak_cuda_mb"] is None and row["examples_per_s"] == rec.examples_per_s
 
 
-def test_profile_sees_an_allocation() -> None:
+@pytest.fixture(params=["kernel", "sampler"])
+def rss_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each RSS measurement: the kernel's resettable high-water mark (Linux) and the sampling thread."""
+    if request.param == "kernel" and not kernel_peak_works():
+        pytest.skip("the kernel's high-water mark cannot be reset here")
+    if request.param == "sampler":
+        monkeypatch.setitem(profile_module._KERNEL_PEAK, "works", False)
+    return str(request.param)
+
+
+def kernel_peak_works() -> bool:
+    with profile("cpu"):
+        pass
+    return bool(profile_module._KERNEL_PEAK["works"])
+
+
+def touched(size_mb: int) -> np.ndarray:
+    return np.ones(size_mb * (1 << 20), dtype=np.uint8)  # written, so resident
+
+
+def test_profile_sees_an_allocation(rss_mode: str) -> None:
     size_mb = 200
     with profile("cpu", sample_interval_s=0.005) as rec:
-        block = np.ones(size_mb * (1 << 20), dtype=np.uint8)  # touched, so resident
+        block = touched(size_mb)
         time.sleep(0.03)
         del block
     with profile("cpu", sample_interval_s=0.005) as quiet:
@@ -37,6 +61,35 @@ def test_profile_sees_an_allocation() -> None:
     assert rec.peak_rss_mb is not None and quiet.peak_rss_mb is not None
     # The first block's peak includes the buffer; the second, after it was freed, does not.
     assert rec.peak_rss_mb >= quiet.peak_rss_mb + 0.8 * size_mb
+
+
+def test_kernel_peak_sees_a_spike_below_an_earlier_peak() -> None:
+    """A 100 MB buffer freed at once, after a 300 MB one raised the lifetime peak: no sample would see it and
+    ru_maxrss does not grow, but the kernel's mark, reset at entry, does. No sampling thread runs meanwhile."""
+    if not kernel_peak_works():
+        pytest.skip("the kernel's high-water mark cannot be reset here")
+    del_at_once = touched(300)
+    del del_at_once
+    with profile("cpu", sample_interval_s=60) as quiet:
+        pass
+    with profile("cpu", sample_interval_s=60) as rec:
+        assert "clbench-rss-sampler" not in {t.name for t in threading.enumerate()}
+        spike = touched(100)
+        del spike
+    assert rec.peak_rss_mb is not None and quiet.peak_rss_mb is not None
+    assert quiet.peak_rss_mb + 80 <= rec.peak_rss_mb < quiet.peak_rss_mb + 250
+
+
+def test_nested_blocks_keep_the_outer_peak(rss_mode: str) -> None:
+    """An inner block resets the kernel's mark; the outer block's peak before it must survive the reset."""
+    with profile("cpu", sample_interval_s=0.005) as outer:
+        block = touched(200)
+        time.sleep(0.03)
+        del block
+        with profile("cpu", sample_interval_s=0.005) as inner:
+            time.sleep(0.03)
+    assert outer.peak_rss_mb is not None and inner.peak_rss_mb is not None
+    assert outer.peak_rss_mb >= inner.peak_rss_mb + 160
 
 
 def test_profile_fills_record_on_exception() -> None:
