@@ -39,21 +39,24 @@ from clbench.tuning.summary import best_trial
 
 
 def search(args: argparse.Namespace, methods: list[str], out: Path
-           ) -> tuple[list[tuple[str, dict[str, Any]]], dict[str, int]]:
-    """Run the search; return every trial it ran (finished or pruned) as (method, values), in order, and the
-    position in that list of each method's chosen trial (its best finished one)."""
+           ) -> tuple[list[tuple[str, dict[str, Any]]], dict[str, int], dict[str, int]]:
+    """Run the search; return every trial it ran (finished or pruned) as (method, values), in order, the
+    position in that list of each method's chosen trial (its best finished one), and how many trials of each
+    method the pruner stopped."""
     settings = TuneSettings(trials=args.trials, params=tuple(args.params.split(",")) if args.params else (),
                             pruner=args.pruner, prune_every=args.prune_every)
     tune(build_config(raw_config(args, methods, out)), settings, registry=MethodRegistry.default(),
          progress=Progress("quiet"))
     trials: list[tuple[str, dict[str, Any]]] = []
     numbers: list[tuple[str, int]] = []
+    pruned = dict.fromkeys(methods, 0)
     with (out / "trials.csv").open(encoding="utf-8") as fh:
         for row in csv.DictReader(fh):
             if row["state"] in ("complete", "pruned") and not row["repeat_of"]:  # a repeat ran nothing
                 values = dict(pair.split("=", 1) for pair in row["values"].split("; ") if pair)
                 trials.append((row["method"], {k: literal(v) for k, v in values.items()}))
                 numbers.append((row["method"], int(row["trial"])))
+                pruned[row["method"]] += row["state"] == "pruned"
     import optuna
     from optuna.storages.journal import JournalFileBackend
 
@@ -63,7 +66,7 @@ def search(args: argparse.Namespace, methods: list[str], out: Path
         best = best_trial(optuna.load_study(study_name=method, storage=storage))
         if best is not None:
             chosen[method] = numbers.index((method, best.number))
-    return trials, chosen
+    return trials, chosen, pruned
 
 
 def literal(text: str) -> Any:
@@ -122,12 +125,14 @@ def main() -> None:
         search_times: list[float] = []
         separate_times: list[float] = []
         for repeat in range(args.repeats):
-            seconds, (trials, chosen) = timed(lambda r=repeat: search(args, methods, root / f"search{r}"))
+            seconds, (trials, chosen, pruned) = timed(lambda r=repeat: search(args, methods, root / f"search{r}"))
             search_times.append(seconds)
             seconds, scores = timed(lambda r=repeat, t=trials: separately(args, t, root / f"separate{r}"))
             separate_times.append(seconds)
             print(f"repeat {repeat + 1}: search {search_times[-1]:.1f} s, the same {len(trials)} trials as "
                   f"separate runs {separate_times[-1]:.1f} s")
+            print("  pruned: " + ", ".join(f"{method} {count} of {sum(m == method for m, _ in trials)}"
+                                           for method, count in pruned.items()))
             print(f"  the search's choices among the trials run to the end: {choice_quality(trials, chosen, scores)}")
         ratio = median_ratio(search_times, separate_times)
         print(f"search / separate runs: {ratio:.3f}x  {verdict(ratio, 0.5)}")
