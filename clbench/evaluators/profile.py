@@ -112,9 +112,11 @@ def _ru_maxrss_bytes() -> int | None:
 
 
 class _RssSampler:
-    """Samples this process's RSS in a daemon thread; `stop` joins it and returns the peak in bytes."""
+    """Samples this process's RSS in a daemon thread; `stop` joins it and returns the block's peak in bytes: the
+    sampled peak, or ru_maxrss at exit where that grew during the block (then it is the block's exact peak)."""
 
     def __init__(self, interval_s: float) -> None:
+        self._ru_start = _ru_maxrss_bytes()
         self._process: Any = None
         try:
             import psutil
@@ -142,6 +144,9 @@ class _RssSampler:
         if self._thread is not None:
             self._thread.join()
         self.peak = max(self.peak, self._rss())
+        ru_end = _ru_maxrss_bytes()
+        if self._ru_start is not None and ru_end is not None and ru_end > self._ru_start:
+            self.peak = max(self.peak, ru_end)
         return self.peak
 
 
@@ -153,6 +158,13 @@ class _RssWatch:
     """A block measured by the kernel's high-water mark: the peak folded in from before any later reset."""
 
     peak: int = 0
+
+    def stop(self) -> int:
+        """Close the block; its peak RSS in bytes."""
+        with _RSS_LOCK:
+            self.peak = max(self.peak, _high_water_bytes() or 0)
+            _ACTIVE_RSS.remove(self)
+            return self.peak
 
 
 # Blocks currently measured by the kernel's high-water mark, in any thread; the lock orders fold, reset and read.
@@ -197,14 +209,6 @@ def _start_rss_watch() -> _RssWatch | None:
         watch = _RssWatch()
         _ACTIVE_RSS.append(watch)
         return watch
-
-
-def _stop_rss_watch(watch: _RssWatch) -> int:
-    """Close a block opened by `_start_rss_watch`; its peak RSS in bytes."""
-    with _RSS_LOCK:
-        watch.peak = max(watch.peak, _high_water_bytes() or 0)
-        _ACTIVE_RSS.remove(watch)
-        return watch.peak
 
 
 @dataclass
@@ -256,9 +260,7 @@ def profile(
         torch.cuda.reset_peak_memory_stats(cuda)
         watch = _CudaWatch(cuda)
         _ACTIVE_CUDA.append(watch)
-    rss_watch = _start_rss_watch()
-    ru_start = _ru_maxrss_bytes() if rss_watch is None else None
-    sampler = _RssSampler(sample_interval_s) if rss_watch is None else None
+    rss: _RssWatch | _RssSampler = _start_rss_watch() or _RssSampler(sample_interval_s)
     start = time.perf_counter()
     try:
         yield record
@@ -266,14 +268,7 @@ def profile(
         if watch is not None:
             torch.cuda.synchronize(watch.device)
         record.wall_s = time.perf_counter() - start
-        if rss_watch is not None:
-            peak = _stop_rss_watch(rss_watch)
-        else:
-            assert sampler is not None
-            peak = sampler.stop()
-            ru_end = _ru_maxrss_bytes()
-            if ru_start is not None and ru_end is not None and ru_end > ru_start:
-                peak = max(peak, ru_end)
+        peak = rss.stop()
         record.peak_rss_mb = peak / _MIB if peak else None
         if watch is not None:
             watch.peak = max(watch.peak, torch.cuda.max_memory_allocated(watch.device))
