@@ -56,20 +56,20 @@ def predict(model: nn.Module, split: EncodedSplit, ctx: RunContext, batch_size: 
 
 def evaluate_all(model: nn.Module, prepared: Prepared, ctx: RunContext, records: UnitRecorder, row: int,
                  task: str | None, *, batch_size: int, precision: str, step: int | None = None,
-                 kind: str = "accuracy", cached: list[Tensor] | None = None, base: list[Tensor] | None = None
-                 ) -> list[Tensor]:
+                 kind: str = "accuracy", cached: list[Tensor] | None = None, base: list[Tensor] | None = None,
+                 tasks: int | None = None) -> list[Tensor]:
     """Evaluate every task's evaluated split (test, or validation while tuning); append class-incremental and
     task-aware accuracy and macro-F1, each record naming the split.
 
-    Returns the logits (one [n, num_labels] tensor per task). `cached` logits skip the forward passes, e.g.
-    for row 0 of a model identical to one already evaluated. On a preference stream the records are
+    Returns the logits (one [n, num_labels] tensor per task evaluated: every task, or the first `tasks`).
+    `cached` logits skip the forward passes, e.g. for row 0 of a model identical to one already evaluated. On a preference stream the records are
     preference accuracy (as `acc_cil` and `acc_til`: one head, no task identity to use) and the mean reward
     margin, both against the model before the stream, whose outputs `base` holds (None: this is that model).
     On a generation stream they are answer accuracy: how often the target is likelier than the alternative.
     """
     out = []
     all_logits = []
-    for info, split in zip(prepared.infos, prepared.evaluated):
+    for info, split in list(zip(prepared.infos, prepared.evaluated))[:tasks]:
         logits = cached[info.index] if cached is not None else predict(model, split, ctx, batch_size, precision)
         all_logits.append(logits)
         if isinstance(split, PairSplit):

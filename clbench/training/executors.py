@@ -112,13 +112,14 @@ class ObservedSink:
 
 def run_local(config: RunConfig, prepared: Prepared, units: Sequence[tuple[str, int]], run_dir: RecordSink,
               progress: Progress, make_method: Callable[[str], Hooks], checkpoints: CheckpointStore | None,
-              started: set[str], shared: SharedStart) -> None:
-    """Train `units` one after another in this process; a failed unit is recorded and the others go on."""
+              started: set[str], shared: SharedStart, evaluate_unseen: bool = True) -> None:
+    """Train `units` one after another in this process; a failed unit is recorded and the others go on
+    (`evaluate_unseen`: see `clbench.training.runner.train_unit`)."""
     for index, (name, seed) in enumerate(units):
         progress.start_unit(index)
         try:
             train_or_fail(config, prepared, make_method(name), seed, run_dir, progress, checkpoints=checkpoints,
-                          shared=shared, resume=unit_id(name, seed) in started)
+                          shared=shared, resume=unit_id(name, seed) in started, evaluate_unseen=evaluate_unseen)
         except UnitFailed as exc:
             run_dir.append([failed_record(name, seed, str(exc))])
             if checkpoints is not None:
@@ -126,7 +127,8 @@ def run_local(config: RunConfig, prepared: Prepared, units: Sequence[tuple[str, 
             progress.message(f"{unit_id(name, seed)} failed: {exc}")
 
 
-def unit_records(config: RunConfig, prepared: Prepared, name: str, seed: int, threads: int) -> list[dict[str, Any]]:
+def unit_records(config: RunConfig, prepared: Prepared, name: str, seed: int, threads: int,
+                 evaluate_unseen: bool = True) -> list[dict[str, Any]]:
     """Train one unit in this process and return its records (the body of one Ray task)."""
     import torch
 
@@ -136,14 +138,14 @@ def unit_records(config: RunConfig, prepared: Prepared, name: str, seed: int, th
     method = cls(method_config(cls.config_cls, name, method_own_options(config, name)))
     sink = MemoryRecords([])
     try:
-        train_or_fail(config, prepared, method, seed, sink, Progress("quiet"))
+        train_or_fail(config, prepared, method, seed, sink, Progress("quiet"), evaluate_unseen=evaluate_unseen)
     except UnitFailed as exc:
         sink.append([failed_record(name, seed, str(exc))])
     return sink.records
 
 
 def run_ray(config: RunConfig, prepared: Prepared, units: Sequence[tuple[str, int]], run_dir: RecordSink,
-            progress: Progress, started: set[str]) -> None:
+            progress: Progress, started: set[str], evaluate_unseen: bool = True) -> None:
     """Run `units` as Ray tasks and append their records to `run_dir` as they finish (each asks for 1 CPU and,
     on CUDA, `gpus_per_unit` of a GPU, so several units can share one card).
 
@@ -175,7 +177,7 @@ def run_ray(config: RunConfig, prepared: Prepared, units: Sequence[tuple[str, in
             options["runtime_env"] = {"env_vars": env}
         task = ray.remote(unit_records).options(**options)
         data = ray.put(prepared)
-        pending = {task.remote(config, data, name, seed, 1): (name, seed) for name, seed in units}
+        pending = {task.remote(config, data, name, seed, 1, evaluate_unseen): (name, seed) for name, seed in units}
         progress.message(f"submitted {len(pending)} unit(s) to Ray ({gpus} GPU each)")
         waiting = list(pending)
         while waiting:

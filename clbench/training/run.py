@@ -47,7 +47,7 @@ def default_out(config: RunConfig) -> str:
 def run(config: RunConfig, *, registry: MethodRegistry | None = None, progress: Progress | None = None,
         command: str | None = None, resume: bool = False, earlier: Sequence[str] = (),
         prepared: Prepared | None = None, shared: SharedStart | None = None, observer: Observer | None = None,
-        checkpoint: bool = True) -> Path:
+        checkpoint: bool = True, evaluate_unseen: bool = True) -> Path:
     """Validate, then run every unit of `config`; returns the run directory.
 
     With `resume`, `config.out` must hold an earlier run of the same configuration (differences that change
@@ -55,7 +55,8 @@ def run(config: RunConfig, *, registry: MethodRegistry | None = None, progress: 
     A caller that runs many configurations of one stream (`clbench tune`) passes the `prepared` stream and a
     `shared` cache to reuse across them, and an `observer` that sees every batch of records once written (it
     may raise to stop the run, e.g. to prune a trial). Without `checkpoint` no unit saves a checkpoint (a tuning
-    trial, which is never continued, has no use for one).
+    trial, which is never continued, has no use for one); without `evaluate_unseen`, each evaluation after row 0
+    covers only the tasks trained so far (a trial reads nothing else; the run has no forward transfer).
 
     Order: validate everything (`earlier` are problems found while assembling the config), check the run
     directory, prepare the data, then take the directory's lock and check it again under the lock (another run
@@ -103,11 +104,11 @@ def run(config: RunConfig, *, registry: MethodRegistry | None = None, progress: 
         sink = ObservedSink(run_dir, observer) if observer is not None else run_dir
         try:
             if config.executor == "ray":
-                run_ray(config, prepared, units, sink, progress, started)
+                run_ray(config, prepared, units, sink, progress, started, evaluate_unseen)
             else:
                 run_local(config, prepared, units, sink, progress,
                           lambda name: registry.get(name)(method_configs[name]), checkpoints, started,
-                          shared or SharedStart(units=units))
+                          shared or SharedStart(units=units), evaluate_unseen)
         finally:
             if trackers is not None:
                 trackers.close()

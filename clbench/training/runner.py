@@ -79,6 +79,7 @@ class Unit:
     checkpoints: CheckpointStore | None
     shared: SharedStart | None
     forward: Callable[..., Any]  # the training step's forward: the model, or its torch.compile wrapper
+    evaluate_unseen: bool = True  # False: after row 0, only the tasks trained so far are evaluated
     base: list[Tensor] | None = None  # preference streams: row 0's outputs, what rewards are measured against
     general_base: TokenAnchors | None = None  # the base model's distributions on the stream's general text
 
@@ -87,9 +88,10 @@ class Unit:
         return self.records.unit
 
     def evaluate(self, row: int, task: str | None, **kwargs: Any) -> list[Tensor]:
+        seen = row if row and not self.evaluate_unseen else None
         logits = evaluate_all(self.model, self.prepared, self.ctx, self.records, row, task,
                               batch_size=self.config.eval_batch_size, precision=self.config.precision, base=self.base,
-                              **kwargs)
+                              tasks=seen, **kwargs)
         general = self.prepared.general
         if general is not None and kwargs.get("kind", "accuracy") == "accuracy":
             if self.general_base is None:  # row 0: this is the base model
@@ -112,7 +114,7 @@ class TrainedTask:
 
 def train_unit(config: RunConfig, prepared: Prepared, method: Hooks, seed: int, sink: RecordSink,
                progress: Progress, *, checkpoints: CheckpointStore | None = None, shared: SharedStart | None = None,
-               resume: bool = False) -> None:
+               resume: bool = False, evaluate_unseen: bool = True) -> None:
     """Train one method with one seed through the whole stream, appending results to `sink` as they come.
 
     Args:
@@ -121,6 +123,9 @@ def train_unit(config: RunConfig, prepared: Prepared, method: Hooks, seed: int, 
             plain fine-tuning, the training of task 1 (see `clbench.training.sharing`).
         resume: continue from the unit's last checkpoint (or from scratch without one); a `resume` record first
             tells readers to drop this unit's rows after the checkpoint (`clbench.results.read_records`).
+        evaluate_unseen: False: after row 0, each evaluation covers only the tasks trained so far, so the
+            matrix above its diagonal (what forward transfer reads) stays empty; a tuning trial, whose objective
+            and pruner read only the tasks seen, skips those forward passes.
 
     Raises:
         UnitFailed: the loss diverged or CUDA ran out of memory; the caller records the unit as failed.
@@ -128,7 +133,7 @@ def train_unit(config: RunConfig, prepared: Prepared, method: Hooks, seed: int, 
     config = config.for_method(method.name)  # the method's own lr and budget, if its section sets them
     device = resolve_device(config.device)
     try:
-        _train_unit(config, prepared, method, seed, sink, progress, checkpoints, shared, resume)
+        _train_unit(config, prepared, method, seed, sink, progress, checkpoints, shared, resume, evaluate_unseen)
         return
     except torch.cuda.OutOfMemoryError:
         progress.end_task()
@@ -153,8 +158,8 @@ def _oom_message(config: RunConfig, device: torch.device) -> str:
 
 def _train_unit(config: RunConfig, prepared: Prepared, method: Hooks, seed: int, sink: RecordSink,
                 progress: Progress, checkpoints: CheckpointStore | None, shared: SharedStart | None,
-                resume: bool) -> None:
-    unit = build_unit(config, prepared, method, seed, sink, progress, checkpoints, shared)
+                resume: bool, evaluate_unseen: bool) -> None:
+    unit = build_unit(config, prepared, method, seed, sink, progress, checkpoints, shared, evaluate_unseen)
     drift = DriftReferences(unit.model)
     first_row, logits = restore_or_row0(unit, seed, resume)
     if first_row:
@@ -172,7 +177,8 @@ def _train_unit(config: RunConfig, prepared: Prepared, method: Hooks, seed: int,
 
 
 def build_unit(config: RunConfig, prepared: Prepared, method: Hooks, seed: int, sink: RecordSink,
-               progress: Progress, checkpoints: CheckpointStore | None, shared: SharedStart | None) -> Unit:
+               progress: Progress, checkpoints: CheckpointStore | None, shared: SharedStart | None,
+               evaluate_unseen: bool = True) -> Unit:
     """Stage 1: the seeded model, the run context, and the method's `setup` (which may wrap the model)."""
     device = resolve_device(config.device)
     generator = torch.Generator().manual_seed(seed)
@@ -188,7 +194,7 @@ def build_unit(config: RunConfig, prepared: Prepared, method: Hooks, seed: int, 
     model = method.setup(built, ctx)
     forward = torch.compile(model) if config.compile else model  # shares the model's parameters
     return Unit(config, prepared, method, model, built, ctx, generator, UnitRecorder(method.name, seed, sink),
-                progress, checkpoints, shared, forward)
+                progress, checkpoints, shared, forward, evaluate_unseen=evaluate_unseen)
 
 
 def build_for(config: RunConfig, prepared: Prepared, seed: int) -> nn.Module:
@@ -258,7 +264,7 @@ def run_task(unit: Unit, info: TaskInfo, logits_before: list[Tensor], drift: Dri
         method.after_task(info, model, data)
     with profile(unit.ctx.device) as rec_eval:
         logits = unit.evaluate(info.index + 1, info.name, step=trained.steps)
-        rec_eval.add(examples=sum(len(s) for s in unit.prepared.evaluated))
+        rec_eval.add(examples=sum(len(t) for t in logits))
     more_tasks = info.index + 1 < len(unit.prepared.infos)
     records = drift.records(unit.records, info, model, more_tasks)
     records += functional_records(unit.records, info, logits_before, logits, unit.prepared.infos, unit.ctx.kind)

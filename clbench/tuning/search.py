@@ -6,7 +6,8 @@ test example is read) and the tuning stream. Its objective is the validation ACC
 (`clbench.evaluators.average_accuracy` of the class-incremental matrix by default), averaged over seeds; a
 unit that fails (e.g. diverges) scores 0. After each task, and every `--prune-every` steps within a task, the
 mean validation accuracy over the tasks seen so far is reported to the study's pruner, which may stop a hopeless
-trial early.
+trial early. As neither reads a task not yet trained, a trial evaluates only the tasks it has trained so far
+(after row 0): its matrix is empty above the diagonal.
 
 What the trials share: the tokenised stream (prepared once), row 0, and the trained first task of every
 (seed, learning rate, budget) already seen (`clbench.training.sharing.SharedStart`, with its evaluations along
@@ -244,7 +245,7 @@ def run_trials(study: Any, name: str, params: list[Param], search_config: RunCon
         started = time.perf_counter()
         try:
             run(config, registry=registry, progress=Progress("quiet"), prepared=prepared, shared=shared,
-                observer=observer, checkpoint=False)
+                observer=observer, checkpoint=False, evaluate_unseen=False)
         except Pruned:
             trial.set_user_attr("seconds", time.perf_counter() - started)
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from clbench.cli import main
-from clbench.config import build_config, validate
+from clbench.config import build_config, from_saved, load_yaml, validate
 from clbench.registry import MethodRegistry
 from clbench.training.progress import Progress
 from clbench.tuning import search
@@ -283,6 +284,37 @@ def test_trials_evaluated_along_training_still_share_the_first_task(tmp_path: Pa
     records = read_records(tmp_path / "tune" / "trials" / "ewc" / "001")
     assert [r["value"] for r in records if r["type"] == "note"] == ["ewc/seed0"]  # task 1 from trial 0
     assert {r["step"] for r in records if r["type"] == "curve" and r["row"] == 1} == {2}  # its curve, replayed
+
+
+def test_trials_evaluate_only_the_tasks_trained_so_far_with_the_scores_of_a_full_run(tmp_path: Path) -> None:
+    """After row 0 a trial skips the tasks it has not trained yet (its objective and pruner read only the seen
+    ones), along training too; what it does evaluate equals an ordinary run of the same configuration."""
+    from clbench.results import read_records
+    from clbench.training.run import run
+
+    config = small_config(tmp_path, ("ewc",), max_steps=4)
+    tune(config, TuneSettings(trials=2, params=("ewc.penalty_weight",), pruner="none", prune_every=2),
+         progress=Progress("quiet"))
+    trial_dir = tmp_path / "tune" / "trials" / "ewc" / "001"  # task 1 and its curve replayed from trial 0
+    trial = read_records(trial_dir)
+    full = read_records(run(replace(from_saved(load_yaml(trial_dir / "config.yaml")), out=str(tmp_path / "full")),
+                            progress=Progress("quiet")))
+
+    def scores(records: list[dict[str, Any]]) -> dict[tuple[Any, ...], float]:
+        return {(r["type"], r["row"], r.get("step"), r["eval_index"], r["metric"]): r["value"]
+                for r in records if r["type"] in ("accuracy", "curve")}
+
+    mine, everything = scores(trial), scores(full)
+    tasks = 3
+    assert {k[3] for k in mine if k[1] == 0} == set(range(tasks))  # row 0: every task
+    assert mine and all(k[3] < k[1] for k in mine if k[1] >= 1)
+    assert {(k[0], k[1]) for k in mine if k[1] >= 1} == {(t, row) for t in ("accuracy", "curve")
+                                                          for row in range(1, tasks + 1)}
+    assert mine == {k: v for k, v in everything.items() if k[1] == 0 or k[3] < k[1]}
+    assert any(k[1] >= 1 and k[3] >= k[1] for k in everything)  # an ordinary run still evaluates unseen tasks
+    profiled = [r["value"] for r in trial if r["type"] == "profile" and r.get("phase") == "eval"
+                and r["metric"] == "examples"]
+    assert profiled == sorted(profiled) and len(set(profiled)) == tasks  # what it evaluated grows task by task
 
 
 def test_a_search_saved_before_prune_every_existed_resumes(tmp_path: Path) -> None:
