@@ -62,10 +62,11 @@ def evaluate_all(model: nn.Module, prepared: Prepared, ctx: RunContext, records:
     task-aware accuracy and macro-F1, each record naming the split.
 
     Returns the logits (one [n, num_labels] tensor per task evaluated: every task, or the first `tasks`).
-    `cached` logits skip the forward passes, e.g. for row 0 of a model identical to one already evaluated. On a preference stream the records are
-    preference accuracy (as `acc_cil` and `acc_til`: one head, no task identity to use) and the mean reward
-    margin, both against the model before the stream, whose outputs `base` holds (None: this is that model).
-    On a generation stream they are answer accuracy: how often the target is likelier than the alternative.
+    `cached` logits skip the forward passes, e.g. for row 0 of a model identical to one already evaluated. On a
+    preference stream the records are preference accuracy (as `acc_cil` and `acc_til`: one head, no task
+    identity to use) and the mean reward margin, both against the model before the stream, whose outputs `base`
+    holds (None: this is that model). On a generation stream they are answer accuracy: how often the target is
+    likelier than the alternative.
     """
     out = []
     all_logits = []
