@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import importlib
+import mmap
 import threading
 import time
 
-import numpy as np
 import pytest
 import torch
 
@@ -46,8 +46,17 @@ def kernel_peak_works() -> bool:
     return bool(profile_module._KERNEL_PEAK["works"])
 
 
-def touched(size_mb: int) -> np.ndarray:
-    return np.ones(size_mb * (1 << 20), dtype=np.uint8)  # written, so resident
+def touched(size_mb: int) -> mmap.mmap:
+    """`size_mb` MiB of new anonymous memory, every page written so it is resident; unmapped when dropped.
+
+    Mapped directly rather than through malloc: a long test process may hold freed heap pages that malloc would
+    hand out again without the process's RSS growing, and then no measurement could see a spike.
+    """
+    block = mmap.mmap(-1, size_mb << 20)
+    page = b"\x01" * mmap.PAGESIZE
+    for offset in range(0, len(block), mmap.PAGESIZE):
+        block[offset:offset + mmap.PAGESIZE] = page
+    return block
 
 
 def test_profile_sees_an_allocation(rss_mode: str) -> None:
