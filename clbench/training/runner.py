@@ -322,7 +322,8 @@ def step_loop(unit: Unit, info: TaskInfo, plan: BatchPlan, params: Sequence[nn.P
               optimizer: torch.optim.Optimizer, scheduler: Any, total: int, rec: ProfileRecord,
               curves: list[tuple[int, list[Tensor]]]) -> int:
     """The runner's own loop: `total` optimiser steps over shuffled epochs of `plan`; returns the steps taken.
-    With `eval_every`, every task is evaluated every that many steps, and (step, logits) appended to `curves`."""
+    With `eval_every`, the tasks are evaluated every that many steps (all of them, or those trained so far
+    without `unit.evaluate_unseen`), and (step, logits) appended to `curves`."""
     step = 0
     while step < total:
         for batch in plan:
