@@ -214,7 +214,8 @@ def _config_from_flags(kwargs: dict[str, Any], resume: bool) -> tuple[Any, list[
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config value.")
 @click.option("--plugin", "plugins", multiple=True, metavar="FILE.py", help="Register methods from a Python file.")
 @click.option("--allow-config-plugins", is_flag=True, help="Import the plugin files a --config file lists.")
-@click.option("--resume", is_flag=True, help="Continue the search in --out without repeating finished trials.")
+@click.option("--resume", is_flag=True, help="Continue the search in --out without repeating finished trials; "
+              "with a larger --trials, extend every method's search to it.")
 @click.option("--quiet", is_flag=True, help="Print nothing but errors and the result.")
 @friendly
 def tune(**kwargs: Any) -> None:

@@ -18,7 +18,9 @@ The study lives in `DIR/study.journal` (Optuna's journal storage): `--resume` co
 without repeating finished or pruned trials; a trial that was running when the search died is marked failed
 and does not count towards the budget. No trial is ever continued, so trials save no checkpoints. Samplers
 are seeded (TPE, seed = `sampler_seed` + the method's position), so a search that is not interrupted is
-reproducible.
+reproducible. `--resume` with a larger `--trials` extends every method's search to that budget; while the number
+of random startup trials stays the same (`sampler`), it draws what a search given that budget at once draws, as
+TPE's own generator is not used before the startup trials are done.
 """
 
 from __future__ import annotations
@@ -148,12 +150,17 @@ def tune(config: RunConfig, settings: TuneSettings, *, registry: MethodRegistry 
 
     out = Path(str(config.out))
     progress = progress or Progress()
-    check_tuning_dir(out, config, settings, resume)
+    budgets = check_tuning_dir(out, config, settings, resume)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     with RunDir(out) as tuning_dir:
         if not resume:
             tuning_dir.write_text(SETTINGS, dump_yaml(replace(config, provenance={"tune": settings.to_dict(),
                                                                                    "command": command})))
+        elif budgets[-1] != settings.trials:  # extended: a later resume checks against the larger budget
+            saved = from_saved(load_yaml(out / SETTINGS))
+            budgets = [*budgets, settings.trials]
+            provenance = {**(saved.provenance or {}), "tune": settings.to_dict(), "budgets": budgets}
+            tuning_dir.write_text(SETTINGS, dump_yaml(replace(saved, provenance=provenance)))
         from optuna.storages.journal import JournalFileBackend
 
         storage = optuna.storages.JournalStorage(JournalFileBackend(str(out / STUDY)))
@@ -168,7 +175,7 @@ def tune(config: RunConfig, settings: TuneSettings, *, registry: MethodRegistry 
         from clbench.tuning.summary import write_summary, write_tuned
 
         tuned = write_tuned(out, config, settings, storage, command)
-        write_summary(out, config, settings, storage)
+        write_summary(out, config, settings, storage, budgets)
     return tuned
 
 
@@ -304,22 +311,33 @@ def seed_scores(run_dir: Path, objective: str, seeds: Sequence[int], num_tasks: 
     return scores
 
 
-def check_tuning_dir(out: Path, config: RunConfig, settings: TuneSettings, resume: bool) -> None:
-    """A new search needs an empty place; a resumed one the same configuration and settings."""
+def check_tuning_dir(out: Path, config: RunConfig, settings: TuneSettings, resume: bool) -> list[int]:
+    """A new search needs an empty place; a resumed one the same configuration and settings, with a budget
+    (`--trials`) at least the saved one: a larger budget extends every method's search to it.
+
+    Returns:
+        The budgets the search has had so far, oldest first (the current one for a new search).
+    """
     saved = out / SETTINGS
     if not resume:
         if saved.exists() or (out / STUDY).exists():
             raise RunDirError(f"'{out}' already holds a search; pass --resume to continue it or choose another --out")
-        return
+        return [settings.trials]
     if not saved.is_file():
         raise RunDirError(f"nothing to resume in '{out}' (no {SETTINGS}); run without --resume or fix --out")
     saved_config = from_saved(load_yaml(saved))
     before = {k: v for k, v in saved_config.to_dict().items() if k not in ("provenance", "out")}
     now = {k: v for k, v in config.to_dict().items() if k not in ("provenance", "out")}
     changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
-    saved_settings = {**SETTING_DEFAULTS, **((saved_config.provenance or {}).get("tune") or {})}
-    if saved_settings != settings.to_dict():
+    provenance = saved_config.provenance or {}
+    saved_settings = {**SETTING_DEFAULTS, **(provenance.get("tune") or {})}
+    if {**saved_settings, "trials": None} != {**settings.to_dict(), "trials": None}:
         changed.append("search settings")
     if changed:
         raise RunDirError(f"--resume: '{out}' was searched with a different configuration ({', '.join(changed[:6])});"
                           " resume with the same flags or choose another --out")
+    trials = int(saved_settings["trials"])
+    if settings.trials < trials:
+        raise RunDirError(f"--resume: --trials {settings.trials} is below the {trials} trials per method that "
+                          f"'{out}' was searched with; pass --trials {trials} to finish it, or more to extend it")
+    return [int(b) for b in provenance.get("budgets", [trials])]

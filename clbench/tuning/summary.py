@@ -52,15 +52,18 @@ def write_tuned(out: Path, config: RunConfig, settings: TuneSettings, storage: A
     return path
 
 
-def write_summary(out: Path, config: RunConfig, settings: TuneSettings, storage: Any) -> Path:
-    """tuning.md and plots/tuning.png."""
+def write_summary(out: Path, config: RunConfig, settings: TuneSettings, storage: Any,
+                  budgets: list[int] | None = None) -> Path:
+    """tuning.md and plots/tuning.png; `budgets`: the trials per method the search has had, oldest first
+    (more than one when `--resume` extended it)."""
     import optuna
 
     states = optuna.trial.TrialState
+    extended = f" (extended with --resume: {' → '.join(map(str, budgets))})" if budgets and len(budgets) > 1 else ""
     lines = [f"# clbench tuning: {out.name}", "",
              (f"Objective: validation {settings.objective} ACC after the last task of "
               f"**{settings.tune_stream or config.stream}**, mean over search seeds {list(config.seeds)}; "
-              f"{settings.trials} trials per method (Optuna TPE, seed {settings.sampler_seed}; pruner "
+              f"{settings.trials} trials per method{extended} (Optuna TPE, seed {settings.sampler_seed}; pruner "
               f"{settings.pruner}). Test data were not read. `tuned.yaml` replays the chosen values on test with "
               f"seeds {list(settings.eval_seeds)}."), "",
              ("| method | trials finished / pruned / failed | best validation ACC | sd over search seeds | chosen values "

@@ -229,6 +229,41 @@ def test_a_killed_search_resumes_without_repeating_finished_trials(tmp_path: Pat
         tune(small_config(tmp_path, ("naive",), max_steps=4), settings, progress=Progress("quiet"), resume=True)
 
 
+def test_a_larger_budget_on_resume_extends_every_method_as_a_search_with_that_budget_would(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """3 trials, then --resume with --trials 5: only the new trials run, and every method ends with the values
+    and objectives of a 5-trial search run in one go (both have 3 random startup trials before TPE)."""
+    methods, quiet = ("naive", "ewc"), Progress("quiet")
+    extended, whole = tmp_path / "extended", tmp_path / "whole"
+    tune(small_config(tmp_path, methods, out=str(extended)), TuneSettings(trials=3, pruner="none"), progress=quiet)
+    saved = (extended / "tune.yaml").read_bytes()
+    with pytest.raises(Exception, match="--trials 2 is below the 3 trials"):
+        tune(small_config(tmp_path, methods, out=str(extended)), TuneSettings(trials=2, pruner="none"),
+             progress=quiet, resume=True)
+    assert (extended / "tune.yaml").read_bytes() == saved
+    real_run = search.run
+    calls: list[str] = []
+    monkeypatch.setattr(search, "run", lambda config, **kwargs: (calls.append(config.out), real_run(config, **kwargs))[1])
+    tune(small_config(tmp_path, methods, out=str(extended)), TuneSettings(trials=5, pruner="none"), progress=quiet,
+         resume=True)
+    ran = [(Path(c).parent.name, int(Path(c).name)) for c in calls]  # naive's later trials include repeated draws
+    assert sorted(m for m, _ in ran) == ["ewc", "ewc", "naive", "naive"] and all(n >= 3 for _, n in ran)
+    tune(small_config(tmp_path, methods, out=str(whole)), TuneSettings(trials=5, pruner="none"), progress=quiet)
+    assert trial_values(extended) == trial_values(whole)
+    for method in methods:  # each spent the whole budget: 5 distinct sets of values
+        assert len({str(params) for (m, _), (_, params) in trial_values(whole).items() if m == method}) == 5
+    assert "5 trials per method (extended with --resume: 3 → 5)" in (extended / "tuning.md").read_text()
+    assert "extended" not in (whole / "tuning.md").read_text()
+    assert load_yaml(extended / "tuned.yaml")["provenance"]["budget"] == "5 trials per method"
+    calls.clear()
+    tune(small_config(tmp_path, methods, out=str(extended)), TuneSettings(trials=5, pruner="none"), progress=quiet,
+         resume=True)  # the extended budget is now the saved one: nothing left to run
+    assert calls == []
+    with pytest.raises(Exception, match="--trials 3 is below the 5 trials"):
+        tune(small_config(tmp_path, methods, out=str(extended)), TuneSettings(trials=3, pruner="none"),
+             progress=quiet, resume=True)
+
+
 def test_prune_every_stops_trials_within_a_task(tmp_path: Path) -> None:
     """Successive halving with a report every 2 steps: a trial whose running validation accuracy falls behind
     stops before its task ends (its last report is not a task's end)."""
