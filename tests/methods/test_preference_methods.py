@@ -60,6 +60,14 @@ def one_by_one(net: torch.nn.Module, split: PairSplit, value) -> dict[str, torch
     return {n: t / len(split) for n, t in total.items()}
 
 
+def assert_fisher_close(got: torch.Tensor, want: torch.Tensor) -> None:
+    """Equal within float32 rounding: 1e-4 relative, or 1e-5 of the tensor's largest entry. The two sides
+    round differently along the chain (the runner scales ∇m by (1 − σ)β, the reference differentiates log σ(βm)),
+    so an entry whose gradient nearly cancels over a pair's tokens can miss 1e-4 relative on its own: 1.3e-4 at
+    an entry 1e-7 of its tensor's largest, on this machine's CPU."""
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5 * float(want.abs().max()))
+
+
 @pytest.mark.parametrize("estimator", ["empirical", "exact"])
 def test_preference_fisher_is_the_fisher_of_the_bradley_terry_likelihood(tokenizer, estimator):
     policy, frozen = model(), model()
@@ -92,7 +100,7 @@ def test_preference_fisher_is_the_fisher_of_the_bradley_terry_likelihood(tokeniz
                 for n in want:
                     want[n] += weight * grads[n] / len(split)
     for n in names:
-        torch.testing.assert_close(got[n], want[n], rtol=1e-4, atol=1e-10)
+        assert_fisher_close(got[n], want[n])
     assert max(float(t.max()) for t in got.values()) > 0
 
 
@@ -107,7 +115,7 @@ def test_generation_fisher_is_the_fisher_of_the_target_likelihood(tokenizer):
 
     want = one_by_one(net, split, log_likelihood)
     for n in names:
-        torch.testing.assert_close(got[n], want[n], rtol=1e-4, atol=1e-10)
+        assert_fisher_close(got[n], want[n])
     with pytest.raises(ValueError, match="estimator 'exact' is not defined on generation tasks"):
         generation_fisher(net, split, "exact", names, CPU, 2)
 
