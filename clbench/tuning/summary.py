@@ -59,7 +59,8 @@ def write_summary(out: Path, config: RunConfig, settings: TuneSettings, storage:
     import optuna
 
     states = optuna.trial.TrialState
-    extended = f" (extended with --resume: {' → '.join(map(str, budgets))})" if budgets and len(budgets) > 1 else ""
+    extended = f", extended with --resume from {' then '.join(map(str, budgets[:-1]))}" if budgets and \
+        len(budgets) > 1 else ""
     lines = [f"# clbench tuning: {out.name}", "",
              (f"Objective: validation {settings.objective} ACC after the last task of "
               f"**{settings.tune_stream or config.stream}**, mean over search seeds {list(config.seeds)}; "

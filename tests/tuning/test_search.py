@@ -252,7 +252,7 @@ def test_a_larger_budget_on_resume_extends_every_method_as_a_search_with_that_bu
     assert trial_values(extended) == trial_values(whole)
     for method in methods:  # each spent the whole budget: 5 distinct sets of values
         assert len({str(params) for (m, _), (_, params) in trial_values(whole).items() if m == method}) == 5
-    assert "5 trials per method (extended with --resume: 3 → 5)" in (extended / "tuning.md").read_text()
+    assert "5 trials per method, extended with --resume from 3 (Optuna" in (extended / "tuning.md").read_text()
     assert "extended" not in (whole / "tuning.md").read_text()
     assert load_yaml(extended / "tuned.yaml")["provenance"]["budget"] == "5 trials per method"
     calls.clear()
