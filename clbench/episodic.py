@@ -17,19 +17,17 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from clbench.data import BatchPlan, EncodedSplit
+from clbench.data import AnySplit, BatchPlan, EncodedSplit
 from clbench.data.pairs import PairSplit
 from clbench.protocol import RunContext
 
-Split = EncodedSplit | PairSplit  # a classification split or a preference task's pairs
 
-
-def concat_splits(splits: Sequence[Split]) -> Split:
+def concat_splits(splits: Sequence[AnySplit]) -> AnySplit:
     """The rows of `splits` in order, as one split of their (common) type."""
     return type(splits[0]).concat(splits)  # type: ignore[arg-type]
 
 
-def split_state(split: Split, prefix: str) -> dict[str, Any]:
+def split_state(split: AnySplit, prefix: str) -> dict[str, Any]:
     """A split's tensors and pad id under keys `prefix.<field>`, plus its kind, for a method's state dict."""
     out: dict[str, Any] = {f"{prefix}.kind": "pairs" if isinstance(split, PairSplit) else "examples",
                            f"{prefix}.pad_id": split.pad_id}
@@ -39,11 +37,12 @@ def split_state(split: Split, prefix: str) -> dict[str, Any]:
     return out
 
 
-def split_from_state(state: dict[str, Any], prefix: str) -> Split:
+def split_from_state(state: dict[str, Any], prefix: str) -> AnySplit:
     """The split `split_state(split, prefix)` saved, on the CPU (checkpoints may be loaded to a GPU)."""
     cls = PairSplit if state.get(f"{prefix}.kind") == "pairs" else EncodedSplit
     names = [f.name for f in dataclasses.fields(cls) if f.name not in ("pad_id", "reference")]
-    return cls(*(state[f"{prefix}.{name}"].cpu() for name in names), pad_id=int(state[f"{prefix}.pad_id"]))
+    fields: dict[str, Any] = {name: state[f"{prefix}.{name}"].cpu() for name in names}
+    return cls(**fields, pad_id=int(state[f"{prefix}.pad_id"]))
 
 
 def per_task_quota(budget: int, num_tasks: int) -> list[int]:
@@ -59,7 +58,7 @@ class TaskMemory:
 
     def __init__(self, budget: int) -> None:
         self.budget = budget
-        self.splits: dict[int, Split] = {}  # task index -> kept examples, in random order
+        self.splits: dict[int, AnySplit] = {}  # task index -> kept examples, in random order
 
     def __len__(self) -> int:
         return sum(len(s) for s in self.splits.values())
@@ -68,20 +67,20 @@ class TaskMemory:
     def task_indices(self) -> list[int]:
         return sorted(self.splits)
 
-    def add(self, task_index: int, data: Split, generator: torch.Generator) -> None:
+    def add(self, task_index: int, data: AnySplit, generator: torch.Generator) -> None:
         """Keep a uniform random sample of `data` for `task_index` and shrink earlier tasks to the new quota."""
         order = torch.randperm(len(data), generator=generator)
         self.splits[task_index] = data.subset(order)
         for t, quota in zip(self.task_indices, per_task_quota(self.budget, len(self.splits))):
             self.splits[t] = self.splits[t].subset(torch.arange(min(quota, len(self.splits[t]))))
 
-    def sample(self, n: int, generator: torch.Generator) -> Split:
+    def sample(self, n: int, generator: torch.Generator) -> AnySplit:
         """`n` examples drawn uniformly without replacement from the whole memory (all of it if smaller)."""
         pool = self.all()
         index = torch.randperm(len(pool), generator=generator)[:n]
         return pool.subset(index)
 
-    def all(self) -> Split:
+    def all(self) -> AnySplit:
         """Every stored example, tasks in stream order."""
         return concat_splits([self.splits[t] for t in self.task_indices])
 
@@ -135,12 +134,12 @@ class Reservoir:
     def __init__(self, budget: int) -> None:
         self.budget = budget
         self.seen = 0  # examples offered so far
-        self.memory: Split | None = None
+        self.memory: AnySplit | None = None
 
     def __len__(self) -> int:
         return 0 if self.memory is None else len(self.memory)
 
-    def add(self, data: Split, generator: torch.Generator) -> None:
+    def add(self, data: AnySplit, generator: torch.Generator) -> None:
         """Offer every example of `data` to the reservoir, in order (vectorised Algorithm R)."""
         m, held = len(data), len(self)
         if m == 0 or self.budget <= 0:
@@ -161,7 +160,7 @@ class Reservoir:
         self.memory = pool.subset(source)
         self.seen += m
 
-    def sample(self, n: int, generator: torch.Generator) -> Split:
+    def sample(self, n: int, generator: torch.Generator) -> AnySplit:
         """`n` stored examples drawn uniformly without replacement (all of them if fewer are stored)."""
         if self.memory is None:
             raise ValueError("the reservoir is empty")

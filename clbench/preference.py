@@ -83,7 +83,7 @@ def sequence_log_probs(model: nn.Module, split: PairSplit, batch_size: int, devi
     was_training = model.training
     model.eval()
     out = torch.zeros(len(split), 2)
-    for index in BatchPlan(split, batch_size, shuffle=False).indices():  # type: ignore[arg-type]
+    for index in BatchPlan(split, batch_size, shuffle=False).indices():
         batch = split.batch(index).to(device)
         with autocast if autocast is not None else contextlib.nullcontext():  # type: ignore[attr-defined]
             logits = model(**batch.model_inputs()).logits
@@ -148,7 +148,7 @@ def token_anchors(model: nn.Module, split: PairSplit, batch_size: int, device: t
     model.eval()
     width = split.chosen_ids.shape[1]
     parts: dict[str, Tensor] = {}
-    for index in BatchPlan(split, batch_size, shuffle=False).indices():  # type: ignore[arg-type]
+    for index in BatchPlan(split, batch_size, shuffle=False).indices():
         batch = split.batch(index).to(device)
         log_p = torch.log_softmax(model(**batch.chosen_inputs()).logits.float(), dim=-1)  # [b, w, V]
         if topk:
@@ -209,7 +209,7 @@ def mean_squared_gradients(model: nn.Module, split: PairSplit, names: list[str],
     `target(batch)` gives (value, scale): the accumulation every Fisher estimator here shares."""
     params = dict(model.named_parameters())
     total = {n: torch.zeros_like(params[n]) for n in names}
-    plan = BatchPlan(split, size, shuffle=False)  # type: ignore[arg-type]
+    plan = BatchPlan(split, size, shuffle=False)
     for index in plan.indices():
         value, scale = target(split.batch(index).to(device))
         grads = torch.autograd.grad(value, [params[n] for n in names], allow_unused=True)
@@ -233,7 +233,7 @@ def general_ability(model: nn.Module, split: PairSplit, base: TokenAnchors, batc
     was_training = model.training
     model.eval()
     nll = kl = positions = 0.0
-    for index in BatchPlan(split, batch_size, shuffle=False).indices():  # type: ignore[arg-type]
+    for index in BatchPlan(split, batch_size, shuffle=False).indices():
         batch = split.batch(index).to(device)
         logits = model(**batch.chosen_inputs()).logits.float()
         mask = torch.nn.functional.pad(batch.chosen_mask[:, 1:], (0, 1)).float()  # positions predicting a token

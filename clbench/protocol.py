@@ -32,7 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from clbench.config import option
-from clbench.data import Batch, EncodedSplit, TaskInfo
+from clbench.data import AnySplit, Batch, EncodedSplit, TaskInfo
 from clbench.ops import default_optimizer
 
 __all__ = ["FitResult", "Hooks", "LoopSettings", "MethodConfig", "RunContext", "config_fields", "option"]
@@ -221,7 +221,7 @@ class Hooks:
     def before_task(self, task: TaskInfo, model: nn.Module) -> None:
         """Called before training `task`: snapshot anchors, cache teacher outputs."""
 
-    def train_data(self, task: TaskInfo, data: EncodedSplit, previous: Sequence[EncodedSplit]) -> EncodedSplit:
+    def train_data(self, task: TaskInfo, data: AnySplit, previous: Sequence[AnySplit]) -> AnySplit:
         """The data to train on for `task`; `previous` holds earlier tasks' training splits."""
         return data
 
@@ -245,7 +245,7 @@ class Hooks:
     def after_step(self, model: nn.Module) -> None:
         """The optimiser has updated the parameters."""
 
-    def after_task(self, task: TaskInfo, model: nn.Module, data: EncodedSplit) -> None:
+    def after_task(self, task: TaskInfo, model: nn.Module, data: AnySplit) -> None:
         """Training on `task` finished: compute importances, fill memory buffers, merge adapters."""
 
     def configure_optimizer(self, task: TaskInfo, params: Sequence[nn.Parameter]) -> torch.optim.Optimizer | None:

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, TypeAlias
 
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from clbench.data.pairs import PairBatch, PairSplit
 
 
 @dataclass(frozen=True)
@@ -194,15 +197,17 @@ class EncodedSplit:
         return int(self.lengths.sum())
 
 
+# One tokenised split of either kind: a classification task's examples, or a preference task's pairs
+# (`clbench.data.pairs.PairSplit`, which offers the same interface).
+AnySplit: TypeAlias = "EncodedSplit | PairSplit"
+
+
 class TaskSplits(NamedTuple):
-    """One task's tokenised splits: train (what methods see), validation (choices) and test (verdicts).
+    """One task's tokenised splits: train (what methods see), validation (choices) and test (verdicts)."""
 
-    For a preference task each is a `clbench.data.pairs.PairSplit`, which offers the same interface.
-    """
-
-    train: EncodedSplit
-    val: EncodedSplit
-    test: EncodedSplit
+    train: AnySplit
+    val: AnySplit
+    test: AnySplit
 
 
 @dataclass
@@ -214,7 +219,7 @@ class BatchPlan:
     whole split by length; order does not change any metric.
     """
 
-    split: EncodedSplit
+    split: AnySplit
     batch_size: int
     shuffle: bool
     generator: torch.Generator | None = None
@@ -235,7 +240,7 @@ class BatchPlan:
         order = torch.randperm(len(batches), generator=self.generator)
         return [batches[i] for i in order.tolist()]
 
-    def __iter__(self) -> Iterator[Batch]:
+    def __iter__(self) -> Iterator[Batch | PairBatch]:
         for index in self.indices():
             yield self.split.batch(index)
 

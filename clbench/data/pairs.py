@@ -88,11 +88,12 @@ class PairBatch:
 
         reference = None if self.reference is None or other.reference is None else \
             torch.cat([self.reference, other.reference])
-        return PairBatch(*(torch.cat([pad(a), pad(b)]) for a, b in (
+        chosen_ids, chosen_mask, rejected_ids, rejected_mask = (torch.cat([pad(a), pad(b)]) for a, b in (
             (self.chosen_ids, other.chosen_ids), (self.chosen_mask, other.chosen_mask),
-            (self.rejected_ids, other.rejected_ids), (self.rejected_mask, other.rejected_mask))),
-            torch.cat([self.prompt_lengths, other.prompt_lengths]), torch.cat([self.labels, other.labels]),
-            torch.cat([self.task_ids, other.task_ids]), None, reference)
+            (self.rejected_ids, other.rejected_ids), (self.rejected_mask, other.rejected_mask)))
+        return PairBatch(chosen_ids, chosen_mask, rejected_ids, rejected_mask,
+                         torch.cat([self.prompt_lengths, other.prompt_lengths]), torch.cat([self.labels, other.labels]),
+                         torch.cat([self.task_ids, other.task_ids]), None, reference)
 
     @property
     def num_tokens(self) -> int:

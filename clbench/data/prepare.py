@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from clbench.config import RunConfig
-from clbench.data import LM_KINDS, EncodedSplit, Stream, Task, TaskInfo, TaskSplits
+from clbench.data import LM_KINDS, AnySplit, Stream, Task, TaskInfo, TaskSplits
 from clbench.data.pairs import PairSplit, encode_general
 from clbench.data.streams import cache_dir, load_stream
 from clbench.data.tokenize import encode_stream
@@ -45,11 +45,11 @@ class Prepared:
     general: PairSplit | None = None  # preference streams: the general text, tokenised (`encode_general`)
 
     @property
-    def train(self) -> list[EncodedSplit]:
+    def train(self) -> list[AnySplit]:
         return [s.train for s in self.splits]
 
     @property
-    def evaluated(self) -> list[EncodedSplit]:
+    def evaluated(self) -> list[AnySplit]:
         """The split every task is evaluated on after each task (`eval_split`)."""
         return [getattr(s, self.eval_split) for s in self.splits]
 

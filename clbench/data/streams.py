@@ -356,7 +356,7 @@ def build_stream(spec: StreamSpec, data_dir: Path | None = None, read_test: bool
         if not task.train_texts or (read_test and not task.test_texts):
             raise StreamError(f"stream '{spec.name}': task '{task.name}' is empty after filtering; "
                               "check its source options or sizes")
-    general = ()
+    general: tuple[str, ...] = ()
     if spec.general is not None:  # general text: the source's training texts, none of them in a task
         texts = set().union(*(set(t.train_texts) | set(t.val_texts) | set(t.test_texts) for t in tasks))
         built = source_builder(spec.general.source)(spec.general, ctx)

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from clbench.data import LM_KINDS, BatchPlan, EncodedSplit, TaskInfo
+from clbench.data import LM_KINDS, AnySplit, BatchPlan, TaskInfo
 from clbench.data.pairs import PairSplit
 from clbench.data.prepare import Prepared
 from clbench.evaluators.accuracy import (
@@ -38,7 +38,7 @@ def autocast(device: torch.device, precision: str) -> Any:
     return torch.autocast(device.type, enabled=False)
 
 
-def predict(model: nn.Module, split: EncodedSplit, ctx: RunContext, batch_size: int,
+def predict(model: nn.Module, split: AnySplit, ctx: RunContext, batch_size: int,
             precision: str = "fp32") -> Tensor:
     """Raw logits [n, num_labels] for every example of `split`, in the split's order; for preference pairs the
     summed response log-probs [n, 2] of (chosen, rejected) (`clbench.preference.sequence_log_probs`)."""

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from clbench.config import RunConfig
-from clbench.data import LM_KINDS, BatchPlan, EncodedSplit, TaskInfo
+from clbench.data import LM_KINDS, AnySplit, BatchPlan, EncodedSplit, TaskInfo
 from clbench.data.pairs import PairSplit
 from clbench.data.prepare import Prepared
 from clbench.errors import UnitFailed
@@ -278,7 +278,7 @@ def run_task(unit: Unit, info: TaskInfo, logits_before: list[Tensor], drift: Dri
     return logits
 
 
-def train_task(unit: Unit, info: TaskInfo, data: EncodedSplit) -> TrainedTask:
+def train_task(unit: Unit, info: TaskInfo, data: AnySplit) -> TrainedTask:
     """Stage 4: train one task in one of three modes — reuse the shared first task, the method's external
     loop (reference adapters), or the runner's own step loop."""
     config, method, model = unit.config, unit.method, unit.model
@@ -303,7 +303,8 @@ def train_task(unit: Unit, info: TaskInfo, data: EncodedSplit) -> TrainedTask:
     with profile(unit.ctx.device) as rec:
         if reused is not None:
             steps = SharedStart.apply(reused, model, unit.generator)
-        elif method.external_loop:
+        elif method.external_loop:  # reference adapters (Avalanche) train classification streams only
+            assert isinstance(data, EncodedSplit)
             settings = LoopSettings(optimizer, scheduler, total, config.epochs, config.batch_size, config.grad_clip,
                                     config.precision, unit.ctx.device, unit.generator)
             steps = fit_external(unit, info, data, settings, rec)

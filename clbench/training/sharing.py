@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from clbench.data import EncodedSplit
+from clbench.data import AnySplit
 from clbench.results import unit_id
 
 
@@ -111,7 +111,7 @@ class SharedStart:
             self.row0[seed].append((_state(model), logits))
 
     @staticmethod
-    def key(method: Any, built: nn.Module, model: nn.Module, data: EncodedSplit, base: EncodedSplit,
+    def key(method: Any, built: nn.Module, model: nn.Module, data: AnySplit, base: AnySplit,
             params: list[nn.Parameter], optimizer: torch.optim.Optimizer, generator: torch.Generator,
             eval_every: int, schedule: tuple[Any, ...] = (), general_text: bool = False) -> tuple[Any, ...] | None:
         """What must match for two units to share task 1's training, or None when this unit cannot share."""
