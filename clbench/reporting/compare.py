@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,7 +81,9 @@ def compare_runs(run_dirs: Iterable[Path], out: Path | None = None) -> str:
 
     Args:
         run_dirs: Two or more run directories.
-        out: If given, the markdown is also written to ``out/compare.md``.
+        out: If given, the markdown is also written to ``out/compare.md``, and its links to each run's report
+            are relative to ``out`` so that they resolve from the file (without it, relative to the working
+            directory, as the run directories were given).
 
     Returns:
         The comparison as markdown.
@@ -100,7 +103,8 @@ def compare_runs(run_dirs: Iterable[Path], out: Path | None = None) -> str:
     for label, run in zip(labels, runs):
         cuda = run.env.get("cuda")
         hardware = cuda["device"] if cuda else f"CPU ({run.env.get('cpu_count', '?')} cores)"
-        lines.append(f"| [{label}]({run.path / REPORT}) | `{run.env.get('command')}` | {run.config.get('model')} "
+        link = Path(os.path.relpath(run.path / REPORT, out)).as_posix() if out is not None else run.path / REPORT
+        lines.append(f"| [{label}]({link}) | `{run.env.get('command')}` | {run.config.get('model')} "
                      f"| {', '.join(str(s) for s in run.config.get('seeds', []))} | {hardware} |")
     scenario = merged.scenario
     lines += ["", *_config_differences(runs),

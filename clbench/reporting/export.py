@@ -194,12 +194,11 @@ def export_comparison(run_dirs: Iterable[Path], fmt: str, out: Path | None = Non
     if fmt not in FORMATS:
         raise ReportError(f"unknown compare format '{fmt}'; use one of {', '.join(FORMATS)}")
     dirs = [Path(d) for d in run_dirs]
-    if fmt == "md":
-        text = compare_runs(dirs, None)
-    else:
-        runs, labels = load_comparable(dirs)
-        text = to_csv(compare_rows(runs, labels)) if fmt == "csv" else \
-            json.dumps(compare_document(runs, labels), indent=1, allow_nan=False) + "\n"
+    if fmt == "md":  # written by compare_runs, whose links to the reports then resolve from `out`
+        return compare_runs(dirs, out)
+    runs, labels = load_comparable(dirs)
+    text = to_csv(compare_rows(runs, labels)) if fmt == "csv" else \
+        json.dumps(compare_document(runs, labels), indent=1, allow_nan=False) + "\n"
     if out is not None:
         Path(out).mkdir(parents=True, exist_ok=True)
         (Path(out) / f"compare.{fmt}").write_text(text, encoding="utf-8")

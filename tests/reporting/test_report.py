@@ -141,15 +141,19 @@ def test_run_outside_a_git_checkout_says_so_instead_of_none(tiny_run: Path, tmp_
     assert "git commit not recorded (not run from a git checkout)" in text and "`None`" not in text
 
 
-def test_cli_report_and_compare_side_by_side(tiny_run: Path, tmp_path: Path) -> None:
+def test_cli_report_and_compare_side_by_side(tiny_run: Path, tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
     result = CliRunner().invoke(main, ["report", str(tiny_run)], catch_exceptions=False)
     assert result.exit_code == 0 and (tiny_run / "report.md").is_file()
     a, b = _copy(tiny_run, tmp_path / "run_a"), _copy(tiny_run, tmp_path / "run_b")
-    result = CliRunner().invoke(main, ["compare", str(a), str(b), "--out", str(tmp_path / "cmp")],
-                                catch_exceptions=False)
+    monkeypatch.chdir(tmp_path)  # run directories given relative to here, as a user types them
+    result = CliRunner().invoke(main, ["compare", "run_a", "run_b", "--out", "cmp"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     text = (tmp_path / "cmp" / "compare.md").read_text()
     assert text.strip() == result.output.strip()
+    links = re.findall(r"^\| \[run_[ab]\]\(([^)]+)\)", text, flags=re.MULTILINE)
+    assert [(tmp_path / "cmp" / link).resolve() for link in links] == [(a / "report.md").resolve(),
+                                                                      (b / "report.md").resolve()]
     ours = _cells(text, "## Summary: class-incremental", "run_a: naive")
     theirs = _cells(text, "## Summary: class-incremental", "run_b: naive")
     assert ours["ACC ↑"].strip("*≈ ") == theirs["ACC ↑"].strip("*≈ ")  # same records, same scores
