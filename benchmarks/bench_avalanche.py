@@ -1,6 +1,6 @@
 """clbench's `naive` and `ewc` vs Avalanche 0.6's own Naive and EWC strategies (time targets <= 0.8x, <= 1.0x).
 
-Both sides are trained by `clbench.training.run.run` on the same `reviews` tasks, MiniLM weights, seed, batch size,
+Both sides are trained by `clbench.training.run.run` on the same tasks (`reviews` unless `--stream`), MiniLM weights, seed, batch size,
 epochs, AdamW, warm-up/decay schedule and clipping; the Avalanche side is the `avalanche:<strategy>` reference
 adapter, which hands each task to Avalanche's `strategy.train()` (its data loader, its training loop, its
 EWC importance pass) and keeps everything else (evaluation, records) identical. The time compared is the
@@ -11,7 +11,8 @@ in one process and each figure is the median of paired ratios; final accuracies 
 EWC's penalties are made equal: Avalanche adds λ·Σ F (θ − θ*)², clbench λ/2·Σ F (θ − θ*)², so clbench gets
 `penalty_weight = 2 λ`.
 
-    python benchmarks/bench_avalanche.py [--train-size 64] [--test-size 64] [--repeats 2]
+    python benchmarks/bench_avalanche.py [--train-size 64] [--test-size 64] [--repeats 2] [--stream reviews]
+        [--methods naive,ewc]
 """
 
 from __future__ import annotations
@@ -34,13 +35,13 @@ TIMED_PHASES = ("train", "method_before", "method_after")
 
 
 def one_run(method: str, out: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
-    """Run `method` alone on the small reviews setup; returns its result records."""
+    """Run `method` alone on the small setup of `args.stream`; returns its result records."""
     from clbench.config import build_config
     from clbench.results import read_records
     from clbench.training.progress import Progress
     from clbench.training.run import run
 
-    config = build_config({"methods": [method], "stream": "reviews", "model": "minilm", "seeds": [0],
+    config = build_config({"methods": [method], "stream": args.stream, "model": "minilm", "seeds": [0],
                            "train_size": args.train_size, "test_size": args.test_size, "epochs": 1,
                            "batch_size": 16, "eval_batch_size": 64, "precision": "fp32",
                            "device": "cuda" if torch.cuda.is_available() else "cpu", "out": str(out)},
@@ -77,20 +78,26 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--train-size", type=int, default=64, help="training examples per task")
     parser.add_argument("--test-size", type=int, default=64, help="test examples per task")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--stream", default="reviews", help="an offline stream (`clbench list streams`)")
+    parser.add_argument("--methods", default=",".join(ours for ours, _ in PAIRS),
+                        help="which of clbench's methods to pair with Avalanche's: naive, ewc or both")
     args = parser.parse_args(argv)
     if importlib.util.find_spec("avalanche") is None:
         print("skipped: avalanche-lib is not installed (pip install 'clbench[avalanche]')")
         return
     print(f"machine: {machine()}")
-    print(f"reviews: 2 tasks, train {args.train_size} / test {args.test_size} per task, 1 epoch, batch 16, fp32, "
+    pairs = [pair for pair in PAIRS if pair[0] in args.methods.split(",")]
+    if not pairs:
+        parser.error(f"--methods {args.methods!r} names none of {', '.join(ours for ours, _ in PAIRS)}")
+    print(f"{args.stream}: train {args.train_size} / test {args.test_size} per task, 1 epoch, batch 16, fp32, "
           f"{args.repeats} paired repeats")
     import_avalanche()
-    train_s: dict[str, list[float]] = {m: [] for pair in PAIRS for m in pair}
-    total_s: dict[str, list[float]] = {m: [] for pair in PAIRS for m in pair}
+    train_s: dict[str, list[float]] = {m: [] for pair in pairs for m in pair}
+    total_s: dict[str, list[float]] = {m: [] for pair in pairs for m in pair}
     accuracy: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.repeats):
-            for pair in PAIRS:
+            for pair in pairs:
                 for method in pair if r % 2 == 0 else pair[::-1]:
                     out = Path(tmp) / f"{method.replace(':', '-')}-{r}"
                     seconds, records = timed(lambda m=method, o=out: one_run(m, o, args))
@@ -99,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
                     accuracy[method] = final_accuracy(records)
                     print(f"  repeat {r + 1}: {method} run {seconds:.1f} s, train+method "
                           f"{train_s[method][-1]:.1f} s", flush=True)
-    for ours, theirs in PAIRS:
+    for ours, theirs in pairs:
         train_ratio = median_ratio(train_s[ours], train_s[theirs])
         total_ratio = median_ratio(total_s[ours], total_s[theirs])
         print(f"{ours}: train+method {statistics.median(train_s[ours]):.1f} s vs {theirs} "
