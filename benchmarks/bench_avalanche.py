@@ -1,12 +1,12 @@
 """clbench's `naive` and `ewc` vs Avalanche 0.6's own Naive and EWC strategies (time targets <= 0.8x, <= 1.0x).
 
-Both sides are trained by `clbench.training.run.run` on the same tasks (`reviews` unless `--stream`), MiniLM weights, seed, batch size,
-epochs, AdamW, warm-up/decay schedule and clipping; the Avalanche side is the `avalanche:<strategy>` reference
-adapter, which hands each task to Avalanche's `strategy.train()` (its data loader, its training loop, its
-EWC importance pass) and keeps everything else (evaluation, records) identical. The time compared is the
-runner's own measurement of training plus the method's before/after-task work (EWC's Fisher), and the whole
-`run()` call. Each method runs in its own `run()` so no unit shares task 1 with another. Variants alternate
-in one process and each figure is the median of paired ratios; final accuracies are printed side by side.
+Both sides are trained by `clbench.training.run.run` on the same tasks (`reviews` unless `--stream`), MiniLM
+weights, seed, batch size, epochs, AdamW, warm-up/decay schedule and clipping; the Avalanche side is the
+`avalanche:<strategy>` reference adapter, which hands each task to Avalanche's `strategy.train()` (its data loader,
+its training loop, its EWC importance pass) and keeps everything else (evaluation, records) identical. The time
+compared is the runner's own measurement of training plus the method's before/after-task work (EWC's Fisher), and
+the whole `run()` call. Each method runs in its own `run()` so no unit shares task 1 with another. Variants
+alternate in one process and each figure is the median of paired ratios; final accuracies are printed side by side.
 
 EWC's penalties are made equal: Avalanche adds λ·Σ F (θ − θ*)², clbench λ/2·Σ F (θ − θ*)², so clbench gets
 `penalty_weight = 2 λ`.
@@ -85,10 +85,10 @@ def main(argv: list[str] | None = None) -> None:
     if importlib.util.find_spec("avalanche") is None:
         print("skipped: avalanche-lib is not installed (pip install 'clbench[avalanche]')")
         return
-    print(f"machine: {machine()}")
     pairs = [pair for pair in PAIRS if pair[0] in args.methods.split(",")]
     if not pairs:
         parser.error(f"--methods {args.methods!r} names none of {', '.join(ours for ours, _ in PAIRS)}")
+    print(f"machine: {machine()}")
     print(f"{args.stream}: train {args.train_size} / test {args.test_size} per task, 1 epoch, batch 16, fp32, "
           f"{args.repeats} paired repeats")
     import_avalanche()
