@@ -41,8 +41,8 @@ def split_from_state(state: dict[str, Any], prefix: str) -> AnySplit:
     """The split `split_state(split, prefix)` saved, on the CPU (checkpoints may be loaded to a GPU)."""
     cls = PairSplit if state.get(f"{prefix}.kind") == "pairs" else EncodedSplit
     names = [f.name for f in dataclasses.fields(cls) if f.name not in ("pad_id", "reference")]
-    fields: dict[str, Any] = {name: state[f"{prefix}.{name}"].cpu() for name in names}
-    return cls(**fields, pad_id=int(state[f"{prefix}.pad_id"]))
+    tensors: dict[str, Any] = {name: state[f"{prefix}.{name}"].cpu() for name in names}
+    return cls(**tensors, pad_id=int(state[f"{prefix}.pad_id"]))
 
 
 def per_task_quota(budget: int, num_tasks: int) -> list[int]:
