@@ -31,7 +31,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from clbench.data import TASK_KINDS, Stream, Task
+from clbench.data import TASK_KINDS, Stream, Task, stream_cache
 from clbench.data.splits import split_validation
 from clbench.errors import StreamError, shown, suggest
 from clbench.yamlio import read_yaml
@@ -409,8 +409,15 @@ def drop_cross_task_duplicates(tasks: list[Task]) -> list[Task]:
 def load_stream(stream: str, *, train_size: int | None = None, test_size: int | None = None,
                 max_length: int | None = None, data_dir: Path | None = None, val_fraction: float | None = None,
                 read_test: bool = True) -> Stream:
-    """Name or path -> built Stream (see `load_stream_spec` and `build_stream`)."""
+    """Name or path -> built Stream (see `load_stream_spec` and `build_stream`); a stream of pinned sources is
+    read back from the cache when an earlier run built it (`clbench.data.stream_cache`)."""
     spec = load_stream_spec(stream, train_size=train_size, test_size=test_size, max_length=max_length,
                             val_fraction=val_fraction)
-    return build_stream(spec, data_dir=data_dir, read_test=read_test)
+    path = stream_cache.entry_path(cache_dir(), spec, data_dir, read_test)
+    built = stream_cache.read(path) if path is not None else None
+    if built is None:
+        built = build_stream(spec, data_dir=data_dir, read_test=read_test)
+        if path is not None:
+            stream_cache.write(path, built)
+    return built
 

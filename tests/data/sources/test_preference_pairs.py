@@ -38,9 +38,11 @@ MEANS = {normalise(row.text): row.mean for row in FIXTURE}
 
 
 @pytest.fixture
-def fake_vader(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every VADER corpus reads the generated file instead of the pinned archive."""
+def fake_vader(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Every VADER corpus reads the generated file instead of the pinned archive, with a cache of its own (a
+    built stream of pinned sources is kept there under a key that assumes the real archives)."""
     monkeypatch.setattr(pypi, "read_vader", lambda stem: FIXTURE)
+    monkeypatch.setenv("CLBENCH_CACHE", str(tmp_path / "fake-vader-cache"))
 
 
 def rated(prefer: str, threshold: float = 1.5) -> list[Record]:
