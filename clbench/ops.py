@@ -52,6 +52,32 @@ def effective_weights(model: nn.Module, device: torch.device | str | None = "cpu
     return out
 
 
+def packed_copies(tensors: Mapping[str, Tensor], device: torch.device | str | None = None) -> dict[str, Tensor]:
+    """Copies of `tensors` on `device` (None: each on its own), each a view into one buffer per (device, dtype)
+    that all of them share; the views do not overlap.
+
+    For copies kept beside a model while it trains (drift's references, a checkpoint's snapshot): as one block
+    per tensor, they settle in the heap that the training steps allocate from and change how the allocator
+    trims it, so the steps fault their memory in again; one allocation this size is mapped apart from that heap.
+    """
+    def place(tensor: Tensor) -> tuple[torch.device, torch.dtype]:
+        return (torch.device(device) if device is not None else tensor.device, tensor.dtype)
+
+    sizes: dict[tuple[torch.device, torch.dtype], int] = {}
+    for tensor in tensors.values():
+        key = place(tensor)
+        sizes[key] = sizes.get(key, 0) + tensor.numel()
+    buffers = {key: torch.empty(n, device=key[0], dtype=key[1]) for key, n in sizes.items()}
+    used = dict.fromkeys(buffers, 0)
+    out: dict[str, Tensor] = {}
+    with torch.no_grad():
+        for name, tensor in tensors.items():
+            key = place(tensor)
+            start, used[key] = used[key], used[key] + tensor.numel()
+            out[name] = buffers[key][start:used[key]].view(tensor.shape).copy_(tensor)
+    return out
+
+
 def snapshot(params: Iterable[tuple[str, nn.Parameter]]) -> dict[str, Tensor]:
     """Detached copies of named parameters on their device (anchors for EWC/SI-style penalties)."""
     return {name: p.detach().clone() for name, p in params}

@@ -38,6 +38,7 @@ from torch import Tensor, nn
 
 from clbench.data.fetch import sha256_file
 from clbench.errors import RunDirError, UnitFailed
+from clbench.ops import packed_copies
 
 CHECKPOINTS = "checkpoints"
 MARKER = "checkpoint.json"
@@ -140,7 +141,7 @@ class CheckpointStore:
         self.background = background  # write files in a thread while the next task trains
         self._writer: threading.Thread | None = None
         self._error: Exception | None = None
-        self._buffers: dict[tuple[str, str], Tensor] = {}  # CPU copies of the state being written, reused
+        self._buffers: dict[str, dict[str, Tensor]] = {}  # per file, CPU copies of the state being written, reused
 
     def unit_dir(self, method: str, seed: int) -> Path:
         return self.root / folder_name(method) / f"seed{seed}"
@@ -185,17 +186,18 @@ class CheckpointStore:
             raise error
 
     def _snapshot(self, file: str, state: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Contiguous CPU copies of `state`'s tensors that training cannot change while they are written, in
-        buffers reused from save to save (fresh large allocations cost page faults); no two share storage,
-        which safetensors would refuse."""
-        out: dict[str, Tensor] = {}
-        for key, value in state.items():
-            value = value.detach()
-            buffer = self._buffers.get((file, key))
-            if buffer is None or (buffer.shape, buffer.dtype) != (value.shape, value.dtype):
-                buffer = self._buffers[(file, key)] = torch.empty(value.shape, dtype=value.dtype)
-            out[key] = buffer.copy_(value)
-        return out
+        """Contiguous CPU copies of `state`'s tensors that training cannot change while they are written: views
+        into one buffer per dtype (`packed_copies`), reused from save to save while the tensors keep their
+        shapes (fresh large allocations cost page faults). safetensors writes views that do not overlap as
+        tensors of their own."""
+        kept = self._buffers.get(file)
+        if kept is not None and kept.keys() == state.keys() and all(
+                (kept[k].shape, kept[k].dtype) == (v.shape, v.dtype) for k, v in state.items()):
+            for key, value in state.items():
+                kept[key].copy_(value.detach())
+            return dict(kept)
+        kept = self._buffers[file] = packed_copies({k: v.detach() for k, v in state.items()}, device="cpu")
+        return dict(kept)
 
     def _write_or_keep_error(self, *args: Any) -> None:
         try:

@@ -18,7 +18,7 @@ from clbench.evaluators.accuracy import (
     task_aware_predictions,
 )
 from clbench.evaluators.drift import frobenius_drift_norms, functional_drift
-from clbench.ops import effective_weights
+from clbench.ops import effective_weights, packed_copies
 from clbench.preference import (
     TokenAnchors,
     choice_accuracy,
@@ -112,12 +112,12 @@ class DriftReferences:
     """
 
     def __init__(self, model: nn.Module) -> None:
-        self.start = effective_weights(model, device=None)  # drift "since the start" is measured from here
+        self.start = packed_copies(effective_weights(model, device=None, copy=False))  # drift "since the start"
         self.before = self.start
 
     def restart(self, model: nn.Module) -> None:
         """The model was restored from a checkpoint: the next task's drift is measured from these weights."""
-        self.before = effective_weights(model, device=None)
+        self.before = packed_copies(effective_weights(model, device=None, copy=False))
 
     def records(self, records: UnitRecorder, info: TaskInfo, model: nn.Module, more_tasks: bool
                 ) -> list[dict[str, Any]]:
@@ -125,16 +125,17 @@ class DriftReferences:
         after = effective_weights(model, device=None, copy=False)  # read now, before the model changes
         out = drift_records(records, info, self.before, self.start, after)
         if more_tasks:
-            before = {} if self.before is self.start else self.before
-            for name, weight in after.items():
-                kept = before.get(name)
-                if kept is not None and (kept.shape, kept.dtype, kept.device) == (weight.shape, weight.dtype,
-                                                                                  weight.device):
-                    kept.copy_(weight)
-                else:
-                    before[name] = weight.clone()
-            self.before = {name: before[name] for name in after}
+            if self.before is not self.start and _same_layout(self.before, after):
+                for name, weight in after.items():
+                    self.before[name].copy_(weight)
+            else:
+                self.before = packed_copies(after)
         return out
+
+
+def _same_layout(kept: dict[str, Tensor], weights: dict[str, Tensor]) -> bool:
+    return kept.keys() == weights.keys() and all(
+        (kept[n].shape, kept[n].dtype, kept[n].device) == (w.shape, w.dtype, w.device) for n, w in weights.items())
 
 
 def drift_records(records: UnitRecorder, info: TaskInfo, before: dict[str, Tensor], start: dict[str, Tensor],

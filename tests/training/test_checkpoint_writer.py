@@ -67,3 +67,20 @@ def test_a_failed_write_surfaces_at_wait_and_leaves_the_previous_checkpoint(tmp_
     store.wait()  # reported once
     assert store.marker("ewc@a", 0)["row"] == 1  # type: ignore[index]
     assert store.load("ewc@a", 0, torch.device("cpu")) is not None
+
+
+def test_a_packed_snapshot_writes_the_bytes_of_separate_copies(tmp_path: Path) -> None:
+    """The snapshot's tensors are views of one buffer; the files must not show it (no shared storage written
+    twice, no tensor written with its neighbours)."""
+    from safetensors.torch import save
+
+    model = build_model("tiny", 3, 0)
+    store = CheckpointStore(tmp_path, background=False)
+    for row in (1, 2):  # the second save reuses the buffer
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.5)
+        expected = save({k: v.detach().clone().contiguous() for k, v in model.state_dict().items()})
+        store.save("naive", 0, row, f"t{row}", model, {}, RNG, [torch.randn(4, 3)])
+        written = (tmp_path / "checkpoints" / "naive" / "seed0" / f"task{row}" / "model.safetensors").read_bytes()
+        assert written == expected, row

@@ -56,3 +56,21 @@ def test_drift_records_equal_float64_drift_of_weight_copies(tmp_path: Path, monk
                     assert got[name] == pytest.approx(value, rel=RTOL, abs=1e-12), (unit, row, metric, name)
                     checked += 1
     assert checked > 200
+
+
+def test_packed_copies_equal_their_tensors_and_hold_one_buffer_per_dtype() -> None:
+    import torch
+
+    from clbench.ops import packed_copies
+
+    tensors = {"a": torch.randn(3, 4), "b": torch.randn(5), "c": torch.arange(6).reshape(2, 3),
+               "d": torch.randn(2, 2, 2).transpose(0, 2)}  # a non-contiguous one
+    copies = packed_copies(tensors)
+    assert list(copies) == list(tensors)
+    for name, tensor in tensors.items():
+        assert torch.equal(copies[name], tensor) and copies[name].dtype == tensor.dtype
+        assert copies[name].data_ptr() != tensor.data_ptr()
+    floats = {copies[n].untyped_storage().data_ptr() for n in ("a", "b", "d")}
+    assert len(floats) == 1 and copies["c"].untyped_storage().data_ptr() not in floats
+    tensors["a"].add_(1.0)  # the copies do not follow the originals, nor each other
+    assert not torch.equal(copies["a"], tensors["a"]) and torch.equal(copies["b"], tensors["b"])
