@@ -8,8 +8,8 @@ every module under `clbench/data` (the splitting code, the sources, the pinned h
 afresh. `hf` and `files` streams read data that can change outside clbench, so they are always built.
 
 An entry is `<cache>/streams/<name>-<key>.json`: a first line with the sha256 of the rest, then the stream as
-JSON. An entry that fails its sha256 or does not parse is built again and replaced. Writing is best effort: a
-read-only cache only costs building the stream again next time.
+JSON. An entry that fails its sha256 or does not parse is built again and replaced; one that cannot be
+written (a read-only cache) only costs building the stream again next time.
 """
 
 from __future__ import annotations
@@ -18,13 +18,12 @@ import dataclasses
 import functools
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from clbench.data import Stream, Task
+from clbench.data.cachefile import write_entry
 
 if TYPE_CHECKING:
     from clbench.data.streams import StreamSpec
@@ -64,22 +63,10 @@ def read(path: Path) -> Stream | None:
 
 
 def write(path: Path, stream: Stream) -> None:
-    """Keep `stream` at `path`: written under a temporary name in its folder, then renamed into place."""
+    """Keep `stream` at `path` (written whole or not at all, `clbench.data.cachefile`)."""
     payload = json.dumps(dataclasses.asdict(stream), ensure_ascii=False).encode()
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError:
-        return
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(hashlib.sha256(payload).hexdigest().encode("ascii") + b"\n" + payload)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except OSError:
-        return
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    entry = hashlib.sha256(payload).hexdigest().encode("ascii") + b"\n" + payload
+    write_entry(path, lambda tmp: Path(tmp).write_bytes(entry))
 
 
 def _stream_from(fields: dict[str, Any]) -> Stream:

@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
 from clbench.data import LM_KINDS, EncodedSplit, Stream, Task, TaskSplits
+from clbench.data.cachefile import write_entry
 from clbench.data.pairs import encode_pairs
 from clbench.data.render import split_pair
 from clbench.errors import StreamError
@@ -183,24 +182,11 @@ def _load_verified(path: Path) -> dict[str, torch.Tensor] | None:
 
 
 def _save(path: Path, tensors: dict[str, torch.Tensor]) -> None:
-    """Write the cache file under a temporary name in its folder, then rename it into place (best effort: a
-    read-only cache only costs tokenising again next time)."""
+    """Write the cache file whole or not at all (`clbench.data.cachefile`; a read-only cache only costs
+    tokenising again next time)."""
     from safetensors.torch import save_file
 
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-    except OSError:
-        return
-    try:
-        save_file(tensors, tmp, metadata={"sha256": tensors_digest(tensors)})
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except OSError:
-        return
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    write_entry(path, lambda tmp: save_file(tensors, tmp, metadata={"sha256": tensors_digest(tensors)}))
 
 
 def _encode_split(task: Task, texts: tuple[str, ...], labels: tuple[int, ...], offset: int, index: int,

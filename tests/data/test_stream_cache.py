@@ -14,13 +14,6 @@ from clbench.data import Stream, Task, stream_cache, streams
 from clbench.data.streams import cache_dir, load_stream, load_stream_spec
 
 
-@pytest.fixture
-def fresh_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """An empty clbench cache for this test alone (the session cache may already hold the synthetic stream)."""
-    monkeypatch.setenv("CLBENCH_CACHE", str(tmp_path / "cache"))
-    return tmp_path / "cache"
-
-
 def _entries(cache: Path) -> list[Path]:
     return sorted((cache / "streams").glob("*.json"))
 

@@ -34,13 +34,6 @@ def calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return seen
 
 
-@pytest.fixture
-def fresh_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """An empty clbench cache for this test alone (the session cache may already hold the tiny stream)."""
-    monkeypatch.setenv("CLBENCH_CACHE", str(tmp_path / "cache"))
-    return tmp_path / "cache"
-
-
 def _entries(cache: Path) -> list[Path]:
     return sorted((cache / "tokenized").glob("*.safetensors"))
 
