@@ -78,6 +78,22 @@ def packed_copies(tensors: Mapping[str, Tensor], device: torch.device | str | No
     return out
 
 
+def copies_into(kept: Mapping[str, Tensor] | None, tensors: Mapping[str, Tensor],
+                device: torch.device | str | None = None) -> dict[str, Tensor]:
+    """`tensors` copied into `kept` when it holds the same names with the same shapes, dtypes and devices (its
+    buffers reused, nothing allocated), else into new `packed_copies` on `device` (None: each tensor's own)."""
+    def place(tensor: Tensor) -> torch.device:
+        return torch.device(device) if device is not None else tensor.device
+
+    if kept is None or kept.keys() != tensors.keys() or any(
+            (kept[n].shape, kept[n].dtype, kept[n].device) != (t.shape, t.dtype, place(t)) for n, t in tensors.items()):
+        return packed_copies(tensors, device)
+    with torch.no_grad():
+        for name, tensor in tensors.items():
+            kept[name].copy_(tensor)
+    return dict(kept)
+
+
 def snapshot(params: Iterable[tuple[str, nn.Parameter]]) -> dict[str, Tensor]:
     """Detached copies of named parameters on their device (anchors for EWC/SI-style penalties)."""
     return {name: p.detach().clone() for name, p in params}

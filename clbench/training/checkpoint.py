@@ -38,7 +38,7 @@ from torch import Tensor, nn
 
 from clbench.data.fetch import sha256_file
 from clbench.errors import RunDirError, UnitFailed
-from clbench.ops import packed_copies
+from clbench.ops import copies_into
 
 CHECKPOINTS = "checkpoints"
 MARKER = "checkpoint.json"
@@ -187,16 +187,10 @@ class CheckpointStore:
 
     def _snapshot(self, file: str, state: dict[str, Tensor]) -> dict[str, Tensor]:
         """Contiguous CPU copies of `state`'s tensors that training cannot change while they are written: views
-        into one buffer per dtype (`packed_copies`), reused from save to save while the tensors keep their
+        into one buffer per dtype (`clbench.ops.copies_into`), reused from save to save while the tensors keep their
         shapes (fresh large allocations cost page faults). safetensors writes views that do not overlap as
         tensors of their own."""
-        kept = self._buffers.get(file)
-        if kept is not None and kept.keys() == state.keys() and all(
-                (kept[k].shape, kept[k].dtype) == (v.shape, v.dtype) for k, v in state.items()):
-            for key, value in state.items():
-                kept[key].copy_(value.detach())
-            return dict(kept)
-        kept = self._buffers[file] = packed_copies({k: v.detach() for k, v in state.items()}, device="cpu")
+        kept = self._buffers[file] = copies_into(self._buffers.get(file), state, device="cpu")
         return dict(kept)
 
     def _write_or_keep_error(self, *args: Any) -> None:

@@ -18,7 +18,7 @@ from clbench.evaluators.accuracy import (
     task_aware_predictions,
 )
 from clbench.evaluators.drift import frobenius_drift_norms, functional_drift
-from clbench.ops import effective_weights, packed_copies
+from clbench.ops import copies_into, effective_weights, packed_copies
 from clbench.preference import (
     TokenAnchors,
     choice_accuracy,
@@ -125,17 +125,8 @@ class DriftReferences:
         after = effective_weights(model, device=None, copy=False)  # read now, before the model changes
         out = drift_records(records, info, self.before, self.start, after)
         if more_tasks:
-            if self.before is not self.start and _same_layout(self.before, after):
-                for name, weight in after.items():
-                    self.before[name].copy_(weight)
-            else:
-                self.before = packed_copies(after)
+            self.before = copies_into(None if self.before is self.start else self.before, after)
         return out
-
-
-def _same_layout(kept: dict[str, Tensor], weights: dict[str, Tensor]) -> bool:
-    return kept.keys() == weights.keys() and all(
-        (kept[n].shape, kept[n].dtype, kept[n].device) == (w.shape, w.dtype, w.device) for n, w in weights.items())
 
 
 def drift_records(records: UnitRecorder, info: TaskInfo, before: dict[str, Tensor], start: dict[str, Tensor],
