@@ -32,6 +32,14 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
 
 
+@pytest.fixture
+def fresh_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty clbench cache for this test alone (the session cache may already hold the stream under test,
+    built or tokenised)."""
+    monkeypatch.setenv("CLBENCH_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
 def tiny_config(tmp_path: Path, methods: tuple[str, ...] = ("naive",), **overrides: Any) -> Any:
     """A RunConfig for the synthetic stream and the tiny model, small enough to run in about a second."""
     from clbench.config import build_config
