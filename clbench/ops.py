@@ -60,19 +60,16 @@ def packed_copies(tensors: Mapping[str, Tensor], device: torch.device | str | No
     per tensor, they settle in the heap that the training steps allocate from and change how the allocator
     trims it, so the steps fault their memory in again; one allocation this size is mapped apart from that heap.
     """
-    def place(tensor: Tensor) -> tuple[torch.device, torch.dtype]:
-        return (torch.device(device) if device is not None else tensor.device, tensor.dtype)
-
     sizes: dict[tuple[torch.device, torch.dtype], int] = {}
     for tensor in tensors.values():
-        key = place(tensor)
+        key = (_placed(tensor, device), tensor.dtype)
         sizes[key] = sizes.get(key, 0) + tensor.numel()
     buffers = {key: torch.empty(n, device=key[0], dtype=key[1]) for key, n in sizes.items()}
     used = dict.fromkeys(buffers, 0)
     out: dict[str, Tensor] = {}
     with torch.no_grad():
         for name, tensor in tensors.items():
-            key = place(tensor)
+            key = (_placed(tensor, device), tensor.dtype)
             start, used[key] = used[key], used[key] + tensor.numel()
             out[name] = buffers[key][start:used[key]].view(tensor.shape).copy_(tensor)
     return out
@@ -82,16 +79,19 @@ def copies_into(kept: Mapping[str, Tensor] | None, tensors: Mapping[str, Tensor]
                 device: torch.device | str | None = None) -> dict[str, Tensor]:
     """`tensors` copied into `kept` when it holds the same names with the same shapes, dtypes and devices (its
     buffers reused, nothing allocated), else into new `packed_copies` on `device` (None: each tensor's own)."""
-    def place(tensor: Tensor) -> torch.device:
-        return torch.device(device) if device is not None else tensor.device
-
     if kept is None or kept.keys() != tensors.keys() or any(
-            (kept[n].shape, kept[n].dtype, kept[n].device) != (t.shape, t.dtype, place(t)) for n, t in tensors.items()):
+            (kept[n].shape, kept[n].dtype, kept[n].device) != (t.shape, t.dtype, _placed(t, device))
+            for n, t in tensors.items()):
         return packed_copies(tensors, device)
     with torch.no_grad():
         for name, tensor in tensors.items():
             kept[name].copy_(tensor)
     return dict(kept)
+
+
+def _placed(tensor: Tensor, device: torch.device | str | None) -> torch.device:
+    """Where a copy of `tensor` goes: `device`, or the tensor's own when None."""
+    return torch.device(device) if device is not None else tensor.device
 
 
 def snapshot(params: Iterable[tuple[str, nn.Parameter]]) -> dict[str, Tensor]:
