@@ -16,7 +16,9 @@ from typing import Any
 
 
 def machine() -> str:
-    """CPU model, cores, load average and accelerator, for the header of every benchmark's output."""
+    """CPU model, cores, load average and accelerator, for the header of every benchmark's output; then any
+    allocator settings in the environment (glibc's `MALLOC_*` variables, `LD_PRELOAD`), which change page
+    faults and so the times."""
     model = platform.processor() or "unknown CPU"
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
@@ -35,7 +37,9 @@ def machine() -> str:
             gpu = torch.cuda.get_device_name(0)
     except ImportError:
         pass
-    return f"{model}, {os.cpu_count()} cores, load average {load}, {gpu}"
+    allocator = " ".join(f"{k}={v}" for k, v in sorted(os.environ.items())
+                         if k.startswith("MALLOC_") or k == "LD_PRELOAD")
+    return f"{model}, {os.cpu_count()} cores, load average {load}, {gpu}" + (f"; {allocator}" if allocator else "")
 
 
 def timed(fn: Callable[[], Any]) -> tuple[float, Any]:

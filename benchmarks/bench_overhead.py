@@ -7,15 +7,21 @@ and decay, gradient clipping at 1.0 and fp32, and evaluate every test split agai
 real `clbench.training.run.run` (results file, drift and functional records, profiling, the checkpoint after each
 non-final task); the bare side is ~40 lines of PyTorch. Variants alternate in one process; the figure is the
 median of paired ratios. The bare loop also checks it saw the same losses, so the comparison is like for like.
+With `--fresh`, every timed run starts a new Python process instead, as a user's run does, sides still
+alternating: in one process each run inherits the heap the earlier runs of both sides left, and with it how
+often glibc returns memory to the kernel and faults it back in (benchmarks/README.md, notes on this script).
 
-    python benchmarks/bench_overhead.py [--steps 12] [--repeats 3] [--test-size 48]
+    python benchmarks/bench_overhead.py [--steps 12] [--repeats 3] [--test-size 48] [--fresh]
     python benchmarks/bench_overhead.py --default-sizes     # the run's own epochs and full test sets
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -32,6 +38,7 @@ from clbench.training.run import run
 
 BATCH, EVAL_BATCH, WEIGHT_DECAY, WARMUP, CLIP, SEED = 16, 64, 0.01, 0.1, 1.0, 0
 EPOCHS = RunConfig().epochs  # the run's default, used with --default-sizes
+SIDES = ("clbench", "bare")
 
 
 def bare_evaluate(model: nn.Module, test: EncodedSplit) -> float:
@@ -105,26 +112,39 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--test-size", type=int, default=48, help="test examples per task")
     parser.add_argument("--default-sizes", action="store_true",
                         help="the run's defaults instead: EPOCHS passes over each task, full test sets")
+    parser.add_argument("--fresh", action="store_true", help="time every run in a new Python process")
+    parser.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)  # one timed run, in a child process
     args = parser.parse_args(argv)
+    sizes = ["--default-sizes"] if args.default_sizes else ["--steps", str(args.steps), "--test-size",
+                                                             str(args.test_size)]
     if args.default_sizes:
         args.steps, args.test_size = None, None
     stream, splits = encoded_stream("reviews", test_size=args.test_size)  # warm the tokenisation cache
     lr = model_spec("minilm").default_lr
+    if args.side:
+        with tempfile.TemporaryDirectory() as tmp:
+            seconds, _ = timed(lambda: one_run(args.side, splits, stream.num_labels, args.steps, args.test_size,
+                                                lr, Path(tmp), 0))
+        print(json.dumps({"seconds": seconds}))
+        return
     print(f"machine: {machine()}")
     steps = [task_steps(train, args.steps) for train, _, _ in splits]
     print(f"reviews: {len(splits)} tasks, {steps} steps x batch {BATCH} per task, "
           f"test {[len(s.test) for s in splits]}, fp32, {args.repeats} paired repeats")
     same = _same_losses(splits, stream.num_labels, lr, args.test_size)
     print(f"bare loop reproduces the runner's training losses exactly: {same}")
-    times: dict[str, list[float]] = {"clbench": [], "bare": []}
+    print("each run in a new process" if args.fresh else "all runs in this process")
+    times: dict[str, list[float]] = {side: [] for side in SIDES}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.repeats):
-            order = ("clbench", "bare") if r % 2 == 0 else ("bare", "clbench")
-            for name in order:
-                if name == "clbench":
-                    seconds, _ = timed(lambda r=r: clbench_run(args.steps, args.test_size, Path(tmp), r))
+            for name in SIDES if r % 2 == 0 else SIDES[::-1]:
+                if args.fresh:
+                    out = subprocess.run([sys.executable, "-m", "clbench.benchmarks.bench_overhead", "--side", name, *sizes],
+                                         check=True, capture_output=True, text=True).stdout
+                    seconds = json.loads(out.strip().splitlines()[-1])["seconds"]
                 else:
-                    seconds, _ = timed(lambda: bare_loop(splits, stream.num_labels, args.steps, lr))
+                    seconds, _ = timed(lambda name=name, r=r: one_run(
+                        name, splits, stream.num_labels, args.steps, args.test_size, lr, Path(tmp), r))
                 times[name].append(seconds)
                 print(f"  repeat {r + 1}: {name} {seconds:.1f} s", flush=True)
     ratio = median_ratio(times["clbench"], times["bare"])
@@ -133,6 +153,14 @@ def main(argv: list[str] | None = None) -> None:
           + ", ".join(f"{a / b:.3f}" for a, b in zip(times["clbench"], times["bare"])))
     target = 1.01 if args.default_sizes else 1.03
     print(f"overhead (clbench / bare, median of paired ratios): {ratio:.3f}x {verdict(ratio, target)}")
+
+
+def one_run(side: str, splits: list[TaskSplits], num_labels: int, steps: int | None, test_size: int | None,
+            lr: float, root: Path, repeat: int) -> None:
+    if side == "clbench":
+        clbench_run(steps, test_size, root, repeat)
+    else:
+        bare_loop(splits, num_labels, steps, lr)
 
 
 def _same_losses(splits: list[TaskSplits], num_labels: int, lr: float,

@@ -13,7 +13,11 @@ pytestmark = [pytest.mark.slow, pytest.mark.network]  # MiniLM and the reviews s
 
 CASES = {
     "bench_overhead": (["--steps", "2", "--repeats", "1", "--test-size", "8"],
-                       ("reproduces the runner's training losses exactly: True", "overhead (clbench / bare")),
+                       ("reproduces the runner's training losses exactly: True", "all runs in this process",
+                        "overhead (clbench / bare")),
+    "bench_overhead --fresh": (["--steps", "2", "--repeats", "1", "--test-size", "8", "--fresh"],
+                               ("each run in a new process", "repeat 1: clbench", "repeat 1: bare",
+                                "overhead (clbench / bare")),
     "bench_avalanche": (["--train-size", "16", "--test-size", "8", "--repeats", "1"],
                         ("naive: train+method", "ewc: train+method", "final acc_cil")),
     "bench_eval": (["--repeats", "1", "--test-size", "16"], ("speed-up (padded / bucketed",)),
@@ -32,8 +36,9 @@ CASES = {
 def test_benchmark_runs_and_prints_its_figure(name: str, monkeypatch: pytest.MonkeyPatch,
                                               capsys: pytest.CaptureFixture[str]) -> None:
     argv, expected = CASES[name]
-    module = importlib.import_module(f"clbench.benchmarks.{name}")
-    monkeypatch.setattr(sys, "argv", [name, *argv])  # the scripts whose main() reads sys.argv
+    script = name.split()[0]
+    module = importlib.import_module(f"clbench.benchmarks.{script}")
+    monkeypatch.setattr(sys, "argv", [script, *argv])  # the scripts whose main() reads sys.argv
     module.main()
     out = capsys.readouterr().out
     assert out.startswith("machine: ")
