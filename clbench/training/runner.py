@@ -37,6 +37,7 @@ from clbench.training.evaluation import (
     general_records,
     predict,
 )
+from clbench.training.heap import kept_heap
 from clbench.training.progress import Progress
 from clbench.training.records import UnitRecorder
 from clbench.training.sharing import SharedStart, TrainedFirstTask
@@ -300,7 +301,7 @@ def train_task(unit: Unit, info: TaskInfo, data: AnySplit) -> TrainedTask:
     else:
         unit.progress.start_task(f"{unit.label} {info.name}", total)
     curves: list[tuple[int, list[Tensor]]] = []
-    with profile(unit.ctx.device) as rec:
+    with profile(unit.ctx.device) as rec, kept_heap():
         if reused is not None:
             steps = SharedStart.apply(reused, model, unit.generator)
         elif method.external_loop:  # reference adapters (Avalanche) train classification streams only
