@@ -260,7 +260,8 @@ def run_task(unit: Unit, info: TaskInfo, logits_before: list[Tensor], drift: Dri
             assert isinstance(data, PairSplit)
             data = data.with_reference(sequence_log_probs(model, data, unit.config.eval_batch_size, unit.ctx.device,
                                                           autocast(unit.ctx.device, unit.config.precision)))
-    trained = train_task(unit, info, data)
+    with kept_heap():  # around the optimiser's whole life, so the trim as it ends returns its state too
+        trained = train_task(unit, info, data)
     with profile(unit.ctx.device) as rec_after:  # the method finishes: Fisher, importances, memories
         method.after_task(info, model, data)
     with profile(unit.ctx.device) as rec_eval:
@@ -301,7 +302,7 @@ def train_task(unit: Unit, info: TaskInfo, data: AnySplit) -> TrainedTask:
     else:
         unit.progress.start_task(f"{unit.label} {info.name}", total)
     curves: list[tuple[int, list[Tensor]]] = []
-    with profile(unit.ctx.device) as rec, kept_heap():
+    with profile(unit.ctx.device) as rec:
         if reused is not None:
             steps = SharedStart.apply(reused, model, unit.generator)
         elif method.external_loop:  # reference adapters (Avalanche) train classification streams only
