@@ -318,6 +318,7 @@ def train_task(unit: Unit, info: TaskInfo, data: AnySplit) -> TrainedTask:
     if shared is not None and reused is None and info.index == 0:
         shared.end(seed, unit.label, model, unit.generator, steps, optimizer_state_mb(optimizer), curves)
     state_mb = reused.optimizer_state_mb if reused is not None else optimizer_state_mb(optimizer)
+    optimizer.state.clear()  # freed now, before the kept heap's trim, even where a method's loop keeps the optimiser
     return TrainedTask(steps, rec, state_mb, reused)
 
 
