@@ -28,8 +28,7 @@ class FakeLibc:
     def __init__(self) -> None:
         self.calls: list[tuple[object, ...]] = []
         self.optimizer_states_at_trim: list[int] = []
-        gc.collect()  # an earlier test's optimiser, left in a reference cycle, is not this run's
-        self.earlier = weakref.WeakSet(optimizers())
+        self.earlier = weakref.WeakSet(optimizers())  # an earlier test's, waiting in a cycle for the collector
 
     def mallopt(self, param: int, value: int) -> int:
         self.calls.append(("mallopt", param, value))
